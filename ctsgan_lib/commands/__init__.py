@@ -1,0 +1,1 @@
+"""One module per ``ctsgan`` subcommand; each exposes ``register(subparsers)``."""

@@ -1,0 +1,339 @@
+"""Typed configuration: one object flows from a profile YAML through every function.
+
+Profiles live in ``ctsgan_lib/configs/{smoke,demo,paper}.yaml``. Each YAML has one mapping per section below;
+every key must name a dataclass field (unknown keys are an error, so a typo never silently falls back to a default).
+
+Example
+-------
+>>> cfg = load_profile("smoke", **{"ctsgan.iterations": 5})
+>>> cfg.data.size
+32
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+PROFILES = ("smoke", "demo", "paper")
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+
+
+class ConfigError(ValueError):
+    """A profile file or an override is invalid."""
+
+
+@dataclass
+class DataConfig:
+    """Cohort preparation (notebook 01)."""
+
+    size: int = 32                      # S: volumes are S×S×S voxels after preprocessing
+    n_patients: int = 24                # phantom cohort size (half nlst-like, half lidc-like)
+    lidc_fraction: float = 0.5          # share of lidc-like (nodule-bearing) patients
+    hu_min: float = -1000.0             # model window: HU clipped to [hu_min, hu_max] and mapped to [-1, 1]
+    hu_max: float = 400.0
+    split_fractions: tuple[float, float, float] = (0.75, 0.125, 0.125)
+    phantom_size: int = 64              # native phantom grid before resize to S (voxels per side)
+    phantom_spacing_mm: float = 5.5     # native phantom spacing (field of view = phantom_size * spacing)
+    compress: bool = True               # .nii.gz (small, to share) vs .nii (fast to read)
+    workers: int = 2                    # processes for phantom generation
+
+
+@dataclass
+class NoduleConfig:
+    """Nodule injector / eraser cGANs (notebook 02)."""
+
+    voi_size: int = 16                  # VOI side in voxels (paper: 64)
+    mask_size: int = 8                  # masked centre side in voxels (paper: 32)
+    base_channels: int = 8
+    batch: int = 4
+    iterations: int = 40
+    lr: float = 2e-4
+    betas: tuple[float, float] = (0.5, 0.999)
+    l1_inside: float = 100.0            # Jin et al. multi-mask L1: weight inside the mask
+    l1_outside: float = 10.0            # ... and outside it
+    ckpt_every: int = 20
+    diameters_vox: list[float] = field(default_factory=lambda: [3.0, 5.0])  # experiment sizes (paper: 6..16 at 224³)
+
+
+@dataclass
+class CTSGANConfig:
+    """CT-SGAN (notebook 03). Names follow the paper: Rv, Gslice, Dslice, Dslab."""
+
+    patient_dim: int = 32               # patient/scanner-specific noise, constant over a volume
+    slice_noise_dim: int = 8            # ε_i fed to the BiLSTM at every position
+    slice_code_dim: int = 16            # BiLSTM output size per slice (both directions together)
+    ngf: int = 16
+    ndf: int = 16
+    slab_len: int = 8                   # T: slices judged by Dslab
+    n_slices: int = 4                   # N: slices per slab judged by Dslice
+    batch: int = 2
+    iterations: int = 30
+    loss: str = "wgan-gp"               # "wgan-gp" (paper's preference) or "js"
+    gp_weight: float = 10.0
+    lr_g: float = 2e-4
+    lr_d: float = 2e-4
+    betas: tuple[float, float] = (0.5, 0.999)
+    ckpt_every: int = 10
+    sample_every: int = 10
+    log_every: int = 1
+    chunk: int = 32                     # slices generated per chunk at inference
+    bf16: bool = True                   # autocast on CUDA only
+
+
+@dataclass
+class GAN3DConfig:
+    """Vanilla 3D DCGAN baseline (notebook 03)."""
+
+    size: int = 16                      # native resolution; upsampled trilinearly to data.size (paper: 128 → 224)
+    z_dim: int = 32
+    ngf: int = 16
+    ndf: int = 16
+    batch: int = 2
+    iterations: int = 30
+    loss: str = "wgan-gp"
+    gp_weight: float = 10.0
+    lr_g: float = 2e-4
+    lr_d: float = 2e-4
+    betas: tuple[float, float] = (0.5, 0.999)
+    ckpt_every: int = 10
+    sample_every: int = 10
+
+
+@dataclass
+class GenerateConfig:
+    """Synthetic cohort (notebook 04)."""
+
+    n_volumes: int = 12
+    batch: int = 4
+    inject_fraction: float = 0.5
+    seed: int = 1234
+    dicom: bool = False
+
+
+@dataclass
+class FidelityConfig:
+    """FID / IS (notebook 05)."""
+
+    n_pairs: int = 6
+    pooled_volumes: int = 6
+    seed: int = 7
+    weights_path: str = ""             # InceptionV3 torch-fidelity weights; empty = hub cache, then offline fallback
+    calibration_slices: int = 64        # BN recalibration batch for the offline fallback extractor
+    batch: int = 32
+
+
+@dataclass
+class ClassifierConfig:
+    """3D-SqueezeNet nodule detection (notebook 06)."""
+
+    sizes: list[float] = field(default_factory=lambda: [3.0, 5.0])   # nodule diameters in voxels at S³
+    seeds: list[int] = field(default_factory=lambda: [0])
+    regimes: list[str] = field(default_factory=lambda: ["real", "synthetic", "pretrain_finetune"])
+    epochs: int = 2
+    finetune_epochs: int = 2
+    batch: int = 4
+    lr: float = 1e-4
+    betas: tuple[float, float] = (0.9, 0.999)
+    patience: int = 3
+    n_synthetic: int = 12
+
+
+@dataclass
+class BenchConfig:
+    """Benchmarks (notebook 08)."""
+
+    sizes: list[int] = field(default_factory=lambda: [32, 64])
+    batch: int = 1
+    repeats: int = 2
+
+
+@dataclass
+class Config:
+    """Everything one run needs; built by :func:`load_profile`."""
+
+    profile: str = "smoke"
+    seed: int = 0
+    data: DataConfig = field(default_factory=DataConfig)
+    nodules: NoduleConfig = field(default_factory=NoduleConfig)
+    ctsgan: CTSGANConfig = field(default_factory=CTSGANConfig)
+    gan3d: GAN3DConfig = field(default_factory=GAN3DConfig)
+    generate: GenerateConfig = field(default_factory=GenerateConfig)
+    fidelity: FidelityConfig = field(default_factory=FidelityConfig)
+    classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
+    bench: BenchConfig = field(default_factory=BenchConfig)
+
+    # --- paths -------------------------------------------------------------------------------------------
+    @property
+    def root(self) -> Path:
+        """Project root (env ``CTSGAN_ROOT`` wins; else the folder holding this checkout's pyproject)."""
+        return project_root()
+
+    @property
+    def data_dir(self) -> Path:
+        """``data/<profile>/``: cohorts (NIfTI + manifest)."""
+        return self.root / "data" / self.profile
+
+    @property
+    def runs_dir(self) -> Path:
+        """``runs/<profile>/``: checkpoints, logs, executed notebooks, metrics."""
+        return self.root / "runs" / self.profile
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain, JSON/YAML-safe dict (tuples become lists)."""
+        return _plain(dataclasses.asdict(self))
+
+
+def _plain(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    return obj
+
+
+def project_root() -> Path:
+    """Where ``data/`` and ``runs/`` live.
+
+    ``CTSGAN_ROOT`` overrides (tests use it for isolation). Otherwise walk up from the current directory to the first
+    folder with a ``pyproject.toml`` naming ``ctsgan_lib`` (notebooks run with cwd ``notebooks/``), then fall back to
+    the checkout this package was imported from, then to the current directory.
+    """
+    env = os.environ.get("CTSGAN_ROOT")
+    if env:
+        return Path(env).resolve()
+    for base in (Path.cwd(), *Path.cwd().parents):
+        pp = base / "pyproject.toml"
+        if pp.is_file() and 'name = "ctsgan_lib"' in pp.read_text(errors="ignore"):
+            return base
+    here = Path(__file__).resolve().parents[1]
+    if (here / "pyproject.toml").is_file():
+        return here
+    return Path.cwd()
+
+
+def _coerce(value: Any, current: Any, where: str) -> Any:
+    """Coerce a YAML/override value to the type of the default it replaces."""
+    if isinstance(current, bool):
+        if isinstance(value, str):
+            if value.lower() in ("1", "true", "yes", "on"):
+                return True
+            if value.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ConfigError(f"{where}: expected a boolean, got {value!r}")
+        return bool(value)
+    if isinstance(current, int) and not isinstance(current, bool):
+        try:
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            return int(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}") from None
+    if isinstance(current, float):
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where}: expected a number, got {value!r}") from None
+    if isinstance(current, (list, tuple)):
+        if isinstance(value, str):
+            value = yaml.safe_load(value if value.strip().startswith("[") else f"[{value}]")
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        if current:
+            value = [_coerce(v, current[0], where) for v in value]
+        return tuple(value) if isinstance(current, tuple) else list(value)
+    if isinstance(current, str):
+        return str(value)
+    return value
+
+
+def _apply(section: Any, values: dict[str, Any], where: str) -> None:
+    names = {f.name for f in dataclasses.fields(section)}
+    for key, value in values.items():
+        if key not in names:
+            raise ConfigError(f"{where}: unknown key {key!r} (known: {', '.join(sorted(names))})")
+        current = getattr(section, key)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{where}.{key}: expected a mapping")
+            _apply(current, value, f"{where}.{key}")
+        else:
+            setattr(section, key, _coerce(value, current, f"{where}.{key}"))
+
+
+def load_profile(name: str = "smoke", path: str | Path | None = None, **overrides: Any) -> Config:
+    """Load a profile and apply overrides.
+
+    Parameters
+    ----------
+    name : str
+        ``smoke``, ``demo`` or ``paper``.
+    path : str or Path, optional
+        A YAML file to read instead of the bundled profile (same schema).
+    **overrides
+        Dotted keys, e.g. ``**{"ctsgan.iterations": 100, "seed": 3}``; values may be strings (as from the command
+        line) and are coerced to the field's type.
+
+    Returns
+    -------
+    Config
+    """
+    if path is None:
+        if name not in PROFILES:
+            raise ConfigError(f"unknown profile {name!r}; choose one of {', '.join(PROFILES)}")
+        path = CONFIG_DIR / f"{name}.yaml"
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: profile file not found") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: top level must be a mapping")
+    cfg = Config(profile=name)
+    _apply(cfg, raw, str(path))
+    for key, value in overrides.items():
+        parts = key.split(".")
+        target: Any = cfg
+        for p in parts[:-1]:
+            if not hasattr(target, p) or not dataclasses.is_dataclass(getattr(target, p)):
+                raise ConfigError(f"override {key!r}: unknown section {p!r}")
+            target = getattr(target, p)
+        _apply(target, {parts[-1]: value}, f"override {key}")
+    validate(cfg)
+    return cfg
+
+
+def parse_overrides(items: list[str] | None) -> dict[str, str]:
+    """Turn ``["ctsgan.iterations=5", "seed=1"]`` (command line ``--set``) into a dict."""
+    out: dict[str, str] = {}
+    for item in items or []:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r}: expected KEY=VALUE")
+        k, v = item.split("=", 1)
+        out[k.strip()] = v.strip()
+    return out
+
+
+def validate(cfg: Config) -> None:
+    """Cross-field checks that a typo in a profile would otherwise turn into a confusing crash later."""
+    d = cfg.data
+    if d.size < 16 or d.size % 2:
+        raise ConfigError(f"data.size must be an even number >= 16, got {d.size}")
+    if abs(sum(d.split_fractions) - 1.0) > 1e-6:
+        raise ConfigError(f"data.split_fractions must sum to 1, got {d.split_fractions}")
+    if not d.hu_min < d.hu_max:
+        raise ConfigError("data.hu_min must be below data.hu_max")
+    if cfg.ctsgan.loss not in ("wgan-gp", "js") or cfg.gan3d.loss not in ("wgan-gp", "js"):
+        raise ConfigError("ctsgan.loss and gan3d.loss must be 'wgan-gp' or 'js'")
+    if cfg.ctsgan.slab_len > d.size - 2:
+        raise ConfigError(f"ctsgan.slab_len ({cfg.ctsgan.slab_len}) must be <= data.size - 2 ({d.size - 2})")
+    if cfg.ctsgan.n_slices > cfg.ctsgan.slab_len:
+        raise ConfigError("ctsgan.n_slices must be <= ctsgan.slab_len")
+    if cfg.nodules.mask_size >= cfg.nodules.voi_size:
+        raise ConfigError("nodules.mask_size must be smaller than nodules.voi_size")

@@ -1,0 +1,1 @@
+"""Small shared helpers: atomic files, hardware description, CSV/JSON-lines logs, errors."""
