@@ -1,0 +1,53 @@
+"""The papermill runner: executed copies, run manifest, and a clear failure naming the notebook."""
+from __future__ import annotations
+
+import json
+
+import nbformat
+import pytest
+
+from ctsgan_lib import pipeline
+from ctsgan_lib.errors import CTSGANError
+
+
+def _notebook(path, code: str):
+    nb = nbformat.v4.new_notebook()
+    params = nbformat.v4.new_code_cell('profile = "smoke"')
+    params.metadata["tags"] = ["parameters"]
+    nb.cells = [params, nbformat.v4.new_code_cell(code)]
+    nb.metadata["kernelspec"] = {"name": "ctsgan", "display_name": "Python (ctsgan)", "language": "python"}
+    nbformat.write(nb, path)
+
+
+@pytest.fixture
+def two_notebooks(tmp_root, monkeypatch):
+    (tmp_root / "notebooks").mkdir()
+    monkeypatch.setattr(pipeline, "NOTEBOOKS", (("01", "01_a.ipynb", "a"), ("02", "02_b.ipynb", "b")))
+    _notebook(tmp_root / "notebooks" / "01_a.ipynb",
+              "import os, pathlib\n"
+              "pathlib.Path(os.environ['CTSGAN_ROOT'], f'made_by_01_{profile}.txt').write_text(os.getcwd())")
+    return tmp_root
+
+
+def test_reproduce_runs_in_order_and_writes_manifest(two_notebooks):
+    root = two_notebooks
+    _notebook(root / "notebooks" / "02_b.ipynb", "assert profile == 'demo'")
+    manifest = pipeline.reproduce("demo", root=root, progress=False)
+    data = json.loads(manifest.read_text())
+    assert [n["status"] for n in data["notebooks"]] == ["ok", "ok"]
+    assert data["profile"] == "demo" and "torch" in data["packages"] and data["hardware"]["cpu_cores"]
+    assert all(n["wall_s"] > 0 for n in data["notebooks"])
+    assert (root / "runs" / "demo" / "notebooks" / "02_b.ipynb").is_file()
+    # papermill ran with cwd = notebooks/ (DESIGN.md: kernel and nbval agree on it)
+    assert (root / "made_by_01_demo.txt").read_text() == str(root / "notebooks")
+
+
+def test_reproduce_names_the_failing_notebook(two_notebooks):
+    root = two_notebooks
+    _notebook(root / "notebooks" / "02_b.ipynb", "raise RuntimeError('boom in 02')")
+    with pytest.raises(CTSGANError, match=r"02_b\.ipynb failed .*boom in 02"):
+        pipeline.reproduce("smoke", root=root, progress=False)
+    data = json.loads((root / "runs" / "smoke" / "notebooks" / "run_manifest.json").read_text())
+    assert [n["status"] for n in data["notebooks"]] == ["ok", "failed"]
+    # --only skips the failing one
+    pipeline.reproduce("smoke", only=["01"], root=root, progress=False)
