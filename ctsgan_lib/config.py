@@ -147,9 +147,14 @@ class ClassifierConfig:
 class BenchConfig:
     """Benchmarks (notebook 08)."""
 
-    sizes: list[int] = field(default_factory=lambda: [32, 64])
-    batch: int = 1
-    repeats: int = 2
+    sizes: list[int] = field(default_factory=lambda: [32, 64])   # memory bench volume sides S
+    batch: int = 1                      # volumes per training step, the same for both models
+    repeats: int = 2                    # timed repetitions (training steps, generation batches) after one warm-up
+    gen_sizes: list[int] = field(default_factory=lambda: [32])   # generation throughput sides (paper: 64, 224)
+    gen_volumes: int = 2                # volumes generated per timed repetition
+    fid_slices: int = 8                 # slices pushed through the FID extractor per timed repetition
+    timeout_s: int = 900                # per memory-bench worker; past it the row reads "timeout"
+    max_gib: float = 0.0                # CPU memory cap per worker (GiB above its post-import size); 0 = 80% of free
 
 
 @dataclass
