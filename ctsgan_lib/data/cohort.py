@@ -1,0 +1,473 @@
+"""Cohorts on disk: one NIfTI per patient plus ``manifest.csv`` (the contract in ``docs/architecture.md``).
+
+Read side: :class:`Cohort`. Write side: :class:`CohortWriter` (idempotent and crash-safe: every file is written
+atomically, the manifest is rewritten atomically, and a rerun skips patients whose file matches its checksum).
+:func:`assign_splits` gives the stratified 75/12.5/12.5 split and :func:`build_cohort` runs a whole source
+(phantom, DICOM, NIfTI, LIDC-IDRI + NLST) through preprocessing into a cohort.
+
+Example
+-------
+>>> from ctsgan_lib.data.cohort import Cohort            # doctest: +SKIP
+>>> c = Cohort(cfg.data_dir / "cohort")
+>>> hu, spacing_mm = c.read(c.ids(split="train", has_nodule=0)[0])
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from ..errors import CTSGANError, InputFileError
+from ..utils.atomic import atomic_write_text, clean_partials
+from .io import read_nifti, write_nifti
+
+MANIFEST_COLUMNS = ["id", "source", "domain", "split", "has_nodule", "nodules", "spacing_mm", "shape", "path",
+                    "label_path", "checksum"]
+SPLITS = ("train", "val", "test")
+_JSON_COLUMNS = ("nodules", "spacing_mm", "shape")
+_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+FAILURE_COLUMNS = ["item", "problem"]
+
+
+def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
+    """SHA-256 (hex) of a file."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _decode(df: pd.DataFrame, manifest: Path) -> pd.DataFrame:
+    """Parse the JSON/int columns of a manifest read as strings."""
+    df = df.copy()
+    for col in _JSON_COLUMNS:
+        out = []
+        for rid, text in zip(df["id"], df[col]):
+            try:
+                val = json.loads(text) if text not in ("", None) else ([] if col == "nodules" else None)
+            except json.JSONDecodeError:
+                raise InputFileError(manifest, f"row {rid!r}: column {col!r} is not valid JSON ({text[:40]!r})") from None
+            if col != "nodules" and val is not None:
+                val = tuple(val)
+            out.append(val)
+        df[col] = pd.Series(out, index=df.index, dtype=object)
+    try:
+        df["has_nodule"] = df["has_nodule"].astype(int)
+    except ValueError:
+        raise InputFileError(manifest, "column 'has_nodule' must hold 0/1") from None
+    return df
+
+
+def _encode(row: Mapping[str, Any]) -> dict[str, str]:
+    """One manifest row as CSV strings (JSON for lists)."""
+    out = {}
+    for k, v in row.items():
+        if k in _JSON_COLUMNS:
+            out[k] = json.dumps(_plain(v if v is not None else []))
+        elif k == "has_nodule":
+            out[k] = str(int(v))
+        else:
+            out[k] = "" if v is None else str(v)
+    return out
+
+
+def _plain(v: Any) -> Any:
+    if isinstance(v, dict):
+        return {k: _plain(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple, np.ndarray)):
+        return [_plain(x) for x in v]
+    if isinstance(v, np.generic):
+        return v.item()
+    if isinstance(v, float):
+        return round(v, 4)
+    return v
+
+
+def read_manifest(path: str | Path) -> pd.DataFrame:
+    """Read and validate a ``manifest.csv`` (decoded: nodules → list[dict], spacing_mm/shape → tuples)."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputFileError(path, "cohort manifest not found (run notebook 01 or `ctsgan prepare` first)")
+    try:
+        df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except Exception as exc:
+        raise InputFileError(path, f"not a readable CSV ({type(exc).__name__})") from None
+    missing = [c for c in MANIFEST_COLUMNS if c not in df.columns]
+    if missing:
+        raise InputFileError(path, f"missing columns: {', '.join(missing)} (expected {', '.join(MANIFEST_COLUMNS)})")
+    dups = sorted(df["id"][df["id"].duplicated()].unique())
+    if dups:
+        raise InputFileError(path, f"duplicate ids in column 'id': {', '.join(dups[:5])}")
+    return _decode(df, path).reset_index(drop=True)
+
+
+class Cohort:
+    """Read side of a cohort folder.
+
+    Parameters
+    ----------
+    root : str or Path
+        The cohort folder (holding ``manifest.csv``).
+
+    Attributes
+    ----------
+    root : Path
+    manifest : pandas.DataFrame
+        One row per volume; ``nodules`` is a list of dicts, ``spacing_mm`` and ``shape`` are tuples.
+    """
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        self.manifest = read_manifest(self.root / "manifest.csv")
+        self._index = {rid: i for i, rid in enumerate(self.manifest["id"])}
+
+    def __len__(self) -> int:
+        return len(self.manifest)
+
+    def __contains__(self, rid: str) -> bool:
+        return rid in self._index
+
+    def __repr__(self) -> str:
+        return f"Cohort({str(self.root)!r}, n={len(self)})"
+
+    def ids(self, split: str | None = None, has_nodule: int | bool | None = None, domain: str | None = None,
+            source: str | None = None) -> list[str]:
+        """Ids (manifest order, i.e. sorted) matching every filter given."""
+        m = self.manifest
+        keep = np.ones(len(m), dtype=bool)
+        if split is not None:
+            keep &= (m["split"] == split).to_numpy()
+        if has_nodule is not None:
+            keep &= (m["has_nodule"] == int(has_nodule)).to_numpy()
+        if domain is not None:
+            keep &= (m["domain"] == domain).to_numpy()
+        if source is not None:
+            keep &= (m["source"] == source).to_numpy()
+        return m["id"][keep].tolist()
+
+    def row(self, rid: str) -> dict:
+        """The manifest row of ``rid`` as a dict."""
+        try:
+            return self.manifest.iloc[self._index[rid]].to_dict()
+        except KeyError:
+            raise CTSGANError(f"{self.root / 'manifest.csv'}: no volume with id {rid!r}") from None
+
+    def path(self, rid: str) -> Path:
+        """Absolute path of the volume file of ``rid``."""
+        return self.root / self.row(rid)["path"]
+
+    def read(self, rid: str) -> tuple[np.ndarray, tuple[float, float, float]]:
+        """(hu float32 (z, y, x), spacing_mm) of ``rid``."""
+        hu, spacing_mm, _ = read_nifti(self.path(rid))
+        return hu, spacing_mm
+
+    def read_label(self, rid: str) -> np.ndarray | None:
+        """uint8 tissue labels (same geometry as the volume) or None when the cohort has none for ``rid``."""
+        rel = self.row(rid)["label_path"]
+        if not rel:
+            return None
+        lab, _, _ = read_nifti(self.root / rel)
+        return np.rint(lab).astype(np.uint8)
+
+    def verify(self, rid: str) -> bool:
+        """True when the volume file exists and its SHA-256 matches the manifest."""
+        p = self.path(rid)
+        return p.is_file() and file_sha256(p) == self.row(rid)["checksum"]
+
+
+def _largest_remainder(n: int, fractions: Sequence[float]) -> list[int]:
+    quotas = np.asarray(fractions, dtype=float) * n
+    counts = np.floor(quotas).astype(int)
+    for i in np.argsort(-(quotas - counts), kind="stable")[: n - counts.sum()]:
+        counts[i] += 1
+    return counts.tolist()
+
+
+def assign_splits(df: pd.DataFrame, fractions: Sequence[float] = (0.75, 0.125, 0.125), seed: int = 0,
+                  strata: Sequence[str] = ("source", "has_nodule")) -> pd.Series:
+    """Stratified train/val/test split.
+
+    The global counts are exact (largest remainder: 900/150/150 for 1200 rows); within each stratum the counts are
+    the floors of the quotas, with the leftover rows handed out so every split reaches its global count. Rows are
+    shuffled within a stratum by a seeded RNG after sorting by id, so the result depends only on the set of ids,
+    the strata values, ``fractions`` and ``seed`` (not on row order).
+
+    Parameters
+    ----------
+    df : DataFrame
+        Needs ``id`` and the ``strata`` columns.
+    fractions : (train, val, test)
+    seed : int
+    strata : sequence of str
+
+    Returns
+    -------
+    pandas.Series
+        ``train``/``val``/``test`` indexed like ``df``.
+    """
+    if abs(sum(fractions) - 1) > 1e-6 or len(fractions) != 3:
+        raise ValueError(f"split fractions must be three numbers summing to 1, got {fractions}")
+    n = len(df)
+    out = pd.Series([""] * n, index=df.index, dtype=object)
+    if n == 0:
+        return out
+    targets = _largest_remainder(n, fractions)
+    keys = df[list(strata)].astype(str).agg("|".join, axis=1) if strata else pd.Series("all", index=df.index)
+    groups = sorted(keys.unique())
+    sizes = {g: int((keys == g).sum()) for g in groups}
+    counts = {g: np.floor(np.asarray(fractions) * sizes[g]).astype(int) for g in groups}
+    left_g = {g: sizes[g] - int(counts[g].sum()) for g in groups}
+    left_s = [targets[s] - sum(int(counts[g][s]) for g in groups) for s in range(3)]
+    # hand out the leftovers, largest fractional quota first (deterministic tie-break by group and split order)
+    cells = sorted(((fractions[s] * sizes[g] - counts[g][s], g, s) for g in groups for s in range(3)),
+                   key=lambda t: (-t[0], groups.index(t[1]), t[2]))
+    for _, g, s in cells:
+        if left_g[g] > 0 and left_s[s] > 0:
+            counts[g][s] += 1
+            left_g[g] -= 1
+            left_s[s] -= 1
+    for g in groups:  # rare leftovers the greedy pass could not place within one extra per cell
+        for s in range(3):
+            while left_g[g] > 0 and left_s[s] > 0:
+                counts[g][s] += 1
+                left_g[g] -= 1
+                left_s[s] -= 1
+    rng = np.random.default_rng(seed)
+    for g in groups:
+        idx = df.index[(keys == g).to_numpy()]
+        idx = idx[np.argsort(df.loc[idx, "id"].astype(str).to_numpy(), kind="stable")]
+        idx = idx[rng.permutation(len(idx))]
+        start = 0
+        for s, name in enumerate(SPLITS):
+            out.loc[idx[start:start + counts[g][s]]] = name
+            start += counts[g][s]
+    return out
+
+
+class CohortWriter:
+    """Write side of a cohort folder; idempotent and crash-safe.
+
+    Parameters
+    ----------
+    root : str or Path
+        Cohort folder. An existing ``manifest.csv`` is loaded so a rerun resumes.
+    compress : bool
+        ``.nii.gz`` (True) or ``.nii``.
+    source_defaults : dict, optional
+        Field values every row gets unless :meth:`write` passes them (e.g. ``{"source": "ctsgan",
+        "domain": "synthetic"}``).
+    settings : dict, optional
+        What the volumes were made with (size, HU window, source, seed, ...). Stored in ``cohort.json``; when an
+        existing cohort was made with other settings its rows are discarded and rebuilt.
+    flush_every : int
+        Rewrite the manifest after this many new rows (and always on :meth:`flush` / :meth:`close`).
+    """
+
+    def __init__(self, root: str | Path, compress: bool = True, source_defaults: Mapping[str, Any] | None = None,
+                 settings: Mapping[str, Any] | None = None, flush_every: int = 8):
+        self.root = Path(root)
+        self.volumes = self.root / "volumes"
+        self.volumes.mkdir(parents=True, exist_ok=True)
+        clean_partials(self.volumes)
+        clean_partials(self.root)
+        self.compress = compress
+        self.defaults = dict(source_defaults or {})
+        self.flush_every = flush_every
+        self.settings = _plain(dict(settings)) if settings is not None else None
+        self._rows: dict[str, dict] = {}
+        self._failures: list[dict] = []
+        self._pending = 0
+        manifest = self.root / "manifest.csv"
+        settings_file = self.root / "cohort.json"
+        if manifest.is_file():
+            old_settings = json.loads(settings_file.read_text()) if settings_file.is_file() else None
+            if self.settings is None or old_settings == self.settings:
+                df = read_manifest(manifest)
+                for rec in df.to_dict(orient="records"):
+                    self._rows[rec["id"]] = rec
+        if self.settings is not None:
+            atomic_write_text(settings_file, json.dumps(self.settings, indent=2, sort_keys=True))
+
+    # -- state ------------------------------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def ids(self) -> list[str]:
+        return sorted(self._rows)
+
+    def done(self, rid: str) -> bool:
+        """True when ``rid`` has a manifest row, its file exists and matches the recorded checksum."""
+        row = self._rows.get(rid)
+        if row is None:
+            return False
+        p = self.root / row["path"]
+        if not p.is_file() or file_sha256(p) != row["checksum"]:
+            return False
+        return not row.get("label_path") or (self.root / row["label_path"]).is_file()
+
+    def frame(self) -> pd.DataFrame:
+        """The manifest as a (decoded) DataFrame, sorted by id."""
+        rows = [self._rows[k] for k in sorted(self._rows)]
+        cols = MANIFEST_COLUMNS + sorted({k for r in rows for k in r} - set(MANIFEST_COLUMNS))
+        return pd.DataFrame(rows, columns=cols)
+
+    # -- writing ----------------------------------------------------------------------------------------------
+    def write(self, rid: str, hu: np.ndarray, spacing_mm: Sequence[float], *, label: np.ndarray | None = None,
+              origin_mm: Sequence[float] = (0.0, 0.0, 0.0), **fields: Any) -> dict:
+        """Write one volume (and optional label volume) atomically and add its manifest row.
+
+        Parameters
+        ----------
+        rid : str
+            Unique id; letters, digits, ``.``, ``_``, ``-`` (it becomes a file name).
+        hu : np.ndarray
+            (z, y, x) HU volume (stored as int16).
+        spacing_mm : (dz, dy, dx)
+        label : np.ndarray, optional
+            uint8 labels with the same shape.
+        origin_mm : LPS (x, y, z) of voxel [0, 0, 0]
+        **fields
+            Manifest columns (``source``, ``domain``, ``split``, ``nodules``, ``has_nodule``) and extra columns.
+
+        Returns
+        -------
+        dict
+            The row.
+        """
+        if not isinstance(rid, str) or not _ID_RE.match(rid):
+            raise CTSGANError(f"invalid cohort id {rid!r}: use letters, digits, '.', '_' and '-' only")
+        hu = np.asarray(hu)
+        if label is not None and np.asarray(label).shape != hu.shape:
+            raise ValueError(f"{rid}: label shape {np.asarray(label).shape} != volume shape {hu.shape}")
+        ext = ".nii.gz" if self.compress else ".nii"
+        vol_path = self.volumes / f"{rid}{ext}"
+        write_nifti(vol_path, hu, spacing_mm, origin_mm)
+        label_rel = ""
+        if label is not None:
+            write_nifti(self.volumes / f"{rid}_label{ext}", label, spacing_mm, origin_mm, dtype="uint8")
+            label_rel = f"volumes/{rid}_label{ext}"
+        row = {c: "" for c in MANIFEST_COLUMNS}
+        row.update(self.defaults)
+        row.update(fields)
+        nodules = [dict(n) for n in (row.get("nodules") or [])]
+        row.update({
+            "id": rid, "nodules": nodules,
+            "has_nodule": int(fields["has_nodule"]) if "has_nodule" in fields else int(len(nodules) > 0),
+            "spacing_mm": tuple(round(float(s), 6) for s in spacing_mm), "shape": tuple(int(s) for s in hu.shape),
+            "path": f"volumes/{rid}{ext}", "label_path": label_rel, "checksum": file_sha256(vol_path),
+        })
+        self._rows[rid] = row
+        self._pending += 1
+        if self._pending >= self.flush_every:
+            self.flush()
+        return row
+
+    def remove(self, rid: str) -> None:
+        """Drop a row and its files (e.g. a patient no longer in the source)."""
+        row = self._rows.pop(rid, None)
+        if row:
+            for key in ("path", "label_path"):
+                if row.get(key):
+                    (self.root / row[key]).unlink(missing_ok=True)
+            self._pending += 1
+
+    def set_splits(self, splits: Mapping[str, str] | pd.Series) -> None:
+        """Set the ``split`` of rows by id (a Series indexed by id, or a dict)."""
+        for rid, split in dict(splits).items():
+            if split not in SPLITS:
+                raise ValueError(f"{rid}: split must be one of {SPLITS}, got {split!r}")
+            self._rows[rid]["split"] = split
+        self._pending += 1
+
+    def assign_splits(self, fractions: Sequence[float] = (0.75, 0.125, 0.125), seed: int = 0,
+                      strata: Sequence[str] = ("source", "has_nodule")) -> None:
+        """Stratified splits over all rows (see :func:`assign_splits`)."""
+        df = self.frame()
+        if len(df):
+            self.set_splits(pd.Series(assign_splits(df, fractions, seed, strata).to_numpy(), index=df["id"]))
+
+    def record_failure(self, item: str | Path, problem: str) -> None:
+        """Note a scan that could not be prepared; written to ``failures.csv`` on :meth:`flush`."""
+        self._failures = [f for f in self._failures if f["item"] != str(item)]
+        self._failures.append({"item": str(item), "problem": str(problem)})
+        self._pending += 1
+
+    @property
+    def failures(self) -> list[dict]:
+        return list(self._failures)
+
+    def flush(self) -> None:
+        """Rewrite ``manifest.csv`` (sorted by id) and ``failures.csv`` atomically."""
+        df = self.frame()
+        text = pd.DataFrame([_encode(r) for r in df.to_dict(orient="records")],
+                            columns=df.columns).to_csv(index=False)
+        atomic_write_text(self.root / "manifest.csv", text)
+        fail_path = self.root / "failures.csv"
+        if self._failures:
+            atomic_write_text(fail_path, pd.DataFrame(self._failures, columns=FAILURE_COLUMNS).to_csv(index=False))
+        else:
+            fail_path.unlink(missing_ok=True)  # a stale report from an earlier run would mislead
+        self._pending = 0
+
+    def close(self) -> None:
+        self.flush()
+
+    def __enter__(self) -> "CohortWriter":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.flush()
+
+
+def build_cohort(cfg, source: str = "phantom", in_dir: str | Path | None = None, out_dir: str | Path | None = None,
+                 progress: bool = True) -> Path:
+    """Build (or resume) a preprocessed cohort from a source.
+
+    Parameters
+    ----------
+    cfg : Config
+        Uses ``cfg.data`` (size, HU window, patient count, phantom grid, compression, workers, split fractions) and
+        ``cfg.seed``.
+    source : str
+        ``phantom`` (embedded generator), ``dicom`` (a folder of series folders), ``nifti`` (a folder of NIfTI
+        files) or ``lidc-nlst`` (``DIR/LIDC-IDRI`` and ``DIR/NLST``).
+    in_dir : str or Path, optional
+        Input folder for the real-data sources.
+    out_dir : str or Path, optional
+        Default ``cfg.data_dir / "cohort"``.
+    progress : bool
+        tqdm progress bars.
+
+    Returns
+    -------
+    Path
+        The cohort folder. Patients already done (checksum matches) are skipped; scans that fail are listed in
+        ``failures.csv`` and left out.
+
+    Raises
+    ------
+    CTSGANError
+        Unknown source, missing input folder, or no scan could be prepared.
+    """
+    from .sources import build_from_source
+
+    out = Path(out_dir) if out_dir is not None else cfg.data_dir / "cohort"
+    return build_from_source(cfg, source, in_dir, out, progress=progress)
+
+
+def cohort_summary(cohort: Cohort) -> pd.DataFrame:
+    """Split table: counts per split × (source, domain, has_nodule), with totals."""
+    m = cohort.manifest
+    table = m.groupby(["source", "domain", "has_nodule", "split"]).size().unstack("split", fill_value=0)
+    table = table.reindex(columns=list(SPLITS), fill_value=0)
+    table["total"] = table.sum(axis=1)
+    total = table.sum(axis=0).to_frame().T
+    total.index = pd.MultiIndex.from_tuples([("all", "", "")], names=table.index.names)
+    return pd.concat([table, total])
+
