@@ -1,0 +1,227 @@
+"""Generation API: trained CT-SGAN (or 3D GAN) checkpoints → volumes in HU.
+
+CT-SGAN volumes are streamed: Rv runs over all positions (cheap), then Gslice runs over ``chunk`` positions at a time
+and each chunk's centre channels are written into the output, so a 224³ volume never holds more than one chunk of
+Gslice activations. Every volume has its own seed, ``volume_seed(seed, index)``, so volume ``index`` is the same
+whether it is generated alone, in a batch or in a shard (bit-identical for the same ``batch`` and ``chunk``; equal
+to float rounding across different batch sizes).
+
+Examples
+--------
+>>> gen = load_generator("runs/smoke/ctsgan/ckpt_000030.pt", "cpu")          # doctest: +SKIP
+>>> for hu, spacing_mm in generate_volumes(gen, n=2, seed=0):                 # doctest: +SKIP
+...     print(hu.shape, hu.dtype, spacing_mm)
+(32, 32, 32) float32 (5.5, 5.5, 5.5)
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+
+from .data.intensity import model_to_hu
+from .errors import CTSGANError
+from .models.ctsgan import CTSGANGenerator, build_ctsgan
+from .models.gan3d import Generator3D, build_gan3d, upsample_volume
+from .train.checkpoint import load_checkpoint, load_state_strict
+
+DEFAULT_META = {"spacing_mm": (1.0, 1.0, 1.0), "hu_min": -1000.0, "hu_max": 400.0, "chunk": 32}
+
+
+def volume_seed(seed: int, index: int) -> int:
+    """The seed of volume ``index`` in a run seeded with ``seed`` (a 63-bit int from numpy's SeedSequence).
+
+    Independent of batch and shard, so any process can regenerate volume ``index`` on its own.
+    """
+    if index < 0:
+        raise ValueError(f"volume index must be >= 0, got {index}")
+    words = np.random.SeedSequence([int(seed) & 0xFFFFFFFFFFFFFFFF, int(index)]).generate_state(2, np.uint32)
+    return int((int(words[0]) << 31) ^ int(words[1])) & 0x7FFFFFFFFFFFFFFF
+
+
+def _meta(module: torch.nn.Module) -> dict[str, Any]:
+    return {**DEFAULT_META, **getattr(module, "meta", {})}
+
+
+def load_generator(ckpt_path: str | Path, device: str | torch.device = "cpu") -> torch.nn.Module:
+    """Load the generator of a CT-SGAN (``kind="ctsgan"``) or 3D GAN (``kind="gan3d"``) checkpoint, in eval mode.
+
+    The returned module carries ``.meta`` (``kind``, ``spacing_mm``, ``hu_min``, ``hu_max``, ``chunk``, ``size``,
+    ``step``, ``checkpoint``).
+
+    Raises
+    ------
+    CheckpointError
+        Unreadable, unsafe, or not a generator checkpoint, or one that does not match its stored config.
+    """
+    ck = load_checkpoint(ckpt_path, map_location="cpu")
+    cfg = ck["config"]
+    size = int(cfg["data"]["size"])
+    extra = ck.get("extra", {})
+    meta = {"kind": ck["kind"], "spacing_mm": tuple(extra.get("spacing_mm", DEFAULT_META["spacing_mm"])),
+            "hu_min": float(cfg["data"]["hu_min"]), "hu_max": float(cfg["data"]["hu_max"]), "size": size,
+            "step": int(ck["step"]), "checkpoint": str(ckpt_path)}
+    if ck["kind"] == "ctsgan":
+        gen = build_ctsgan(size, cfg["ctsgan"])["generator"]
+        load_state_strict(gen.rv, ck["models"]["rv"], f"{ckpt_path} [rv]")
+        load_state_strict(gen.gslice, ck["models"]["gslice"], f"{ckpt_path} [gslice]")
+        meta["chunk"] = int(cfg["ctsgan"].get("chunk", DEFAULT_META["chunk"]))
+    elif ck["kind"] == "gan3d":
+        gen = build_gan3d(cfg["gan3d"])["generator"]
+        load_state_strict(gen, ck["models"]["generator"], f"{ckpt_path} [generator]")
+    else:
+        raise CTSGANError(f"{ckpt_path}: a {ck['kind']!r} checkpoint is not a volume generator (ctsgan or gan3d)")
+    gen.meta = meta
+    return gen.to(device).eval()
+
+
+def _as_generator(generator_or_ckpt, device, kind: type) -> torch.nn.Module:
+    if isinstance(generator_or_ckpt, (str, Path)):
+        gen = load_generator(generator_or_ckpt, device)
+    else:
+        gen = generator_or_ckpt.to(device)
+    if not isinstance(gen, kind):
+        raise CTSGANError(f"expected a {kind.__name__}, got {type(gen).__name__} "
+                          f"({getattr(gen, 'meta', {}).get('checkpoint', 'in memory')})")
+    return gen
+
+
+def volume_noise(generator: CTSGANGenerator, seed: int, index: int, n_positions: int
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``patient_noise`` (patient_dim,) and ``slice_noise`` (L, slice_noise_dim) of one volume, drawn on the CPU."""
+    g = torch.Generator().manual_seed(volume_seed(seed, index))
+    patient = torch.randn(generator.patient_dim, generator=g)
+    slices = torch.randn(n_positions, generator.slice_noise_dim, generator=g)
+    return patient, slices
+
+
+@torch.no_grad()
+def synthesize(generator: CTSGANGenerator, patient_noise: torch.Tensor, slice_noise: torch.Tensor,
+               chunk: int | None = None) -> torch.Tensor:
+    """Model-space volumes from explicit noise, streaming Gslice over chunks of positions.
+
+    Parameters
+    ----------
+    generator : CTSGANGenerator
+        Used as is (call ``.eval()`` first for batch-independent BatchNorm).
+    patient_noise : Tensor (B, patient_dim)
+    slice_noise : Tensor (B, L, slice_noise_dim)
+        L = depth − 2 positions; L may exceed the training S − 2.
+    chunk : int, optional
+        Positions per Gslice call (default: the checkpoint's ``ctsgan.chunk``).
+
+    Returns
+    -------
+    Tensor (B, L + 2, S, S) float32 on the CPU, in [-1, 1].
+    """
+    dev = next(generator.parameters()).device
+    chunk = int(chunk or _meta(generator)["chunk"])
+    codes = generator.codes(patient_noise.to(dev), slice_noise.to(dev))   # (B, L, D): small
+    b, n_pos, _ = codes.shape
+    s = generator.size
+    out = torch.empty(b, n_pos + 2, s, s, dtype=torch.float32)
+    for p0 in range(0, n_pos, chunk):
+        sl = generator.slices(codes[:, p0:p0 + chunk]).float().cpu()    # (B, k, 3, S, S)
+        k = sl.shape[1]
+        out[:, p0 + 1:p0 + 1 + k] = sl[:, :, 1]                         # centre channels: slices 1..L
+        if p0 == 0:
+            out[:, 0] = sl[:, 0, 0]                                     # first end slice
+        if p0 + k == n_pos:
+            out[:, n_pos + 1] = sl[:, -1, 2]                            # last end slice
+    return out
+
+
+def generate_volumes(generator_or_ckpt, n: int, seed: int, batch: int = 1, device: str | torch.device = "cpu",
+                     depth: int | None = None, chunk: int | None = None, start: int = 0
+                     ) -> Iterator[tuple[np.ndarray, tuple[float, float, float]]]:
+    """Yield ``n`` CT-SGAN volumes as ``(hu, spacing_mm)``.
+
+    Parameters
+    ----------
+    generator_or_ckpt : CTSGANGenerator or path
+        A generator (from :func:`load_generator`) or a checkpoint path.
+    n : int
+        Number of volumes; they are volumes ``start .. start + n − 1`` of the run seeded with ``seed``.
+    seed : int
+    batch : int
+        Volumes per Gslice call (the last group is padded so every call has the same shape).
+    device : str
+    depth : int, optional
+        Slices per volume (default S); may exceed S (the BiLSTM simply runs for more positions).
+    chunk : int, optional
+        Positions per Gslice call.
+    start : int
+        Index of the first volume (for shards).
+
+    Yields
+    ------
+    hu : ndarray float32 (depth, S, S), axis order (z, y, x)
+    spacing_mm : tuple (dz, dy, dx)
+    """
+    gen = _as_generator(generator_or_ckpt, device, CTSGANGenerator)
+    was_training = gen.training
+    gen.eval()
+    meta = _meta(gen)
+    depth = int(depth or gen.size)
+    if depth < 3:
+        raise CTSGANError(f"depth must be >= 3 slices, got {depth}")
+    batch = max(1, int(batch))
+    try:
+        for g0 in range(start, start + n, batch):
+            idx = list(range(g0, min(g0 + batch, start + n)))
+            padded = idx + [start + n + j for j in range(batch - len(idx))]   # same shape for every call
+            noise = [volume_noise(gen, seed, i, depth - 2) for i in padded]
+            pn = torch.stack([a for a, _ in noise])
+            sn = torch.stack([b for _, b in noise])
+            vols = synthesize(gen, pn, sn, chunk)[:len(idx)]
+            for v in vols:
+                hu = model_to_hu(v.numpy(), meta["hu_min"], meta["hu_max"]).astype(np.float32)
+                yield hu, tuple(float(x) for x in meta["spacing_mm"])
+    finally:
+        gen.train(was_training)
+
+
+def generate_volume_at(generator, seed: int, index: int, device: str | torch.device = "cpu",
+                       depth: int | None = None, chunk: int | None = None
+                       ) -> tuple[np.ndarray, tuple[float, float, float]]:
+    """Volume ``index`` of the run seeded with ``seed`` (same as the ``index``-th item of :func:`generate_volumes`
+    with ``batch=1``)."""
+    return next(generate_volumes(generator, 1, seed, batch=1, device=device, depth=depth, chunk=chunk, start=index))
+
+
+def gan3d_noise(generator: Generator3D, seed: int, index: int) -> torch.Tensor:
+    """Latent z (z_dim,) of 3D GAN volume ``index``."""
+    return torch.randn(generator.z_dim, generator=torch.Generator().manual_seed(volume_seed(seed, index)))
+
+
+@torch.no_grad()
+def generate_gan3d_volumes(generator_or_ckpt, n: int, seed: int, batch: int = 1, device: str | torch.device = "cpu",
+                           size: int | None = None, start: int = 0
+                           ) -> Iterator[tuple[np.ndarray, tuple[float, float, float]]]:
+    """Yield ``n`` 3D GAN baseline volumes ``(hu, spacing_mm)``, upsampled trilinearly to ``size``³ (default the
+    profile's S, as in Table 1: 128³ → 224³). Seeding as in :func:`generate_volumes`."""
+    gen = _as_generator(generator_or_ckpt, device, Generator3D)
+    was_training = gen.training
+    gen.eval()
+    meta = _meta(gen)
+    size = int(size or meta.get("size", gen.size))
+    dev = next(gen.parameters()).device
+    batch = max(1, int(batch))
+    try:
+        for g0 in range(start, start + n, batch):
+            idx = list(range(g0, min(g0 + batch, start + n)))
+            padded = idx + [start + n + j for j in range(batch - len(idx))]
+            z = torch.stack([gan3d_noise(gen, seed, i) for i in padded]).to(dev)
+            vols = gen(z).float()
+            for j in range(len(idx)):
+                v = upsample_volume(vols[j:j + 1], size)[0, 0].cpu().numpy()
+                yield model_to_hu(v, meta["hu_min"], meta["hu_max"]).astype(np.float32), \
+                    tuple(float(x) for x in meta["spacing_mm"])
+    finally:
+        gen.train(was_training)
+
+
+__all__ = ["volume_seed", "load_generator", "volume_noise", "synthesize", "generate_volumes", "generate_volume_at",
+           "gan3d_noise", "generate_gan3d_volumes"]

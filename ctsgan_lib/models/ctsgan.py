@@ -1,0 +1,283 @@
+"""CT-SGAN networks (paper §2, Fig. 2), adapted from MoCoGAN (Tulyakov et al. 2018).
+
+Four sub-networks, named as in the paper:
+
+- :class:`SliceRNN` (Rv): a BiLSTM fed with per-slice noise ε_i, with a learned initial state (h0, c0). It outputs a
+  slice-specific code for every position of a volume.
+- :class:`SliceGenerator` (Gslice): maps [patient noise, slice code] to one "3D slice" = 3 consecutive axial slices as
+  channels, S×S. Patient noise is constant over a volume (patient/scanner-specific content).
+- :class:`SliceDiscriminator` (Dslice): judges single 3D slices "with respect to the slice position" (a projection
+  discriminator term with a learned position embedding, Miyato & Koyama 2018).
+- :class:`SlabDiscriminator` (Dslab): a 3D-conv critic over a slab of T consecutive centre slices.
+
+Volume assembly (:func:`assemble_volume`): S−2 three-channel slices; their centre channels give slices 1..S−2, the
+first slice's first channel and the last slice's last channel give the end slices, so S slices in total.
+
+Discriminators use InstanceNorm instead of BatchNorm: the WGAN-GP penalty is defined per sample and batch statistics
+would couple samples (REFERENCES.md, MoCoGAN notes).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+def start_size(size: int) -> int:
+    """Spatial size Gslice starts from: halve ``size`` while it stays even and above 7.
+
+    224 → 7 (7→14→28→56→112→224, five upsampling stages); 64 → 4 (four stages); 32 → 4 (three stages).
+    """
+    s = size
+    while s % 2 == 0 and s > 7:
+        s //= 2
+    return s
+
+
+def _widths(n_maps: int, base: int, cap: int = 8) -> list[int]:
+    """Channel widths of ``n_maps`` feature maps, widest first: base·min(cap, 2^(n−1−k)) (MoCoGAN: 512,256,128,64)."""
+    return [base * min(cap, 2 ** (n_maps - 1 - k)) for k in range(n_maps)]
+
+
+class SliceRNN(nn.Module):
+    """Rv: a BiLSTM over per-slice noise with learned initial state; outputs one slice code per position.
+
+    Parameters
+    ----------
+    slice_noise_dim : int
+        Size of ε_i, the noise fed at each position.
+    slice_code_dim : int
+        Output size per position (both directions together, so it must be even).
+    """
+
+    def __init__(self, slice_noise_dim: int, slice_code_dim: int):
+        super().__init__()
+        if slice_code_dim % 2:
+            raise ValueError(f"slice_code_dim must be even (two LSTM directions), got {slice_code_dim}")
+        hidden = slice_code_dim // 2
+        self.slice_noise_dim = slice_noise_dim
+        self.lstm = nn.LSTM(slice_noise_dim, hidden, batch_first=True, bidirectional=True)
+        # learned h0 and c0 (paper: "fed with random inputs (εi and h0), and its parameters are learned")
+        self.h0 = nn.Parameter(torch.zeros(2, 1, hidden))
+        self.c0 = nn.Parameter(torch.zeros(2, 1, hidden))
+
+    def forward(self, slice_noise: torch.Tensor) -> torch.Tensor:
+        """``slice_noise`` (B, L, slice_noise_dim) → slice codes (B, L, slice_code_dim)."""
+        b = slice_noise.shape[0]
+        h0 = self.h0.expand(-1, b, -1).contiguous()
+        c0 = self.c0.expand(-1, b, -1).contiguous()
+        out, _ = self.lstm(slice_noise, (h0, c0))
+        return out
+
+
+class SliceGenerator(nn.Module):
+    """Gslice: a DCGAN/MoCoGAN image generator from a code to one 3D slice (3 channels, S×S) in [-1, 1].
+
+    ConvTranspose k=start s1 from 1×1 to start×start, then k4 s2 p1 upsampling stages; BatchNorm + ReLU after every
+    layer but the last (Tanh); no biases before BatchNorm.
+
+    Parameters
+    ----------
+    code_dim : int
+        patient_dim + slice_code_dim.
+    size : int
+        S, the output side.
+    ngf : int
+        Width of the last hidden map (MoCoGAN: 64); earlier maps are up to 8× wider.
+    channels : int
+        3 (a "3D slice").
+    """
+
+    def __init__(self, code_dim: int, size: int, ngf: int = 64, channels: int = 3):
+        super().__init__()
+        s0 = start_size(size)
+        n_up = int(round(math.log2(size // s0)))
+        if s0 * 2 ** n_up != size or n_up < 1:
+            raise ValueError(f"size {size} must be start·2^k with k >= 1 (start {s0})")
+        widths = _widths(n_up, ngf)
+        layers: list[nn.Module] = [nn.ConvTranspose2d(code_dim, widths[0], s0, 1, 0, bias=False),
+                                   nn.BatchNorm2d(widths[0]), nn.ReLU(True)]
+        for cin, cout in zip(widths[:-1], widths[1:]):
+            layers += [nn.ConvTranspose2d(cin, cout, 4, 2, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(True)]
+        layers += [nn.ConvTranspose2d(widths[-1], channels, 4, 2, 1, bias=False), nn.Tanh()]
+        self.net = nn.Sequential(*layers)
+        self.code_dim, self.size, self.channels = code_dim, size, channels
+
+    def forward(self, code: torch.Tensor) -> torch.Tensor:
+        """``code`` (M, code_dim) → 3D slices (M, channels, S, S)."""
+        return self.net(code[:, :, None, None])
+
+
+class CTSGANGenerator(nn.Module):
+    """Rv and Gslice together (the two networks Eq. 1 maximises over), with the noise layout.
+
+    Parameters
+    ----------
+    size : int
+        S.
+    patient_dim, slice_noise_dim, slice_code_dim, ngf : int
+        See :class:`~ctsgan_lib.config.CTSGANConfig`.
+    """
+
+    def __init__(self, size: int, patient_dim: int, slice_noise_dim: int, slice_code_dim: int, ngf: int):
+        super().__init__()
+        self.size = size
+        self.patient_dim = patient_dim
+        self.slice_noise_dim = slice_noise_dim
+        self.rv = SliceRNN(slice_noise_dim, slice_code_dim)
+        self.gslice = SliceGenerator(patient_dim + slice_code_dim, size, ngf)
+
+    @property
+    def n_positions(self) -> int:
+        """Number of 3D slices in an S-slice volume: S − 2."""
+        return self.size - 2
+
+    def sample_noise(self, batch: int, n_positions: int | None = None, generator: torch.Generator | None = None,
+                     device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+        """Draw ``patient_noise`` (B, patient_dim), constant over a volume, and ``slice_noise`` (B, L, dim)."""
+        n = self.n_positions if n_positions is None else n_positions
+        patient_noise = torch.randn(batch, self.patient_dim, generator=generator)
+        slice_noise = torch.randn(batch, n, self.slice_noise_dim, generator=generator)
+        return patient_noise.to(device), slice_noise.to(device)
+
+    def codes(self, patient_noise: torch.Tensor, slice_noise: torch.Tensor) -> torch.Tensor:
+        """Full codes (B, L, patient_dim + slice_code_dim): Rv's slice codes with the patient noise repeated."""
+        slice_codes = self.rv(slice_noise)
+        pn = patient_noise[:, None, :].expand(-1, slice_codes.shape[1], -1)
+        return torch.cat([pn, slice_codes], dim=2)
+
+    def slices(self, codes: torch.Tensor) -> torch.Tensor:
+        """Codes (B, K, D) → 3D slices (B, K, 3, S, S)."""
+        b, k, d = codes.shape
+        return self.gslice(codes.reshape(b * k, d)).view(b, k, self.gslice.channels, self.size, self.size)
+
+    def forward(self, patient_noise: torch.Tensor, slice_noise: torch.Tensor,
+                positions: torch.Tensor | None = None) -> torch.Tensor:
+        """3D slices at ``positions`` (B, K) (all positions if None): Rv runs over the whole length, Gslice only on
+        the requested positions, so Gslice memory does not grow with S."""
+        codes = self.codes(patient_noise, slice_noise)
+        if positions is not None:
+            codes = torch.gather(codes, 1, positions[:, :, None].expand(-1, -1, codes.shape[2]))
+        return self.slices(codes)
+
+
+def assemble_volume(slices3: torch.Tensor) -> torch.Tensor:
+    """Assemble a volume from consecutive 3D slices (paper §2: "222 3D slices in total" for 224 slices).
+
+    Parameters
+    ----------
+    slices3 : Tensor (..., L, 3, H, W)
+        L consecutive 3D slices; channel c of slice j stands for volume slice j + c.
+
+    Returns
+    -------
+    Tensor (..., L + 2, H, W)
+        Centre channels give slices 1..L; slice 0 is the first 3D slice's channel 0 and slice L+1 the last 3D slice's
+        channel 2.
+    """
+    first = slices3[..., :1, 0, :, :]
+    centre = slices3[..., :, 1, :, :]
+    last = slices3[..., -1:, 2, :, :]
+    return torch.cat([first, centre, last], dim=-3)
+
+
+class SliceDiscriminator(nn.Module):
+    """Dslice: a 2D conv critic over 3D slices, conditioned on the slice position by projection.
+
+    Output = ψ(φ(x)) + ⟨embed(position), φ(x)⟩, where φ is the conv trunk with global sum pooling.
+
+    Parameters
+    ----------
+    size : int
+        S.
+    n_positions : int
+        Number of positions the embedding knows (S − 2).
+    ndf : int
+        Width of the first conv (MoCoGAN: 64), doubling per stage up to 8×.
+    channels : int
+        3.
+    """
+
+    def __init__(self, size: int, n_positions: int, ndf: int = 64, channels: int = 3):
+        super().__init__()
+        s0 = start_size(size)
+        n_down = int(round(math.log2(size // s0)))
+        widths = [ndf * min(8, 2 ** k) for k in range(n_down)]
+        layers: list[nn.Module] = [nn.Conv2d(channels, widths[0], 4, 2, 1), nn.LeakyReLU(0.2, True)]
+        for cin, cout in zip(widths[:-1], widths[1:]):
+            layers += [nn.Conv2d(cin, cout, 4, 2, 1), nn.InstanceNorm2d(cout, affine=True), nn.LeakyReLU(0.2, True)]
+        self.trunk = nn.Sequential(*layers)
+        self.linear = nn.Linear(widths[-1], 1)
+        self.embed = nn.Embedding(n_positions, widths[-1])
+        nn.init.normal_(self.embed.weight, std=0.02)
+        self.n_positions = n_positions
+
+    def forward(self, x: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
+        """``x`` (M, 3, S, S), ``position`` (M,) long in [0, S−2) → logits (M,)."""
+        h = self.trunk(x).sum(dim=(2, 3))
+        return self.linear(h).squeeze(1) + (self.embed(position) * h).sum(1)
+
+
+class SlabDiscriminator(nn.Module):
+    """Dslab: a 3D conv critic over a slab of T consecutive centre slices (B, 1, T, S, S).
+
+    In-plane stride 2 at every stage (as MoCoGAN's video discriminator); along z stride 2 while the slab is still at
+    least 8 slices deep, so any T >= 2 works. Global sum pooling then a linear head.
+    """
+
+    def __init__(self, size: int, slab_len: int, ndf: int = 64):
+        super().__init__()
+        s0 = start_size(size)
+        n_down = int(round(math.log2(size // s0)))
+        widths = [ndf * min(8, 2 ** k) for k in range(n_down)]
+        layers: list[nn.Module] = []
+        depth, cin = slab_len, 1
+        for k, cout in enumerate(widths):
+            sz = 2 if depth >= 8 else 1
+            layers.append(nn.Conv3d(cin, cout, (3, 4, 4), (sz, 2, 2), (1, 1, 1)))
+            if k > 0:
+                layers.append(nn.InstanceNorm3d(cout, affine=True))
+            layers.append(nn.LeakyReLU(0.2, True))
+            depth = (depth - 1) // sz + 1
+            cin = cout
+        self.trunk = nn.Sequential(*layers)
+        self.linear = nn.Linear(widths[-1], 1)
+        self.slab_len = slab_len
+
+    def forward(self, slab: torch.Tensor) -> torch.Tensor:
+        """``slab`` (B, 1, T, S, S) → logits (B,)."""
+        return self.linear(self.trunk(slab).sum(dim=(2, 3, 4))).squeeze(1)
+
+
+def build_ctsgan(size: int, ct) -> dict[str, nn.Module]:
+    """The four networks from a :class:`~ctsgan_lib.config.CTSGANConfig` (or a dict with its fields) at side ``size``.
+
+    Returns
+    -------
+    dict
+        ``{"generator": CTSGANGenerator (rv + gslice), "dslice": SliceDiscriminator, "dslab": SlabDiscriminator}``.
+    """
+    g = (lambda k: ct[k]) if isinstance(ct, dict) else (lambda k: getattr(ct, k))
+    gen = CTSGANGenerator(size, g("patient_dim"), g("slice_noise_dim"), g("slice_code_dim"), g("ngf"))
+    return {
+        "generator": gen,
+        "dslice": SliceDiscriminator(size, size - 2, g("ndf")),
+        "dslab": SlabDiscriminator(size, g("slab_len"), g("ndf")),
+    }
+
+
+def init_weights(module: nn.Module) -> None:
+    """DCGAN initialisation: conv weights N(0, 0.02), norm scales N(1, 0.02), biases 0."""
+    for m in module.modules():
+        if isinstance(m, (nn.Conv2d, nn.Conv3d, nn.ConvTranspose2d, nn.ConvTranspose3d)):
+            nn.init.normal_(m.weight, 0.0, 0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, (nn.BatchNorm2d, nn.BatchNorm3d, nn.InstanceNorm2d, nn.InstanceNorm3d)) and m.affine:
+            nn.init.normal_(m.weight, 1.0, 0.02)
+            nn.init.zeros_(m.bias)
+
+
+__all__ = ["SliceRNN", "SliceGenerator", "CTSGANGenerator", "SliceDiscriminator", "SlabDiscriminator",
+           "assemble_volume", "build_ctsgan", "init_weights", "start_size"]

@@ -1,0 +1,183 @@
+"""CT-SGAN training loop (paper §2, Eq. 1–2): alternating Dslice+Dslab and Gslice+Rv updates on sampled slabs.
+
+Per step, for each of B real volumes a slab region of T 3D-slice positions is drawn. The generator draws fresh
+patient and slice noise, runs Rv over all S − 2 positions (cheap) and Gslice only on the T slab positions, so Gslice
+memory does not depend on S. Dslab judges the T centre slices of real and generated slabs; Dslice judges N of the
+slab's 3D slices, conditioned on their positions.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..config import Config
+from ..errors import CTSGANError
+from ..models.ctsgan import build_ctsgan, init_weights
+from . import distributed as D
+from . import losses
+from .gan_common import GANRun, autocast, orthogonal_views, resolve_device, seed_everything, set_requires_grad
+from .volumes import VolumeDataset, sample_slab_batch, training_cohort_dir
+
+LOSS_NAMES = ["loss_d", "loss_dslice", "loss_dslab", "gp_dslice", "gp_dslab", "loss_g", "loss_g_slice",
+              "loss_g_slab"]
+
+
+def _gather_positions(x: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+    """x (B, T, ...) and offsets (B, N) → (B·N, ...)."""
+    b = torch.arange(x.shape[0], device=x.device)[:, None].expand_as(offsets)
+    return x[b.reshape(-1), offsets.reshape(-1)]
+
+
+def ctsgan_step(nets: dict[str, torch.nn.Module], opts: dict[str, torch.optim.Optimizer], data: VolumeDataset,
+                ct, batch: int, device: str, ctx: D.DistContext) -> dict[str, float]:
+    """One alternating update: Dslice and Dslab (generator fixed), then Gslice and Rv (discriminators fixed).
+
+    Returns the step's losses as floats (see ``LOSS_NAMES``).
+    """
+    gen, dslice, dslab = nets["generator"], nets["dslice"], nets["dslab"]
+    size, t_len, n_sl = data.size, ct.slab_len, ct.n_slices
+    kind, amp = ct.loss, autocast(device, ct.bf16)
+
+    # --- data: a slab region per real volume, N slice offsets inside it ------------------------------------------
+    index, start, offsets = sample_slab_batch(len(data), batch, size, t_len, n_sl)
+    window = data.slab_windows(index, start, t_len).to(device)                 # (B, T+2, S, S)
+    real3 = torch.stack([window[:, k:k + 3] for k in range(t_len)], dim=1)     # (B, T, 3, S, S) real 3D slices
+    real_slab = window[:, 1:t_len + 1, None].transpose(1, 2)                   # (B, 1, T, S, S) centre slices
+    real_slices = _gather_positions(real3, offsets.to(device))                 # (B·N, 3, S, S)
+    positions = (start[:, None] + offsets).reshape(-1).to(device)              # (B·N,) in [0, S−2)
+
+    # --- fakes: Rv over all S−2 positions, Gslice only on the slab -----------------------------------------------
+    patient_noise, slice_noise = gen.sample_noise(batch, device=device)
+    slab_pos = (start[:, None] + torch.arange(t_len)[None]).to(device)         # (B, T)
+    with amp:
+        fake3 = gen(patient_noise, slice_noise, slab_pos).float()              # (B, T, 3, S, S)
+    fake_slab = fake3[:, :, 1][:, None]                                        # (B, 1, T, S, S)
+    fake_slices = _gather_positions(fake3, offsets.to(device))                 # (B·N, 3, S, S)
+
+    # --- D step (Eq. 2; the N-slice sum is averaged so Dslice's scale does not depend on N) -----------------------
+    set_requires_grad([dslice, dslab], True)
+    opts["d"].zero_grad(set_to_none=True)
+    with amp:
+        l_dslice = losses.d_loss(kind, dslice(real_slices, positions), dslice(fake_slices.detach(), positions))
+        l_dslab = losses.d_loss(kind, dslab(real_slab), dslab(fake_slab.detach()))
+        gp_slice = gp_slab = torch.zeros((), device=device)
+        if kind == "wgan-gp":
+            gp_slice = losses.gradient_penalty(dslice, real_slices, fake_slices, positions)
+            gp_slab = losses.gradient_penalty(dslab, real_slab, fake_slab)
+    loss_d = l_dslice + l_dslab + ct.gp_weight * (gp_slice + gp_slab)
+    loss_d.backward()
+    D.all_reduce_grads(list(dslice.parameters()) + list(dslab.parameters()), ctx)
+    opts["d"].step()
+
+    # --- G step: the same fakes through the updated discriminators ------------------------------------------------
+    set_requires_grad([dslice, dslab], False)
+    opts["g"].zero_grad(set_to_none=True)
+    with amp:
+        l_g_slice = losses.g_loss(kind, dslice(fake_slices, positions))
+        l_g_slab = losses.g_loss(kind, dslab(fake_slab))
+    loss_g = l_g_slice + l_g_slab
+    loss_g.backward()
+    D.all_reduce_grads(gen.parameters(), ctx)
+    opts["g"].step()
+    D.average_buffers(gen, ctx)
+    set_requires_grad([dslice, dslab], True)
+
+    vals = [loss_d, l_dslice, l_dslab, gp_slice, gp_slab, loss_g, l_g_slice, l_g_slab]
+    return {k: float(v.detach()) for k, v in zip(LOSS_NAMES, vals)}
+
+
+def sample_grid(gen, data: VolumeDataset, seed: int, n: int = 2, chunk: int = 32) -> torch.Tensor:
+    """Axial/coronal/sagittal centre planes of one real and ``n`` generated volumes (fixed noise, eval mode)."""
+    from ..generation import synthesize
+
+    g = torch.Generator().manual_seed(seed)
+    was = gen.training
+    gen.eval()
+    try:
+        pn = torch.randn(n, gen.patient_dim, generator=g)
+        sn = torch.randn(n, gen.n_positions, gen.slice_noise_dim, generator=g)
+        fakes = synthesize(gen, pn, sn, chunk)
+    finally:
+        gen.train(was)
+    vols = [data.data[0].float()] + list(fakes)
+    return torch.stack([v for vol in vols for v in orthogonal_views(vol)])
+
+
+def train_ctsgan(cfg: Config, cohort_dir: str | Path | None = None, out_dir: str | Path | None = None,
+                 resume: bool = True, device: str | None = None, progress: bool = True,
+                 volumes_hu: np.ndarray | None = None, spacing_mm=(1.0, 1.0, 1.0)) -> dict[str, Any]:
+    """Train CT-SGAN (Rv, Gslice, Dslice, Dslab).
+
+    Parameters
+    ----------
+    cfg : Config
+        Profile; uses ``cfg.data`` (size, HU window), ``cfg.ctsgan`` (all model and optimisation settings) and
+        ``cfg.seed``.
+    cohort_dir : path, optional
+        Training cohort (default: :func:`~ctsgan_lib.train.volumes.training_cohort_dir`, the nodule-free set).
+    out_dir : path, optional
+        Run folder (default ``runs/<P>/ctsgan``): ``ckpt_<step>.pt``, ``log.csv``, ``samples/``,
+        ``training_options.json``.
+    resume : bool
+        Continue from the newest checkpoint in ``out_dir`` (exactly: networks, optimizers, step and RNG states).
+        ``False`` starts over and removes that folder's old checkpoints.
+    device : str, optional
+        ``"cpu"``, ``"cuda"``; default CUDA when present (bf16 autocast there if ``ctsgan.bf16``). Under ``torchrun``
+        each rank uses its own GPU (or CPU with gloo) and ``ctsgan.batch`` is split over ranks.
+    progress : bool
+        tqdm progress bar.
+    volumes_hu : array (N, S, S, S), optional
+        In-memory training volumes in HU instead of a cohort (tests, experiments).
+    spacing_mm : tuple
+        Spacing of ``volumes_hu``.
+
+    Returns
+    -------
+    dict
+        ``out_dir``, ``step``, ``checkpoint`` (last written), ``log`` (log.csv path), ``losses`` (last step).
+
+    Raises
+    ------
+    TrainingDivergedError
+        A loss became NaN/Inf; the last good checkpoint is kept.
+    """
+    ct = cfg.ctsgan
+    ctx = D.init_from_env(str(device or ("cuda" if torch.cuda.is_available() else "cpu")))
+    try:
+        dev = resolve_device(device, ctx)
+        if ct.batch % ctx.world_size:
+            raise CTSGANError(f"ctsgan.batch ({ct.batch}) must be divisible by the number of processes "
+                              f"({ctx.world_size})")
+        if volumes_hu is not None:
+            data = VolumeDataset(volumes_hu, hu_min=cfg.data.hu_min, hu_max=cfg.data.hu_max, spacing_mm=spacing_mm,
+                                 size=cfg.data.size)
+        else:
+            data = VolumeDataset(cohort_dir=cohort_dir or training_cohort_dir(cfg), hu_min=cfg.data.hu_min,
+                                 hu_max=cfg.data.hu_max, size=cfg.data.size, progress=progress and ctx.is_main)
+        seed_everything(cfg.seed)                     # same initial weights on every rank (then broadcast anyway)
+        nets = build_ctsgan(cfg.data.size, ct)
+        for m in nets.values():
+            init_weights(m)
+            m.to(dev)
+            D.broadcast_module(m, ctx)
+        gen, dslice, dslab = nets["generator"], nets["dslice"], nets["dslab"]
+        opts = {"g": torch.optim.Adam(gen.parameters(), lr=ct.lr_g, betas=tuple(ct.betas)),
+                "d": torch.optim.Adam(list(dslice.parameters()) + list(dslab.parameters()), lr=ct.lr_d,
+                                      betas=tuple(ct.betas))}
+        run = GANRun(kind="ctsgan", config=cfg.to_dict(), out_dir=out_dir or cfg.runs_dir / "ctsgan",
+                     models={"rv": gen.rv, "gslice": gen.gslice, "dslice": dslice, "dslab": dslab},
+                     optimizers=opts, iterations=ct.iterations, ckpt_every=ct.ckpt_every,
+                     sample_every=ct.sample_every, loss_names=LOSS_NAMES, resume=resume, seed=cfg.seed, ctx=ctx,
+                     device=dev, progress=progress, log_every=ct.log_every,
+                     extra={"spacing_mm": list(data.spacing_mm), "data_source": data.source, "n_volumes": len(data)})
+        per_rank = ct.batch // ctx.world_size
+        return run.run(lambda step: ctsgan_step(nets, opts, data, ct, per_rank, dev, ctx),
+                       lambda step: sample_grid(gen, data, cfg.seed, chunk=ct.chunk))
+    finally:
+        D.shutdown(ctx)
+
+
+__all__ = ["train_ctsgan", "ctsgan_step", "sample_grid", "LOSS_NAMES"]
