@@ -102,6 +102,7 @@ class GAN3DConfig:
     betas: tuple[float, float] = (0.5, 0.999)
     ckpt_every: int = 10
     sample_every: int = 10
+    bf16: bool = True                   # autocast on CUDA only
 
 
 @dataclass
