@@ -118,14 +118,21 @@ class GenerateConfig:
 
 @dataclass
 class FidelityConfig:
-    """FID / IS (notebook 05)."""
+    """FID / IS (notebook 05, paper §4.2 Table 1) and the memorization check."""
 
-    n_pairs: int = 6
-    pooled_volumes: int = 6
+    n_pairs: int = 3                    # random scan pairs per Table 1 row (paper: mean ± std over random pairs)
+    volumes_per_source: int = 3         # volumes per source whose features are extracted and paired (0 = all)
+    max_slices: int = 6                 # slices per volume and view, evenly spaced, in order (0 = all, as the paper)
+    views: list[str] = field(default_factory=lambda: ["axial", "coronal", "sagittal"])  # 2.5D variant; axial = paper
+    pooled_volumes: int = 3             # volumes per side in the pooled variant (0 = the whole pool)
+    isc_splits: int = 2                 # Inception Score splits per volume (torch-fidelity default: 10)
     seed: int = 7
     weights_path: str = ""             # InceptionV3 torch-fidelity weights; empty = hub cache, then offline fallback
-    calibration_slices: int = 64        # BN recalibration batch for the offline fallback extractor
+    weights_sha256: str = ""            # recorded SHA-256 of those weights (else a sidecar <file>.sha256 is required)
+    calibration_slices: int = 32        # BN recalibration batch for the offline fallback extractor
     batch: int = 32
+    privacy_size: int = 16              # memorization check: volumes downsampled to this side before correlating
+    privacy_percentile: float = 95.0    # copy threshold: this percentile of real-val→nearest-train correlation
 
 
 @dataclass

@@ -1,0 +1,601 @@
+"""Slice-wise FID and Inception Score with torch-fidelity (paper §4.2, Table 1), plus 2.5D and pooled variants.
+
+Protocol (paper §4.2): "we randomly selected two different scans in the data source (real or synthetic) and computed
+the FID slice by slice in order". One FID = the set of axial slices of one scan against the set of axial slices of
+the other; repeated over ``fidelity.n_pairs`` random pairs, reported as mean ± std. Real-vs-real pairs are always two
+different patients. IS is computed per volume over its slices, mean ± std over volumes.
+
+Beyond the paper:
+
+* **2.5D**: the same pair FID on axial, coronal and sagittal slices, per view (cf. MAISI's 2.5D FID).
+* **pooled**: all slices of many volumes per side, which has far less small-sample bias than ~S slices per set.
+
+Cost control: each volume's features are extracted once per view through torch-fidelity's own extractor and cached
+under ``runs/<P>/fidelity/features/`` with a key made from the volume checksum, the view, the slice selection and the
+weights' SHA-256. Every pairwise statistic is computed from the cache. The FID of two small sets (n < 2048) is
+computed exactly in the n-dimensional span of the centred features (trace of the matrix square root from the singular
+values of ``A1 A2ᵀ``), which equals torch-fidelity's ``fid_statistics_to_metric`` (a test checks it against a direct
+``torch_fidelity.calculate_metrics`` call) and is ~1000× faster than its 2048×2048 eigen-decomposition.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import torch
+
+from ..data.intensity import hu_to_uint8
+from ..errors import CTSGANError
+from ..utils.atomic import atomic_path, atomic_write_text
+from ..utils.logs import append_jsonl
+from .inception import EXTRACTOR_NAME, FEATURES, Extractor, resolve_extractor
+
+VIEWS = ("axial", "coronal", "sagittal")
+_VIEW_AXIS = {"axial": 0, "coronal": 1, "sagittal": 2}
+FID_LAYER, IS_LAYER = FEATURES
+
+#: Paper Table 1 (mean ± std), set beside ours.
+PAPER_TABLE1 = {
+    "real": {"label": "Real Data", "is": (2.21, 0.21), "fid": (130.72, 31.05)},
+    "gan3d": {"label": "3D GAN Synthetic Data (128³ → 224³)", "is": (2.16, 0.26), "fid": (206.34, 59.12)},
+    "ctsgan": {"label": "CT-SGAN Synthetic Data (224³)", "is": (2.37, 0.19), "fid": (145.18, 25.97)},
+}
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# slices
+# --------------------------------------------------------------------------------------------------------------------
+def slice_indices(n: int, max_slices: int = 0) -> np.ndarray:
+    """Indices of the slices used, in order: all of them, or ``max_slices`` evenly spaced ones."""
+    if max_slices <= 0 or max_slices >= n:
+        return np.arange(n)
+    return np.unique(np.round(np.linspace(0, n - 1, max_slices)).astype(int))
+
+
+def volume_slices(hu: np.ndarray, view: str = "axial", max_slices: int = 0, hu_min: float = -1000.0,
+                  hu_max: float = 400.0) -> np.ndarray:
+    """Slices of a HU volume as torch-fidelity wants them: uint8, shape (N, 3, H, W).
+
+    Parameters
+    ----------
+    hu : np.ndarray
+        Volume in HU, axis order (z, y, x).
+    view : str
+        ``axial`` (slices along z), ``coronal`` (along y) or ``sagittal`` (along x).
+    max_slices : int
+        0 = every slice; otherwise that many evenly spaced slices, kept in order.
+    hu_min, hu_max : float
+        Window mapped to [0, 255] (via :func:`ctsgan_lib.data.intensity.hu_to_uint8`).
+
+    Returns
+    -------
+    np.ndarray
+        uint8 (N, 3, H, W): the grey slice repeated to three channels.
+    """
+    if view not in _VIEW_AXIS:
+        raise CTSGANError(f"unknown view {view!r}; choose from {', '.join(VIEWS)}")
+    hu = np.asarray(hu)
+    if hu.ndim != 3:
+        raise CTSGANError(f"expected a 3-D (z, y, x) volume, got shape {hu.shape}")
+    axis = _VIEW_AXIS[view]
+    idx = slice_indices(hu.shape[axis], max_slices)
+    sl = np.moveaxis(np.take(hu, idx, axis=axis), axis, 0)
+    u8 = hu_to_uint8(sl, hu_min, hu_max)
+    return np.ascontiguousarray(np.repeat(u8[:, None], 3, axis=1))
+
+
+class SliceStack(torch.utils.data.Dataset):
+    """A uint8 (N, 3, H, W) array as the ``Dataset`` torch-fidelity consumes (one 3×H×W uint8 tensor per item)."""
+
+    def __init__(self, slices_u8: np.ndarray):
+        slices_u8 = np.asarray(slices_u8)
+        if slices_u8.dtype != np.uint8 or slices_u8.ndim != 4 or slices_u8.shape[1] != 3:
+            raise CTSGANError(f"slices must be uint8 (N, 3, H, W), got {slices_u8.dtype} {slices_u8.shape}")
+        self.x = torch.from_numpy(np.ascontiguousarray(slices_u8))
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return self.x[i]
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# features (torch-fidelity's extractor) and their cache
+# --------------------------------------------------------------------------------------------------------------------
+class FeatureRunner:
+    """torch-fidelity's ``inception-v3-compat`` extractor, created once, run on slice stacks.
+
+    Uses ``torch_fidelity.utils.create_feature_extractor`` and ``get_featuresdict_from_dataset``: the same code
+    ``calculate_metrics`` runs, so cached features are exactly what torch-fidelity would compute.
+    """
+
+    def __init__(self, extractor: Extractor, batch: int = 32, device: str | None = None):
+        self.extractor = extractor
+        self.batch = int(batch)
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self._net = None
+        self.slices_done = 0
+
+    @property
+    def net(self):
+        if self._net is None:
+            from torch_fidelity.utils import create_feature_extractor
+
+            self._net = create_feature_extractor(EXTRACTOR_NAME, list(FEATURES), cuda=self.device == "cuda",
+                                                 feature_extractor_weights_path=self.extractor.weights_path,
+                                                 verbose=False)
+        return self._net
+
+    def __call__(self, slices_u8: np.ndarray) -> dict[str, np.ndarray]:
+        """Features of a uint8 (N, 3, H, W) stack: ``{"2048": (N, 2048), "logits_unbiased": (N, 1008)}``."""
+        from torch_fidelity.utils import get_featuresdict_from_dataset
+
+        out = get_featuresdict_from_dataset(SliceStack(slices_u8), self.net, self.batch, self.device == "cuda",
+                                            save_cpu_ram=True, verbose=False)
+        self.slices_done += len(slices_u8)
+        return {k: v.numpy().astype(np.float32, copy=False) for k, v in out.items()}
+
+
+def volume_checksum(cohort, vid: str) -> str:
+    """The manifest's SHA-256 of the volume file (the cache key's first half)."""
+    try:
+        row = cohort.row(vid)
+        checksum = str(row["checksum"]) if row is not None and "checksum" in row else ""
+    except (KeyError, TypeError):
+        checksum = ""
+    if not checksum or checksum == "nan":
+        hu, _ = cohort.read(vid)
+        checksum = hashlib.sha256(np.ascontiguousarray(hu, dtype=np.float32).tobytes()).hexdigest()
+    return checksum
+
+
+class FeatureCache:
+    """Per-volume, per-view features on disk: ``<folder>/<checksum>-<view>-<settings>-<weights>.npz``.
+
+    Parameters
+    ----------
+    folder : Path
+        ``runs/<P>/fidelity/features``.
+    runner : FeatureRunner
+    max_slices : int
+        Slice selection per volume and view (part of the key).
+    hu_min, hu_max : float
+        Window (part of the key).
+    """
+
+    def __init__(self, folder: str | Path, runner: FeatureRunner, max_slices: int = 0, hu_min: float = -1000.0,
+                 hu_max: float = 400.0):
+        self.folder = Path(folder)
+        self.runner = runner
+        self.max_slices = int(max_slices)
+        self.hu_min, self.hu_max = float(hu_min), float(hu_max)
+        self.hits = 0
+        self.misses = 0
+        self._mem: dict[str, dict[str, np.ndarray]] = {}
+
+    def key(self, checksum: str, view: str) -> str:
+        settings = f"s{self.max_slices}_w{self.hu_min:g}_{self.hu_max:g}"
+        return f"{checksum[:24]}-{view}-{settings}-{self.runner.extractor.sha256[:16]}"
+
+    def get(self, cohort, vid: str, view: str = "axial") -> dict[str, np.ndarray]:
+        """Features of one volume and view (``"2048"``, ``"logits_unbiased"``, ``"shape"``), extracted on a miss."""
+        key = self.key(volume_checksum(cohort, vid), view)
+        if key in self._mem:
+            self.hits += 1
+            return self._mem[key]
+        path = self.folder / f"{key}.npz"
+        if path.is_file():
+            try:
+                with np.load(path) as z:
+                    feats = {k: z[k] for k in z.files}
+                self.hits += 1
+                self._mem[key] = feats
+                return feats
+            except (OSError, ValueError, KeyError):
+                path.unlink(missing_ok=True)  # torn or foreign file: recompute
+        hu, _ = cohort.read(vid)
+        hu = np.asarray(hu)
+        feats = self.runner(volume_slices(hu, view, self.max_slices, self.hu_min, self.hu_max))
+        feats["shape"] = np.asarray(hu.shape, dtype=np.int64)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path) as tmp:
+            with open(tmp, "wb") as fh:
+                np.savez(fh, **feats)
+        self.misses += 1
+        self._mem[key] = feats
+        return feats
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# metrics from features
+# --------------------------------------------------------------------------------------------------------------------
+def fid_from_features(f1: np.ndarray, f2: np.ndarray) -> float:
+    """FID between two feature sets (rows = samples), equal to torch-fidelity's computation.
+
+    With ``A_i`` the centred features and ``Σ_i = A_iᵀA_i/(n_i-1)``, the non-zero eigenvalues of ``Σ_1Σ_2`` are the
+    squared singular values of ``A_1A_2ᵀ/√((n_1-1)(n_2-1))``, so ``tr √(Σ_1Σ_2)`` is their sum. Exact, and cheap when
+    ``n_i`` is small; for large sets torch-fidelity's own ``fid_statistics_to_metric`` is used.
+    """
+    f1 = np.asarray(f1)
+    f2 = np.asarray(f2)
+    if f1.ndim != 2 or f2.ndim != 2 or f1.shape[1] != f2.shape[1]:
+        raise CTSGANError(f"feature sets do not match: {f1.shape} vs {f2.shape}")
+    n1, n2 = len(f1), len(f2)
+    if n1 < 2 or n2 < 2:
+        raise CTSGANError(f"FID needs at least 2 slices per side, got {n1} and {n2}")
+    if min(n1, n2) >= f1.shape[1]:
+        from torch_fidelity.metric_fid import fid_features_to_statistics, fid_statistics_to_metric
+
+        s1 = fid_features_to_statistics(torch.from_numpy(f1))
+        s2 = fid_features_to_statistics(torch.from_numpy(f2))
+        return float(fid_statistics_to_metric(s1, s2, False)["frechet_inception_distance"])
+    a = f1.astype(np.float64)
+    b = f2.astype(np.float64)
+    diff = a.mean(0) - b.mean(0)
+    a = a - a.mean(0)
+    b = b - b.mean(0)
+    tr1 = float((a * a).sum()) / (n1 - 1)
+    tr2 = float((b * b).sum()) / (n2 - 1)
+    sv = np.linalg.svd(a @ b.T, compute_uv=False) / math.sqrt((n1 - 1) * (n2 - 1))
+    return float(diff @ diff + tr1 + tr2 - 2.0 * sv.sum())
+
+
+def is_from_logits(logits: np.ndarray, splits: int = 10, seed: int = 2020) -> float:
+    """Inception Score from unbiased logits via torch-fidelity's ``isc_features_to_metric`` (shuffled, seeded)."""
+    from torch_fidelity.metric_isc import isc_features_to_metric
+
+    logits = np.asarray(logits)
+    if splits < 1 or len(logits) < splits:
+        raise CTSGANError(f"Inception Score with {splits} splits needs at least {splits} slices, got {len(logits)}; "
+                          "lower fidelity.isc_splits or raise fidelity.max_slices")
+    out = isc_features_to_metric(torch.from_numpy(logits), splits, True, int(seed))
+    return float(out["inception_score_mean"])
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# protocol
+# --------------------------------------------------------------------------------------------------------------------
+def cohort_ids(cohort, split: str | None = None, name: str = "cohort") -> list[str]:
+    """Ids of a cohort (optionally one split), refusing an empty one with a clear error."""
+    ids = list(cohort.ids(split=split)) if split else list(cohort.ids())
+    if not ids:
+        where = getattr(cohort, "root", name)
+        raise CTSGANError(f"{where}: cohort is empty{f' (split {split!r})' if split else ''}; nothing to compare")
+    return sorted(ids)
+
+
+def select_pool(ids: Sequence[str], k: int, seed: int) -> list[str]:
+    """``k`` ids drawn without replacement (all when ``k`` is 0 or larger than the cohort), in sorted order."""
+    ids = sorted(ids)
+    if k <= 0 or k >= len(ids):
+        return ids
+    rng = np.random.default_rng(seed)
+    return sorted(rng.choice(ids, size=k, replace=False).tolist())
+
+
+def draw_pairs(ref_ids: Sequence[str], other_ids: Sequence[str], n_pairs: int, seed: int,
+               same_source: bool) -> list[tuple[str, str]]:
+    """Random scan pairs (paper §4.2), as ``(other_id, ref_id)``.
+
+    With ``same_source`` (real vs real) both come from ``ref_ids`` and are always two different patients.
+
+    Raises
+    ------
+    CTSGANError
+        ``same_source`` with fewer than two patients, an empty side, or ``n_pairs < 1``.
+    """
+    if n_pairs < 1:
+        raise CTSGANError(f"fidelity.n_pairs must be >= 1, got {n_pairs}")
+    if not ref_ids or not other_ids:
+        raise CTSGANError("cannot draw pairs from an empty cohort")
+    rng = np.random.default_rng(seed)
+    pairs = []
+    if same_source:
+        if len(ref_ids) < 2:
+            raise CTSGANError(f"real-vs-real FID needs two different patients, but the cohort has only one "
+                              f"({ref_ids[0]})")
+        for _ in range(n_pairs):
+            i, j = rng.choice(len(ref_ids), size=2, replace=False)
+            pairs.append((ref_ids[int(i)], ref_ids[int(j)]))
+    else:
+        for _ in range(n_pairs):
+            o = other_ids[int(rng.integers(len(other_ids)))]
+            pairs.append((o, ref_ids[int(rng.integers(len(ref_ids)))]))
+    return pairs
+
+
+def _check_shapes(fa: dict, fb: dict, what: str) -> None:
+    sa, sb = tuple(int(v) for v in fa["shape"]), tuple(int(v) for v in fb["shape"])
+    if sa != sb:
+        raise CTSGANError(f"size mismatch in {what}: volumes of shape {sa} vs {sb}; compare volumes of the same S³ "
+                          "(the paper resized the 3D GAN's 128³ output to 224³ first)")
+
+
+def mean_std(values: Iterable[float]) -> tuple[float, float]:
+    v = np.asarray(list(values), dtype=np.float64)
+    return (float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0) if len(v) else (float("nan"), float("nan"))
+
+
+@dataclass
+class Source:
+    """One Table 1 row's data: ``key`` in PAPER_TABLE1 (``real``, ``gan3d``, ``ctsgan``), cohort, name for tables."""
+
+    key: str
+    cohort: Any
+    name: str
+    split: str | None = None
+
+
+def evaluate_source(cache: FeatureCache, real: Source, other: Source, *, n_pairs: int, pool_size: int,
+                    pooled_volumes: int, views: Sequence[str], isc_splits: int, seed: int,
+                    base: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """All metrics of one Table 1 row as JSON-ready records.
+
+    ``other`` is compared against ``real``; when ``other.key == "real"`` the pairs are two different real patients
+    and the pooled sets are two disjoint halves of the real pool.
+
+    Returns
+    -------
+    list of dict
+        ``metric`` (``fid``/``is``), ``protocol`` (``pair``, ``pooled``, ``volume``), ``view``, ``value`` and ids.
+    """
+    base = dict(base or {})
+    same = other.key == "real"
+    real_ids = select_pool(cohort_ids(real.cohort, real.split, real.name), pool_size, seed)
+    other_ids = real_ids if same else select_pool(cohort_ids(other.cohort, other.split, other.name), pool_size,
+                                                  seed + 1)
+    pairs = draw_pairs(real_ids, other_ids, n_pairs, seed, same)
+    row = {**base, "row": other.key, "row_label": PAPER_TABLE1[other.key]["label"], "source": other.name,
+           "reference": real.name}
+    records: list[dict[str, Any]] = []
+    for view in views:
+        for k, (a, b) in enumerate(pairs):
+            fa = cache.get(other.cohort, a, view)
+            fb = cache.get(real.cohort, b, view)
+            _check_shapes(fa, fb, f"{other.name} {a} vs {real.name} {b}")
+            records.append({**row, "metric": "fid", "protocol": "pair", "view": view, "pair": k, "a": a, "b": b,
+                            "n_slices": [int(len(fa[FID_LAYER])), int(len(fb[FID_LAYER]))],
+                            "value": fid_from_features(fa[FID_LAYER], fb[FID_LAYER])})
+        # pooled: all slices of many volumes per side (disjoint patients for real vs real)
+        if same:
+            half = len(real_ids) // 2  # draw_pairs above already refused a one-patient cohort
+            side_a, side_b = real_ids[:half][:pooled_volumes or None], real_ids[half:][:pooled_volumes or None]
+        else:
+            side_a, side_b = other_ids[:pooled_volumes or None], real_ids[:pooled_volumes or None]
+        fa = [cache.get(other.cohort, v, view) for v in side_a]
+        fb = [cache.get(real.cohort, v, view) for v in side_b]
+        for f in fa[1:] + fb:
+            _check_shapes(fa[0], f, f"pooled {other.name} vs {real.name}")
+        pa = np.concatenate([f[FID_LAYER] for f in fa])
+        pb = np.concatenate([f[FID_LAYER] for f in fb])
+        records.append({**row, "metric": "fid", "protocol": "pooled", "view": view, "a": side_a, "b": side_b,
+                        "n_slices": [int(len(pa)), int(len(pb))], "value": fid_from_features(pa, pb)})
+    # IS per volume over its axial slices (paper: "IS was also computed slice-by-slice")
+    for vid in other_ids:
+        f = cache.get(other.cohort, vid, "axial")
+        records.append({**row, "metric": "is", "protocol": "volume", "view": "axial", "a": vid,
+                        "n_slices": [int(len(f[IS_LAYER]))], "isc_splits": isc_splits,
+                        "value": is_from_logits(f[IS_LAYER], isc_splits, seed)})
+    return records
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# tables
+# --------------------------------------------------------------------------------------------------------------------
+def _fmt(ms: tuple[float, float]) -> str:
+    m, s = ms
+    return "n/a" if not np.isfinite(m) else f"{m:.2f} ± {s:.2f}"
+
+
+def summarise(records: list[dict[str, Any]]):
+    """Table 1, the 2.5D table and the pooled table as pandas DataFrames (mean ± std strings plus raw numbers)."""
+    import pandas as pd
+
+    rows, rows25, rowsp = [], [], []
+    keys = [k for k in PAPER_TABLE1 if any(r["row"] == k for r in records)]
+    for key in keys:
+        rec = [r for r in records if r["row"] == key]
+        fid = [r["value"] for r in rec if r["metric"] == "fid" and r["protocol"] == "pair" and r["view"] == "axial"]
+        isv = [r["value"] for r in rec if r["metric"] == "is"]
+        paper = PAPER_TABLE1[key]
+        fm, fs = mean_std(fid)
+        im, is_ = mean_std(isv)
+        rows.append({"Data Source": paper["label"], "IS (↑) ours": _fmt((im, is_)),
+                     "IS (↑) paper": _fmt(paper["is"]), "FID (↓) ours": _fmt((fm, fs)),
+                     "FID (↓) paper": _fmt(paper["fid"]), "fid_mean": fm, "fid_std": fs, "is_mean": im,
+                     "is_std": is_, "n_pairs": len(fid), "n_volumes_is": len(isv)})
+        r25 = {"Data Source": paper["label"]}
+        rp = {"Data Source": paper["label"]}
+        for view in VIEWS:
+            v = [r["value"] for r in rec if r["metric"] == "fid" and r["protocol"] == "pair" and r["view"] == view]
+            if v:
+                r25[f"FID {view}"] = _fmt(mean_std(v))
+            p = [r for r in rec if r["metric"] == "fid" and r["protocol"] == "pooled" and r["view"] == view]
+            if p:
+                rp[f"pooled FID {view}"] = f"{p[0]['value']:.2f}"
+                rp[f"slices per side ({view})"] = "/".join(str(n) for n in p[0]["n_slices"])
+        rows25.append(r25)
+        rowsp.append(rp)
+    return pd.DataFrame(rows), pd.DataFrame(rows25), pd.DataFrame(rowsp)
+
+
+def provenance(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """The settings every table states (taken from the records so tables cannot drift from the metrics)."""
+    r = records[0]
+    return {k: r.get(k) for k in ("profile", "data_source", "extractor", "weights_kind", "weights_sha256", "seed",
+                                  "hardware", "comparable_to_paper", "extractor_note", "max_slices", "n_pairs_cfg")}
+
+
+def table_markdown(df, prov: dict[str, Any], title: str) -> str:
+    """A markdown table with its provenance block and, when it applies, the not-comparable warning in it."""
+    cols = [c for c in df.columns if not c.startswith(("fid_", "is_")) and c not in ("n_pairs", "n_volumes_is")]
+    lines = [f"**{title}**", ""]
+    if not prov.get("comparable_to_paper"):
+        lines += [f"> **NOT COMPARABLE TO THE PAPER**: {prov.get('extractor_note')}.", ""]
+    lines += ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for _, r in df.iterrows():
+        lines.append("| " + " | ".join(str(r[c]) for c in cols) + " |")
+    lines += ["", f"profile: {prov['profile']} · data: {prov['data_source']} · extractor: {prov['extractor']} "
+              f"({prov['weights_kind']}, weights SHA-256 {prov['weights_sha256']}) · seed: {prov['seed']} · "
+              f"slices per volume: {prov['max_slices'] or 'all'} · hardware: {prov['hardware']}"]
+    return "\n".join(lines) + "\n"
+
+
+def write_tables(records: list[dict[str, Any]], out_dir: str | Path) -> dict[str, Any]:
+    """Write ``table1.csv``/``table1.md`` (+ ``table_2p5d.*`` and ``table_pooled.*``) atomically; return the frames."""
+    out_dir = Path(out_dir)
+    t1, t25, tp = summarise(records)
+    prov = provenance(records)
+    frames = {"table1": t1, "table_2p5d": t25, "table_pooled": tp}
+    titles = {"table1": "Table 1: slice-wise IS and FID (axial, random scan pairs, mean ± std)",
+              "table_2p5d": "2.5D pair FID per view (mean ± std; beyond the paper)",
+              "table_pooled": "Pooled FID: all slices of many volumes per side (beyond the paper)"}
+    for name, df in frames.items():
+        full = df.copy()
+        for k, v in prov.items():
+            full[k] = v  # the table itself carries profile, data, extractor + hash, seed, hardware, comparability
+        atomic_write_text(out_dir / f"{name}.csv", full.to_csv(index=False))
+        atomic_write_text(out_dir / f"{name}.md", table_markdown(df, prov, titles[name]))
+    return {**frames, "provenance": prov}
+
+
+def plot_fid_boxplots(records: list[dict[str, Any]], ax=None, view: str = "axial"):
+    """Box plots of the per-pair FID distributions, one box per Table 1 row, with the paper's mean ± std marked."""
+    import matplotlib.pyplot as plt
+
+    if ax is None:
+        _, ax = plt.subplots(figsize=(7, 4))
+    keys = [k for k in PAPER_TABLE1 if any(r["row"] == k for r in records)]
+    data = [[r["value"] for r in records if r["row"] == k and r["metric"] == "fid" and r["protocol"] == "pair"
+             and r["view"] == view] for k in keys]
+    ax.boxplot(data, showmeans=True)
+    ax.set_xticks(range(1, len(keys) + 1), [PAPER_TABLE1[k]["label"].split(" (")[0] for k in keys], fontsize=8)
+    for i, k in enumerate(keys, start=1):
+        m, s = PAPER_TABLE1[k]["fid"]
+        ax.errorbar(i + 0.3, m, yerr=s, fmt="s", color="tab:red", capsize=3,
+                    label="paper mean ± std" if i == 1 else None)
+    prov = provenance(records)
+    ax.set_ylabel(f"per-pair FID ({view})")
+    note = "" if prov["comparable_to_paper"] else "\nNOT ImageNet features: not comparable to the paper"
+    ax.set_title(f"FID over random scan pairs · profile {prov['profile']} · {prov['extractor']} "
+                 f"{str(prov['weights_sha256'])[:12]} · seed {prov['seed']}{note}", fontsize=8)
+    ax.legend(fontsize=7)
+    return ax
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# one call for notebook 05 and `ctsgan fid`
+# --------------------------------------------------------------------------------------------------------------------
+def calibration_slices(cohort, n_slices: int, seed: int, views: Sequence[str], hu_min: float, hu_max: float,
+                       split: str | None = "train") -> tuple[np.ndarray, str]:
+    """A fixed calibration batch of real slices for the fallback extractor, and its description.
+
+    Slices are taken evenly spaced from up to 8 seeded-random volumes of ``split`` (all volumes when that split is
+    empty), cycling through ``views``. The description names the cohort, split, volume checksums and seed.
+    """
+    try:
+        ids = cohort_ids(cohort, split) if split else cohort_ids(cohort)
+    except CTSGANError:
+        ids, split = cohort_ids(cohort), None
+    chosen = select_pool(ids, min(8, len(ids)), seed)
+    per_vol = max(1, math.ceil(n_slices / len(chosen)))
+    parts = []
+    for i, vid in enumerate(chosen):
+        hu, _ = cohort.read(vid)
+        view = views[i % len(views)]
+        parts.append(volume_slices(np.asarray(hu), view, per_vol, hu_min, hu_max))
+    shapes = {p.shape[2:] for p in parts}
+    if len(shapes) > 1:
+        side = max(max(s) for s in shapes)
+        parts = [torch.nn.functional.interpolate(torch.from_numpy(p).float(), size=(side, side), mode="bilinear")
+                 .round().clamp(0, 255).to(torch.uint8).numpy() for p in parts]
+    slices = np.concatenate(parts)[:n_slices]
+    digest = hashlib.sha256("".join(volume_checksum(cohort, v) for v in chosen).encode()).hexdigest()[:16]
+    desc = (f"{len(slices)} slices ({'/'.join(views)}, window {hu_min:g}..{hu_max:g} HU) from {len(chosen)} volumes "
+            f"of {getattr(cohort, 'root', 'cohort')} split={split or 'all'} (checksums digest {digest}), seed {seed}")
+    return slices, desc
+
+
+def resolve_for_config(cfg, real_cohort) -> Extractor:
+    """:func:`~ctsgan_lib.eval.inception.resolve_extractor` with the paths and settings of ``cfg``."""
+    f = cfg.fidelity
+    fallback = cfg.runs_dir / "fidelity" / "extractor" / f"fallback-inception-seed{f.seed}-cal{f.calibration_slices}.pth"
+    return resolve_extractor(
+        cfg.profile, f.weights_path, f.weights_sha256, fallback, f.seed,
+        lambda: calibration_slices(real_cohort, f.calibration_slices, f.seed, list(f.views), cfg.data.hu_min,
+                                   cfg.data.hu_max),
+        batch=f.batch)
+
+
+def run_fidelity(cfg, real: Source, others: Sequence[Source], out: str | Path | None = None,
+                 extractor: Extractor | None = None, device: str | None = None,
+                 progress: bool = True) -> list[dict[str, Any]]:
+    """Compute every metric for ``others`` against ``real`` and append them to ``out`` as JSON lines.
+
+    Parameters
+    ----------
+    cfg : Config
+        Uses ``cfg.fidelity`` (n_pairs, volumes_per_source, max_slices, views, pooled_volumes, isc_splits, seed,
+        weights) and ``cfg.data`` (HU window).
+    real : Source
+        The reference cohort (``key="real"``).
+    others : sequence of Source
+        Rows to compute; a Source with ``key="real"`` gives the real-vs-real row.
+    out : path, optional
+        ``metrics.jsonl`` to append to (default ``runs/<P>/fidelity/metrics.jsonl``).
+
+    Returns
+    -------
+    list of dict
+        The records written.
+    """
+    from tqdm.auto import tqdm
+
+    from ..utils.hardware import hardware_label
+
+    f = cfg.fidelity
+    for v in f.views:
+        if v not in VIEWS:
+            raise CTSGANError(f"fidelity.views: unknown view {v!r}; choose from {', '.join(VIEWS)}")
+    if "axial" not in f.views:
+        raise CTSGANError("fidelity.views must include 'axial' (the paper's protocol)")
+    cohort_ids(real.cohort, real.split, real.name)  # empty reference cohort: fail before any work
+    extractor = extractor or resolve_for_config(cfg, real.cohort)
+    runner = FeatureRunner(extractor, f.batch, device)
+    cache = FeatureCache(cfg.runs_dir / "fidelity" / "features", runner, f.max_slices, cfg.data.hu_min,
+                         cfg.data.hu_max)
+    base = {"profile": cfg.profile, "seed": f.seed, "hardware": hardware_label(runner.device),
+            "data_source": f"real={real.name}", "max_slices": f.max_slices, "n_pairs_cfg": f.n_pairs,
+            "protocol_desc": "paper §4.2: FID between the slice sets of two random scans, mean ± std over pairs; "
+                             "real-vs-real pairs are two different patients; IS per volume over its slices",
+            **extractor.as_record()}
+    records: list[dict[str, Any]] = []
+    for src in tqdm(list(others), desc="Table 1 rows", disable=not progress):
+        records += evaluate_source(cache, real, src, n_pairs=f.n_pairs, pool_size=f.volumes_per_source,
+                                   pooled_volumes=f.pooled_volumes, views=list(f.views), isc_splits=f.isc_splits,
+                                   seed=f.seed, base=base)
+    sources = ", ".join(f"{s.key}={s.name}" for s in others)
+    for r in records:
+        r["data_source"] = f"real={real.name}; rows: {sources}"
+    out = Path(out) if out else cfg.runs_dir / "fidelity" / "metrics.jsonl"
+    for r in records:
+        append_jsonl(out, r)
+    return records
+
+
+def load_records(path: str | Path) -> list[dict[str, Any]]:
+    """Metric records from a ``metrics.jsonl``."""
+    from ..utils.logs import read_jsonl
+
+    return read_jsonl(path)
+
+
+def dumps(records: list[dict[str, Any]]) -> str:
+    """Records as JSON lines text (for display)."""
+    return "".join(json.dumps(r, sort_keys=True, default=str) + "\n" for r in records)
