@@ -163,12 +163,13 @@ def write_tables(out_dir: str | Path | None = None, progress: bool = True) -> tu
             df.to_csv(tmp, index=False)
     load_nodule_table.cache_clear()
     load_scan_counts.cache_clear()
+    _count_support.cache_clear()
     return paths
 
 
 def _read_csv(path: Path, columns: list[str]) -> pd.DataFrame:
     try:
-        df = pd.read_csv(path, float_precision="round_trip", dtype={"patient_id": str, "series_uid": str,
+        df = pd.read_csv(path, dtype={"patient_id": str, "series_uid": str,
                                                                     "annotation_ids": str})
     except Exception as exc:  # pandas raises several types for a damaged file
         raise InputFileError(path, f"not a readable CSV ({exc.__class__.__name__}: {exc})") from None
@@ -218,10 +219,16 @@ def diameter_distribution(min_readers: int = 1) -> np.ndarray:
     return t.loc[t["n_readers"] >= min_readers, "diameter_mm"].to_numpy(dtype=float)
 
 
-def sample_nodule_count(rng: np.random.Generator, at_least_one: bool = True) -> int:
-    """Draw a per-scan nodule count from the LIDC distribution."""
+@functools.lru_cache(maxsize=2)
+def _count_support(at_least_one: bool) -> tuple[np.ndarray, np.ndarray]:
     dist = nodule_count_distribution(at_least_one)
-    return int(rng.choice(dist.index.to_numpy(), p=dist.to_numpy()))
+    return dist.index.to_numpy(), dist.to_numpy()
+
+
+def sample_nodule_count(rng: np.random.Generator, at_least_one: bool = True) -> int:
+    """Draw a per-scan nodule count from the LIDC distribution (conditional on >= 1 nodule by default)."""
+    values, probs = _count_support(bool(at_least_one))
+    return int(rng.choice(values, p=probs))
 
 
 def sample_diameter_mm(rng: np.random.Generator, size: int | None = None, min_readers: int = 1):
