@@ -149,3 +149,123 @@ def test_save_figure_writes_png_and_pdf_atomically(tmp_path):
         viz.save_figure(fig, tmp_path / "figs" / "three")
     assert [p.read_bytes() for p in paths] == before
     assert sorted(p.name for p in (tmp_path / "figs").iterdir()) == ["three.pdf", "three.png"]
+
+
+# ------------------------------------------------------------------------------------------- VolumeViewer
+@pytest.fixture
+def no_frontend(monkeypatch):
+    """A context with no widget front end and no forced mode (as under pytest, papermill or nbval)."""
+    for var in (viz.MODE_ENV, "JPY_SESSION_NAME"):
+        monkeypatch.delenv(var, raising=False)
+
+
+def test_viewer_falls_back_to_static_without_a_front_end(no_frontend, monkeypatch):
+    import IPython.display
+
+    shown = []
+    monkeypatch.setattr(IPython.display, "display", lambda obj, **kw: shown.append(obj))
+    vol = _volume()
+    viewer = viz.VolumeViewer({"real": vol, "generated": vol}, spacing_mm=SPACING, position=(2, 3, 4))
+    assert viewer.resolve_mode() == "static"
+    assert viewer.mode_reason == "not running in a Jupyter kernel"
+    viewer.show()
+    (fig,) = shown
+    assert isinstance(fig, viz.Figure) and len(fig.axes) == 6
+    assert fig.axes[0].get_title() == "axial z=2" and np.all(fig.axes[0].images[0].get_array() == vol[2])
+    assert viewer._widget is None                       # no widget was built
+
+
+class _FakeShell:
+    kernel = object()
+
+
+@pytest.mark.parametrize("env, expect", [
+    ({}, ("static", "headless execution")),                                  # papermill / nbval / nbclient
+    ({"JPY_SESSION_NAME": "/nb/01.ipynb"}, ("widget", "Jupyter server")),   # JupyterLab started this kernel
+    ({"JPY_SESSION_NAME": "/nb/01.ipynb", "CTSGAN_VIEWER": "static"}, ("static", "CTSGAN_VIEWER")),
+    ({"CTSGAN_VIEWER": "widget"}, ("widget", "CTSGAN_VIEWER")),
+])
+def test_auto_mode_decision_inside_a_kernel(no_frontend, monkeypatch, env, expect):
+    import IPython
+
+    monkeypatch.setattr(IPython, "get_ipython", lambda: _FakeShell())
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    viewer = viz.VolumeViewer(_volume())
+    assert viewer.resolve_mode() == expect[0]
+    assert expect[1] in viewer.mode_reason
+    assert viz.VolumeViewer(_volume(), mode="static").resolve_mode() == "static"
+
+
+def test_viewer_is_static_in_a_real_headless_kernel(no_frontend, tmp_path):
+    """A real kernel run by nbclient (what papermill and nbval use) gets the static PNG, not a widget."""
+    import nbclient
+    import nbformat
+
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell(
+        "import numpy as np\nfrom ctsgan_lib.viz import VolumeViewer\n"
+        "v = VolumeViewer(np.zeros((8, 8, 8), np.float32))\nv.show()\nprint(v.resolve_mode(), '|', v.mode_reason)")]
+    nbclient.NotebookClient(nb, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
+                            ).execute()
+    outputs = nb.cells[0].outputs
+    assert [o.output_type for o in outputs] == ["display_data", "stream"]
+    assert "image/png" in outputs[0].data
+    assert "application/vnd.jupyter.widget-view+json" not in outputs[0].data
+    assert outputs[1].text.startswith("static | headless execution")
+
+
+def test_forced_widget_mode_builds_linked_widgets_without_a_front_end():
+    import ipywidgets as W
+    from ipympl.backend_nbagg import Canvas
+    from matplotlib.backend_bases import MouseEvent
+
+    vol = _volume()
+    lung = np.zeros(SHAPE, bool)
+    lung[:, 5:15, 5:20] = True
+    viewer = viz.VolumeViewer({"real": vol, "generated": vol + 1}, spacing_mm=SPACING, masks=lung,
+                              nodules={"real": [{"center_vox": [6, 10, 14], "diameter_vox": 5}]}, mode="widget")
+    assert viewer.resolve_mode() == "widget"
+    box = viewer.widget()
+    assert isinstance(box, W.VBox) and "ctsgan-volume-viewer" in box._dom_classes
+    assert isinstance(viewer.canvas, Canvas) and viewer.canvas in box.children
+    assert [s.value for s in viewer.sliders.values()] == [6, 10, 14]
+    assert isinstance(viewer.window_slider, W.FloatRangeSlider) and viewer.presets.value == "lung"
+    assert "real: 61014 HU, generated: 61015 HU" in viewer.readout.value
+    grid = viewer._grid
+    assert len(grid.patches[("real", "axial")]) == 1 and len(grid.patches[("generated", "axial")]) == 0
+
+    # click the real volume's coronal pane at (x=3, z=9): the axial and sagittal planes follow (linked crosshairs)
+    viewer.canvas.draw()
+    ax = grid.axes[("real", "coronal")]
+    px, py = ax.transData.transform((3, 9))
+    viewer.canvas.callbacks.process("button_press_event", MouseEvent("button_press_event", viewer.canvas, px, py, 1))
+    assert viewer.position == (9, 10, 3)
+    assert [s.value for s in viewer.sliders.values()] == [9, 10, 3]
+    assert np.all(grid.images[("generated", "axial")].get_array() == vol[9] + 1)
+    assert np.all(grid.images[("real", "sagittal")].get_array() == vol[:, :, 3])
+    assert grid.lines[("real", "axial")][0].get_xdata()[0] == 3    # axial crosshair moved to x=3
+    assert len(grid.patches[("real", "axial")]) == 0                # z=9 is 7.5 mm from the nodule: no marker
+
+    # sliders, presets and the HU range slider stay in step
+    viewer.sliders["z"].value = 6
+    assert np.all(grid.images[("real", "axial")].get_array() == vol[6])
+    viewer.presets.value = "bone"
+    assert viewer.window_slider.value == viz.WINDOWS["bone"]
+    assert grid.images[("real", "coronal")].get_clim() == viz.WINDOWS["bone"]
+    viewer.window_slider.value = (-1000.0, 400.0)
+    assert viewer.presets.value is None and grid.images[("real", "axial")].get_clim() == (-1000.0, 400.0)
+    viewer.show_masks.value = False
+    assert not grid.overlays[("real", "axial")].get_visible()
+    viewer.show_nodules.value = False
+    viewer.set_position((6, 10, 14))
+    assert len(grid.patches[("real", "axial")]) == 0
+
+
+def test_viewer_rejects_label_maps_as_labels():
+    with pytest.raises(CTSGANError, match="pass label maps or lung masks as masks="):
+        viz.VolumeViewer(_volume(), labels=np.zeros(SHAPE, np.int16))
+    with pytest.raises(CTSGANError, match="mode must be one of"):
+        viz.VolumeViewer(_volume(), mode="interactive")
+    viewer = viz.VolumeViewer([_volume(), _volume()], labels=["real", "CT-SGAN"])
+    assert list(viewer.volumes) == ["real", "CT-SGAN"]
