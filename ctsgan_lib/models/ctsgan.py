@@ -185,7 +185,8 @@ def assemble_volume(slices3: torch.Tensor) -> torch.Tensor:
 class SliceDiscriminator(nn.Module):
     """Dslice: a 2D conv critic over 3D slices, conditioned on the slice position by projection.
 
-    Output = ψ(φ(x)) + ⟨embed(position), φ(x)⟩, where φ is the conv trunk with global sum pooling.
+    Output = ψ(φ(x)) + ⟨embed(position), φ(x)⟩, where φ is the conv trunk with global mean pooling (mean, not
+    sum: logits stay O(1) at any S, which keeps the gradient penalty well scaled).
 
     Parameters
     ----------
@@ -215,7 +216,7 @@ class SliceDiscriminator(nn.Module):
 
     def forward(self, x: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
         """``x`` (M, 3, S, S), ``position`` (M,) long in [0, S−2) → logits (M,)."""
-        h = self.trunk(x).sum(dim=(2, 3))
+        h = self.trunk(x).mean(dim=(2, 3))
         return self.linear(h).squeeze(1) + (self.embed(position) * h).sum(1)
 
 
@@ -223,7 +224,7 @@ class SlabDiscriminator(nn.Module):
     """Dslab: a 3D conv critic over a slab of T consecutive centre slices (B, 1, T, S, S).
 
     In-plane stride 2 at every stage (as MoCoGAN's video discriminator); along z stride 2 while the slab is still at
-    least 8 slices deep, so any T >= 2 works. Global sum pooling then a linear head.
+    least 8 slices deep, so any T >= 2 works. Global mean pooling then a linear head.
     """
 
     def __init__(self, size: int, slab_len: int, ndf: int = 64):
@@ -247,7 +248,7 @@ class SlabDiscriminator(nn.Module):
 
     def forward(self, slab: torch.Tensor) -> torch.Tensor:
         """``slab`` (B, 1, T, S, S) → logits (B,)."""
-        return self.linear(self.trunk(slab).sum(dim=(2, 3, 4))).squeeze(1)
+        return self.linear(self.trunk(slab).mean(dim=(2, 3, 4))).squeeze(1)
 
 
 def build_ctsgan(size: int, ct) -> dict[str, nn.Module]:

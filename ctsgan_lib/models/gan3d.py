@@ -55,7 +55,7 @@ class Discriminator3D(nn.Module):
         self.linear = nn.Linear(widths[-1], 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.linear(self.trunk(x).sum(dim=(2, 3, 4))).squeeze(1)
+        return self.linear(self.trunk(x).mean(dim=(2, 3, 4))).squeeze(1)
 
 
 def build_gan3d(g3) -> dict[str, nn.Module]:
