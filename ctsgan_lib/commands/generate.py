@@ -1,8 +1,11 @@
-"""``ctsgan generate``: write a synthetic cohort from a CT-SGAN (or 3D GAN) checkpoint.
+"""``ctsgan generate``: a synthetic cohort from a CT-SGAN (or 3D GAN) checkpoint.
 
-Minimal form (the [generate] stage extends it with nodule injection, sharding and DICOM export)::
+Examples::
 
-    ctsgan generate --checkpoint runs/smoke/ctsgan/ckpt_000030.pt --n 4 --seed 1 --out data/smoke/synthetic/ctsgan
+    ctsgan generate --checkpoint runs/smoke/ctsgan/ckpt_000030.pt --n 12 --seed 1 --out data/smoke/synthetic/ctsgan \\
+        --injector runs/smoke/nodules/injector --inject-fraction 0.5
+    ctsgan generate ... --shard 0/4          # one of 4 disjoint shards; then `ctsgan generate ... --merge 4`
+    torchrun --nproc_per_node 8 -m ctsgan_lib.cli generate ...   # one shard per GPU, rank 0 merges
 """
 from __future__ import annotations
 
@@ -11,43 +14,54 @@ from pathlib import Path
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("generate", help="generate synthetic volumes from a checkpoint into a cohort folder",
-                       description="Generate N volumes (volume i uses volume_seed(seed, i), so reruns and shards "
-                                   "agree) and write them as a cohort (manifest.csv + NIfTI).")
+    p = sub.add_parser("generate", help="generate a synthetic cohort (lung masks, nodule injection, NIfTI/DICOM)",
+                       description="Generate N volumes (volume i depends only on (seed, i), so reruns and shards "
+                                   "agree), check their lung masks, inject nodules into a fraction, and write a "
+                                   "cohort (manifest.csv + NIfTI). Reruns skip volumes already written and verified.")
     p.add_argument("--checkpoint", required=True, help="a ctsgan or gan3d checkpoint (ckpt_<step>.pt)")
-    p.add_argument("--n", type=int, required=True, help="number of volumes")
+    p.add_argument("--n", type=int, required=True, help="number of volumes in the whole run")
     p.add_argument("--seed", type=int, default=0, help="generation seed (default 0)")
     p.add_argument("--out", required=True, help="output cohort folder")
-    p.add_argument("--batch", type=int, default=1, help="volumes per generator call (default 1)")
+    p.add_argument("--inject-fraction", type=float, default=0.5,
+                   help="share of volumes that get nodules (default 0.5, as in the paper)")
+    p.add_argument("--nodule-diameters", type=float, nargs="+", metavar="D",
+                   help="fixed nodule diameters in voxels (default: drawn from the LIDC distribution)")
+    p.add_argument("--injector", help="injector checkpoint or folder (needed when --inject-fraction > 0)")
+    p.add_argument("--shard", metavar="i/K", help="write shard i of K (disjoint; union = single run)")
+    p.add_argument("--merge", type=int, metavar="K", help="only merge K finished shards into OUT/manifest.csv")
+    p.add_argument("--dicom", action="store_true", help="also write a DICOM series per volume (derived, anonymous)")
+    p.add_argument("--batch", type=int, default=4, help="volumes per generator call (default 4)")
     p.add_argument("--device", default=None, help="cpu | cuda (default: cuda when available)")
-    p.add_argument("--no-compress", action="store_true", help="write .nii instead of .nii.gz")
+    p.add_argument("--no-compress", action="store_true", help="write .nii (fast to read) instead of .nii.gz")
+    p.add_argument("--profile", default="", help="profile name recorded in the cohort settings")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from tqdm.auto import tqdm
-
-    from ..data.cohort import CohortWriter
-    from ..errors import CTSGANError
-    from ..generation import generate_gan3d_volumes, generate_volumes, load_generator
+    from ..synthetic import (distributed_shard, generate_cohort, merge_shards, parse_shard, wait_for_shards)
     from ..utils.hardware import default_device
 
-    if args.n < 1:
-        raise CTSGANError(f"--n must be >= 1, got {args.n}")
+    out = Path(args.out)
+    if args.merge:
+        print(f"merged: {merge_shards(out, args.merge)}")
+        return 0
     device = args.device or default_device()
-    gen = load_generator(args.checkpoint, device)
-    kind = gen.meta["kind"]
-    stream = (generate_volumes if kind == "ctsgan" else generate_gan3d_volumes)(gen, args.n, args.seed,
-                                                                                 batch=args.batch, device=device)
-    writer = CohortWriter(Path(args.out), compress=not args.no_compress,
-                          source_defaults={"source": kind, "domain": "synthetic", "split": "train", "has_nodule": 0,
-                                           "nodules": []},
-                          settings={"checkpoint": str(args.checkpoint), "kind": kind, "seed": args.seed,
-                                    "step": gen.meta["step"]})
-    try:
-        for i, (hu, spacing_mm) in enumerate(tqdm(stream, total=args.n, desc=f"generate {kind}")):
-            writer.write(f"{kind}_{args.seed}_{i:06d}", hu, spacing_mm, volume_index=i, seed=args.seed)
-    finally:
-        writer.close()
-    print(f"wrote {args.n} {kind} volumes to {args.out}")
+    shard = parse_shard(args.shard)
+    dist = distributed_shard()
+    if dist is not None and args.shard is None:   # torchrun: one shard per process/GPU
+        rank, world, local = dist
+        shard = (rank, world)
+        if device.startswith("cuda"):
+            device = f"cuda:{local}"
+    folder = generate_cohort(args.checkpoint, args.n, args.seed, out, inject_fraction=args.inject_fraction,
+                             nodule_diameters_vox=args.nodule_diameters, injector=args.injector, shard=shard,
+                             batch=args.batch, device=device, dicom=args.dicom, compress=not args.no_compress,
+                             profile=args.profile)
+    if dist is not None and args.shard is None:
+        if shard[0] == 0:
+            wait_for_shards(out, shard[1])
+            merge_shards(out, shard[1])
+            print(f"merged {shard[1]} shards into {out / 'manifest.csv'}")
+    else:
+        print(f"wrote {folder}")
     return 0

@@ -1,0 +1,346 @@
+"""Synthetic cohorts at scale (paper §3.1, last paragraph; notebook 04, ``ctsgan generate``).
+
+N volumes from a CT-SGAN (or 3D GAN baseline) checkpoint, each with a classical lung mask and a sanity check, nodules
+injected into a fraction of them with the nodule injector (count per volume from the LIDC per-scan distribution,
+diameter from the LIDC diameter distribution or fixed), written as a cohort in the [data] format.
+
+Determinism and sharding
+------------------------
+Everything about volume ``i`` is a function of ``(seed, i)`` alone: its noise (``generation.volume_seed``), whether it
+gets nodules (a seeded permutation of all N indices), how many, their sizes and places. Volumes are generated in blocks
+of ``batch`` consecutive indices and blocks are dealt round-robin to shards, so every Gslice call sees exactly the
+same batch in a sharded run as in a single run: the union of K shards is bit-identical to one run.
+
+Shard ``i`` of ``K`` writes a complete cohort under ``<out>/shards/shard-<i>-of-<K>/``; :func:`merge_shards` writes
+``<out>/manifest.csv`` pointing into them. Under ``torchrun`` each rank takes shard ``RANK`` of ``WORLD_SIZE`` on GPU
+``LOCAL_RANK`` and rank 0 merges when every shard has finished.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+
+from .data.cohort import MANIFEST_COLUMNS, CohortWriter, read_manifest
+from .errors import CTSGANError
+from .utils.atomic import atomic_write_text
+from .utils.hardware import hardware_label
+
+SPLIT_NAMES = ("train", "val", "test")
+
+
+@dataclass
+class VolumePlan:
+    """What volume ``index`` of a run will be: drawn from ``(seed, index)`` only."""
+
+    index: int
+    inject: bool
+    diameters_vox: list[float] = field(default_factory=list)
+    split: str = "train"
+
+
+def _lidc_count(rng: np.random.Generator) -> int:
+    from .data.lidc import sample_nodule_count
+
+    return sample_nodule_count(rng, at_least_one=True)
+
+
+def _lidc_diameters_mm(rng: np.random.Generator, k: int) -> np.ndarray:
+    from .data.lidc import sample_diameter_mm
+
+    return np.atleast_1d(sample_diameter_mm(rng, size=k))
+
+
+def plan_volumes(n: int, seed: int, inject_fraction: float = 0.5, diameters_vox: Sequence[float] | None = None,
+                 spacing_mm: float = 1.0, max_diameter_vox: float | None = None, min_diameter_vox: float = 1.0,
+                 split_fractions: Sequence[float] = (0.75, 0.125, 0.125)) -> list[VolumePlan]:
+    """Decide, for every volume of a run, whether it gets nodules, their diameters and its split.
+
+    Parameters
+    ----------
+    n : int
+        Volumes in the run.
+    seed : int
+    inject_fraction : float
+        Share of volumes that get nodules (the paper: half). Exactly ``round(n * inject_fraction)`` volumes.
+    diameters_vox : sequence of float, optional
+        Fixed experiment sizes (voxels); a nodule's diameter is drawn uniformly from them. Default: the LIDC diameter
+        distribution in mm converted with ``spacing_mm``.
+    spacing_mm : float
+        Voxel size used to convert LIDC diameters to voxels.
+    max_diameter_vox, min_diameter_vox : float
+        LIDC diameters are clipped into this range (the injector's mask size bounds what it can paint).
+    split_fractions : (train, val, test)
+
+    Returns
+    -------
+    list of VolumePlan
+    """
+    if n < 1:
+        raise CTSGANError(f"--n must be >= 1, got {n}")
+    if not 0.0 <= inject_fraction <= 1.0:
+        raise CTSGANError(f"--inject-fraction must be in [0, 1], got {inject_fraction}")
+    perm = np.random.default_rng([int(seed), 0x1A7E]).permutation(n)
+    injected = set(perm[: int(round(n * inject_fraction))].tolist())
+    n_split = np.floor(np.asarray(split_fractions) * n).astype(int)
+    n_split[0] = n - n_split[1:].sum()
+    split_of = np.empty(n, dtype=object)
+    order = np.random.default_rng([int(seed), 0x5B11]).permutation(n)
+    split_of[order] = np.repeat(SPLIT_NAMES, n_split)
+    plans = []
+    for i in range(n):
+        plan = VolumePlan(index=i, inject=i in injected, split=str(split_of[i]))
+        if plan.inject:
+            rng = np.random.default_rng([int(seed), i, 0xD1A])
+            k = _lidc_count(rng)
+            if diameters_vox:
+                d = rng.choice(np.asarray(diameters_vox, dtype=float), size=k)
+            else:
+                d = _lidc_diameters_mm(rng, k) / float(spacing_mm)
+                d = np.clip(d, min_diameter_vox, max_diameter_vox if max_diameter_vox else np.inf)
+            plan.diameters_vox = [round(float(x), 3) for x in d]
+        plans.append(plan)
+    return plans
+
+
+def shard_indices(n: int, batch: int, shard: int = 0, n_shards: int = 1) -> list[int]:
+    """Indices of shard ``shard`` of ``n_shards``: blocks of ``batch`` consecutive indices dealt round-robin."""
+    if not 0 <= shard < n_shards:
+        raise CTSGANError(f"--shard {shard}/{n_shards}: shard must be in 0..{n_shards - 1}")
+    out = []
+    for b, start in enumerate(range(0, n, batch)):
+        if b % n_shards == shard:
+            out.extend(range(start, min(start + batch, n)))
+    return out
+
+
+def parse_shard(text: str | None) -> tuple[int, int]:
+    """``"1/4"`` → ``(1, 4)``; None → ``(0, 1)``."""
+    if not text:
+        return 0, 1
+    try:
+        i, k = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise CTSGANError(f"--shard {text!r}: expected i/K, e.g. 0/4") from None
+    if k < 1 or not 0 <= i < k:
+        raise CTSGANError(f"--shard {text!r}: need 0 <= i < K")
+    return i, k
+
+
+def volume_id(index: int) -> str:
+    """Synthetic ids carry no source patient id: ``syn-000042``."""
+    return f"syn-{index:06d}"
+
+
+def shard_dir(out: Path, shard: int, n_shards: int) -> Path:
+    return out if n_shards == 1 else out / "shards" / f"shard-{shard:03d}-of-{n_shards:03d}"
+
+
+def _blocks(indices: list[int], batch: int) -> list[list[int]]:
+    """Group sorted indices into the generation blocks they belong to (aligned to multiples of ``batch``)."""
+    blocks: dict[int, list[int]] = {}
+    for i in indices:
+        blocks.setdefault(i // batch, []).append(i)
+    return [blocks[k] for k in sorted(blocks)]
+
+
+def _lung_check(hu: np.ndarray, spacing_mm: Sequence[float]) -> tuple[np.ndarray, float, list[str]]:
+    from .data.preprocess import lung_mask, lung_mask_flags
+
+    lung = lung_mask(hu, spacing_mm)
+    ml = float(lung.sum() * float(np.prod(spacing_mm)) / 1000.0)
+    return lung, ml, list(lung_mask_flags(lung))
+
+
+def generate_cohort(checkpoint: str | Path, n: int, seed: int, out: str | Path, *, inject_fraction: float = 0.5,
+                    nodule_diameters_vox: Sequence[float] | None = None, injector: str | Path | None = None,
+                    shard: tuple[int, int] = (0, 1), batch: int = 4, device: str = "cpu", dicom: bool = False,
+                    compress: bool = True, split_fractions: Sequence[float] = (0.75, 0.125, 0.125),
+                    profile: str = "", progress: bool = True) -> Path:
+    """Generate (or resume) a synthetic cohort.
+
+    Parameters
+    ----------
+    checkpoint : path
+        A CT-SGAN (``kind="ctsgan"``) or 3D GAN (``kind="gan3d"``) checkpoint; the source column says which.
+    n : int
+        Total volumes in the run (all shards together).
+    seed : int
+    out : path
+        Cohort folder.
+    inject_fraction : float
+        Share of volumes with injected nodules (paper: 0.5).
+    nodule_diameters_vox : sequence of float, optional
+        Fixed sizes (voxels); default LIDC-distributed diameters.
+    injector : path, optional
+        Injector checkpoint file or folder; required when ``inject_fraction > 0``.
+    shard : (i, K)
+        Write shard ``i`` of ``K`` (see the module docstring).
+    batch : int
+        Volumes per generator call.
+    device : str
+    dicom : bool
+        Also export each volume as a DICOM series under ``<cohort>/dicom/<id>/`` (derived, no identifying tags).
+    compress : bool
+        ``.nii.gz`` or ``.nii``.
+    profile : str
+        Recorded in ``cohort.json``.
+
+    Returns
+    -------
+    Path
+        The folder that was written (the shard's folder when ``K > 1``).
+    """
+    import torch
+    from tqdm.auto import tqdm
+
+    from .generation import generate_gan3d_volumes, generate_volumes, load_generator
+    from .train.checkpoint import file_sha256
+
+    out = Path(out)
+    i_shard, n_shards = shard
+    ckpt_sha = file_sha256(checkpoint) if Path(checkpoint).is_file() else None
+    if ckpt_sha is None:
+        raise CTSGANError(f"{checkpoint}: checkpoint not found")
+    gen = load_generator(checkpoint, device)
+    kind = gen.meta["kind"]
+    spacing = tuple(float(s) for s in gen.meta["spacing_mm"])
+    inj = None
+    if inject_fraction > 0:
+        if injector is None:
+            raise CTSGANError("nodule injection needs --injector (a checkpoint or runs/<P>/nodules/injector); "
+                              "use --inject-fraction 0 for nodule-free volumes")
+        from .nodules import NoduleInjector
+
+        inj = NoduleInjector.from_checkpoint(injector, device)
+    plans = plan_volumes(n, seed, inject_fraction, nodule_diameters_vox, float(np.prod(spacing) ** (1 / 3)),
+                         max_diameter_vox=inj.mask_size if inj else None, split_fractions=split_fractions)
+    settings = {"kind": kind, "checkpoint_sha256": ckpt_sha, "seed": int(seed), "n": int(n),
+                "inject_fraction": float(inject_fraction),
+                "nodule_diameters_vox": [float(d) for d in nodule_diameters_vox] if nodule_diameters_vox else "lidc",
+                "injector_step": inj.step if inj else None, "batch": int(batch), "shard": [i_shard, n_shards],
+                "profile": profile}
+    folder = shard_dir(out, i_shard, n_shards)
+    writer = CohortWriter(folder, compress=compress, settings=settings,
+                          source_defaults={"source": kind, "domain": "synthetic"})
+    todo = [i for i in shard_indices(n, batch, i_shard, n_shards) if not writer.done(volume_id(i))]
+    bar = tqdm(total=len(todo), desc=f"generate {kind} shard {i_shard}/{n_shards}", unit="vol", disable=not progress)
+    t0 = time.perf_counter()
+    gen_fn = generate_volumes if kind == "ctsgan" else generate_gan3d_volumes
+    try:
+        for block in _blocks(todo, batch):
+            start = (block[0] // batch) * batch
+            stop = min(start + batch, n)
+            # Generate the whole aligned block (same batch as a single run), keep the ones still to do.
+            with torch.inference_mode():
+                vols = list(gen_fn(gen, stop - start, seed, batch=batch, device=device, start=start))
+            for offset, (hu, sp) in enumerate(vols):
+                idx = start + offset
+                if idx not in block:
+                    continue
+                _write_one(writer, plans[idx], hu, sp, inj, seed, ckpt_sha, kind, dicom, profile)
+                bar.update(1)
+                bar.set_postfix(vol_per_s=f"{bar.n / max(time.perf_counter() - t0, 1e-9):.2f}")
+    finally:
+        bar.close()
+        writer.close()
+    (folder / "DONE").write_text(json.dumps({"n": len(writer), "hardware": hardware_label(device)}))
+    return folder
+
+
+def finish_volume(plan: VolumePlan, hu: np.ndarray, spacing_mm: Sequence[float], injector, seed: int
+                  ) -> tuple[np.ndarray, dict[str, Any]]:
+    """Lung mask + sanity check, then (if planned and the lungs are plausible) nodule injection.
+
+    Returns the final volume and the manifest fields that describe it. A volume whose lungs are implausible is never
+    injected and carries its flags (``lung_flags``), so it is reported rather than silently used.
+    """
+    import warnings
+
+    lung, lung_ml, flags = _lung_check(hu, spacing_mm)
+    nodules: list[dict] = []
+    if plan.inject and not flags:
+        rng = np.random.default_rng([int(seed), plan.index, 0x9A7])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")   # a shortfall is recorded in the manifest instead
+            hu, nodules = injector.inject(hu, plan.diameters_vox, rng, lung=lung, spacing_mm=spacing_mm)
+    elif plan.inject:
+        flags = flags + ["not_injected"]
+    fields = {"split": plan.split, "nodules": nodules, "has_nodule": int(bool(nodules)), "seed": int(seed),
+              "index": plan.index, "lung_volume_ml": round(lung_ml, 2), "lung_flags": ";".join(flags),
+              "planned_nodules": len(plan.diameters_vox),
+              "nodule_shortfall": len(plan.diameters_vox) - len(nodules) if plan.inject and not flags else 0}
+    return hu, fields
+
+
+def _write_one(writer: CohortWriter, plan: VolumePlan, hu: np.ndarray, spacing_mm: Sequence[float], inj, seed: int,
+               ckpt_sha: str, kind: str, dicom: bool, profile: str) -> None:
+    hu, fields = finish_volume(plan, hu, spacing_mm, inj, seed)
+    rid = volume_id(plan.index)
+    writer.write(rid, hu, spacing_mm, checkpoint_sha256=ckpt_sha, **fields)
+    if dicom:
+        from .data.io import write_dicom_series
+
+        write_dicom_series(writer.root / "dicom" / rid, hu, spacing_mm, patient_id=rid, overwrite=True,
+                           series_description=f"{kind.upper()} synthetic CT ({profile or 'custom'} profile)",
+                           derived=True)
+
+
+def merge_shards(out: str | Path, n_shards: int) -> Path:
+    """Write ``<out>/manifest.csv`` joining the K shard cohorts (paths point into ``shards/``)."""
+    out = Path(out)
+    frames = []
+    for i in range(n_shards):
+        folder = shard_dir(out, i, n_shards)
+        if not (folder / "DONE").is_file():
+            raise CTSGANError(f"{folder}: shard {i}/{n_shards} has not finished; run it (or rerun it) first")
+        df = read_manifest(folder / "manifest.csv")
+        rel = folder.relative_to(out).as_posix()
+        df["path"] = rel + "/" + df["path"].astype(str)
+        df["label_path"] = [f"{rel}/{p}" if isinstance(p, str) and p else "" for p in df["label_path"]]
+        frames.append(df)
+    merged = pd.concat(frames, ignore_index=True).sort_values("id")
+    if merged["id"].duplicated().any():
+        raise CTSGANError(f"{out}: shards overlap (duplicated ids); were they run with the same --n and --batch?")
+    from .data.cohort import _encode  # one encoder for every manifest writer
+
+    cols = MANIFEST_COLUMNS + [c for c in merged.columns if c not in MANIFEST_COLUMNS]
+    rows = [_encode(r) for r in merged.to_dict(orient="records")]
+    text = pd.DataFrame(rows, columns=cols).to_csv(index=False)
+    atomic_write_text(out / "manifest.csv", text)
+    return out / "manifest.csv"
+
+
+def distributed_shard() -> tuple[int, int, int] | None:
+    """``(rank, world_size, local_rank)`` under torchrun, else None."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", "0"))
+    return None
+
+
+def wait_for_shards(out: str | Path, n_shards: int, timeout_s: float = 24 * 3600, poll_s: float = 2.0) -> None:
+    """Block until every shard folder has its ``DONE`` marker (rank 0 under torchrun)."""
+    out = Path(out)
+    t0 = time.monotonic()
+    while not all((shard_dir(out, i, n_shards) / "DONE").is_file() for i in range(n_shards)):
+        if time.monotonic() - t0 > timeout_s:
+            raise CTSGANError(f"{out}: timed out waiting for all {n_shards} shards")
+        time.sleep(poll_s)
+
+
+def summarize_cohort(root: str | Path) -> dict[str, Any]:
+    """Counts a reader wants: volumes, with nodules, flagged, nodules per volume, diameters."""
+    df = read_manifest(Path(root) / "manifest.csv")
+    flagged = df["lung_flags"].fillna("").astype(str).str.len() > 0 if "lung_flags" in df else pd.Series(False)
+    counts = df["nodules"].map(len)
+    diam = [n["diameter_vox"] for lst in df["nodules"] for n in lst]
+    return {"volumes": int(len(df)), "with_nodules": int(df["has_nodule"].astype(int).sum()),
+            "flagged": int(flagged.sum()), "flagged_share": float(flagged.mean()) if len(df) else 0.0,
+            "nodules_per_injected_volume": float(counts[counts > 0].mean()) if (counts > 0).any() else 0.0,
+            "diameters_vox": diam}

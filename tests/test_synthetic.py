@@ -1,0 +1,152 @@
+"""Synthetic cohorts: planning, sharding equals a single run, resume after a kill, injection, NIfTI/DICOM export."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+
+from ctsgan_lib.config import load_profile
+from ctsgan_lib.data.cohort import Cohort
+from ctsgan_lib.data.io import read_nifti
+from ctsgan_lib.errors import CTSGANError
+from ctsgan_lib.models.ctsgan import build_ctsgan
+from ctsgan_lib.synthetic import (VolumePlan, finish_volume, generate_cohort, merge_shards, parse_shard,
+                                  plan_volumes, shard_indices, summarize_cohort)
+from ctsgan_lib.train.checkpoint import save_checkpoint
+
+SPACING = (6.0, 6.0, 6.0)
+
+
+@pytest.fixture(scope="module")
+def ctsgan_ckpt(tmp_path_factory) -> Path:
+    """An (untrained) CT-SGAN checkpoint in the format the training loop writes."""
+    import torch
+
+    torch.manual_seed(0)
+    cfg = load_profile("smoke")
+    gen = build_ctsgan(cfg.data.size, cfg.ctsgan)["generator"]
+    path = tmp_path_factory.mktemp("ck") / "ckpt_000001.pt"
+    save_checkpoint(path, kind="ctsgan", step=1, config=cfg.to_dict(), models={"rv": gen.rv, "gslice": gen.gslice},
+                    extra={"spacing_mm": SPACING})
+    return path
+
+
+def test_plan_is_deterministic_and_exact():
+    a = plan_volumes(40, seed=3, inject_fraction=0.5, diameters_vox=[3.0, 5.0])
+    b = plan_volumes(40, seed=3, inject_fraction=0.5, diameters_vox=[3.0, 5.0])
+    assert a == b
+    assert sum(p.inject for p in a) == 20
+    assert all(set(p.diameters_vox) <= {3.0, 5.0} and len(p.diameters_vox) >= 1 for p in a if p.inject)
+    assert all(not p.diameters_vox for p in a if not p.inject)
+    assert [sum(p.split == s for p in a) for s in ("train", "val", "test")] == [30, 5, 5]
+    assert plan_volumes(40, seed=4, inject_fraction=0.5) != a
+    lidc = plan_volumes(200, seed=0, inject_fraction=1.0, spacing_mm=1.0, max_diameter_vox=20)
+    d = np.concatenate([p.diameters_vox for p in lidc])
+    assert d.max() <= 20 and d.min() >= 1.0 and np.median(d) > 3   # LIDC-distributed (mm at 1 mm/voxel)
+    with pytest.raises(CTSGANError, match="inject-fraction"):
+        plan_volumes(4, 0, inject_fraction=1.5)
+
+
+def test_shards_partition_the_run():
+    parts = [shard_indices(23, 4, i, 3) for i in range(3)]
+    flat = sorted(i for p in parts for i in p)
+    assert flat == list(range(23)) and sum(map(len, parts)) == 23
+    assert parse_shard("1/4") == (1, 4) and parse_shard(None) == (0, 1)
+    with pytest.raises(CTSGANError):
+        parse_shard("4/4")
+
+
+def test_two_shards_equal_one_run(ctsgan_ckpt, tmp_path):
+    kw = dict(n=6, seed=11, inject_fraction=0.0, batch=2, progress=False)
+    single = generate_cohort(ctsgan_ckpt, out=tmp_path / "single", **kw)
+    for i in range(2):
+        generate_cohort(ctsgan_ckpt, out=tmp_path / "sharded", shard=(i, 2), **kw)
+    merge_shards(tmp_path / "sharded", 2)
+    a, b = Cohort(single), Cohort(tmp_path / "sharded")
+    assert a.ids() == b.ids() == [f"syn-{i:06d}" for i in range(6)]
+    for rid in a.ids():
+        np.testing.assert_array_equal(a.read(rid)[0], b.read(rid)[0])
+        assert b.verify(rid)
+        assert a.row(rid)["lung_flags"] == b.row(rid)["lung_flags"]
+    row = a.row("syn-000000")
+    assert row["source"] == "ctsgan" and row["domain"] == "synthetic" and len(row["checkpoint_sha256"]) == 64
+    assert summarize_cohort(single)["volumes"] == 6
+
+
+def test_killed_run_resumes_to_the_complete_set(ctsgan_ckpt, tmp_path):
+    out = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "ctsgan_lib.cli", "generate", "--checkpoint", str(ctsgan_ckpt), "--n", "10",
+           "--seed", "5", "--out", str(out), "--batch", "1", "--inject-fraction", "0", "--device", "cpu"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list((out / "volumes").glob("syn-*.nii.gz"))) < 3:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done_before = len(list((out / "volumes").glob("syn-*.nii.gz")))
+    assert 0 < done_before < 10, "the kill should land mid-run"
+    subprocess.run(cmd, env=env, check=True, capture_output=True)
+    resumed = Cohort(out)
+    assert resumed.ids() == [f"syn-{i:06d}" for i in range(10)]
+    assert all(resumed.verify(r) for r in resumed.ids())
+    assert not list(out.rglob("*.part*")), "no half-written file may remain"
+    ref = generate_cohort(ctsgan_ckpt, 10, 5, tmp_path / "ref", inject_fraction=0.0, batch=1, progress=False)
+    for rid in resumed.ids():
+        np.testing.assert_array_equal(resumed.read(rid)[0], Cohort(ref).read(rid)[0])
+
+
+def test_injection_lands_in_the_lung_at_requested_diameters(tmp_path):
+    from ctsgan_lib.data.phantom import make_patient
+    from ctsgan_lib.data.preprocess import lung_mask
+    from ctsgan_lib.nodules import NoduleInjector
+    from ctsgan_lib.train.nodule_loop import train_nodule_gan
+    from nodule_fixtures import make_cohort
+
+    cohort, _ = make_cohort(tmp_path / "toy")
+    cfg = load_profile("smoke")
+    res = train_nodule_gan(cfg, "injector", cohort_dir=cohort, out_dir=tmp_path / "inj", iterations=2,
+                           progress=False)
+    inj = NoduleInjector.from_checkpoint(res["checkpoint"])
+    ph = make_patient(3, "nlst-like", size=48, spacing_mm=7.0)
+    plan = VolumePlan(index=0, inject=True, diameters_vox=[3.0, 5.0, 3.0])
+    hu, fields = finish_volume(plan, ph.hu, ph.spacing_mm, inj, seed=0)
+    lung = lung_mask(ph.hu, ph.spacing_mm)
+    assert fields["lung_flags"] == "" and fields["lung_volume_ml"] > 100
+    assert len(fields["nodules"]) + fields["nodule_shortfall"] == 3 and fields["nodules"]
+    for nod in fields["nodules"]:
+        assert lung[tuple(nod["center_vox"])], "nodule centre outside the lung mask"
+        assert nod["diameter_vox"] in (3.0, 5.0) and nod["action"] == "injected"
+    # outside every injected nodule's VOI the volume is unchanged
+    changed = np.argwhere(hu != ph.hu)
+    centers = np.array([n["center_vox"] for n in fields["nodules"]])
+    dist = np.abs(changed[:, None, :] - centers[None]).max(-1).min(-1)
+    assert dist.max() <= inj.voi_size // 2
+    # a flagged (lung-less) volume is reported, not injected
+    hu2, f2 = finish_volume(plan, np.full((32, 32, 32), 40.0, np.float32), (8.0, 8.0, 8.0), inj, seed=0)
+    assert "empty" in f2["lung_flags"] and "not_injected" in f2["lung_flags"] and not f2["nodules"]
+
+
+def test_nifti_and_dicom_export_read_back(ctsgan_ckpt, tmp_path):
+    out = generate_cohort(ctsgan_ckpt, 1, 2, tmp_path / "exp", inject_fraction=0.0, dicom=True, progress=False)
+    c = Cohort(out)
+    rid = c.ids()[0]
+    hu, spacing = c.read(rid)
+    hu2, spacing2, _ = read_nifti(out / c.row(rid)["path"])
+    np.testing.assert_array_equal(hu, hu2)
+    assert spacing == spacing2 == SPACING
+    files = sorted((out / "dicom" / rid).glob("*.dcm")) or sorted((out / "dicom" / rid).iterdir())
+    dss = sorted((pydicom.dcmread(f) for f in files), key=lambda d: float(d.ImagePositionPatient[2]))
+    assert len(dss) == hu.shape[0]
+    vol = np.stack([d.pixel_array * float(d.RescaleSlope) + float(d.RescaleIntercept) for d in dss])
+    np.testing.assert_array_equal(vol, np.round(hu))   # int16 HU, same voxels
+    assert [float(v) for v in dss[0].PixelSpacing] == [SPACING[1], SPACING[2]]
+    assert abs(float(dss[1].ImagePositionPatient[2]) - float(dss[0].ImagePositionPatient[2])) == SPACING[0]
+    assert "DERIVED" in dss[0].ImageType and dss[0].PatientName == "ANONYMOUS"
