@@ -50,6 +50,17 @@ def safe_id(text: str) -> str:
 # ------------------------------------------------------------------------------------------------------------------
 # preprocessing shared by all sources
 # ------------------------------------------------------------------------------------------------------------------
+def map_labels(labels: np.ndarray, info: dict) -> np.ndarray:
+    """Resample a label volume onto the cube of ``preprocess_volume`` (same geometry, nearest neighbour)."""
+    from scipy import ndimage as ndi
+
+    size = int(info["size"])
+    out = ndi.affine_transform(np.asarray(labels, dtype=np.uint8), np.asarray(info["step_vox"], dtype=float),
+                               offset=np.asarray(info["start_vox"], dtype=float), output_shape=(size,) * 3, order=0,
+                               mode="nearest")
+    return out.astype(np.uint8)
+
+
 def prepare_volume(cfg, hu: np.ndarray, spacing_mm, nodules: list[dict] | None = None,
                    labels: np.ndarray | None = None) -> tuple[np.ndarray, tuple, list[dict], np.ndarray | None]:
     """Preprocess one HU volume to the cohort grid and move its nodules (and labels) with it.
@@ -76,7 +87,7 @@ def prepare_volume(cfg, hu: np.ndarray, spacing_mm, nodules: list[dict] | None =
     d = cfg.data
     hu_cube, spacing_new, info = pp.preprocess_volume(hu, spacing_mm, d.size, d.hu_min, d.hu_max)
     spacing_new = tuple(float(s) for s in spacing_new)
-    labels_cube = pp.preprocess_labels(labels, info) if labels is not None else None
+    labels_cube = map_labels(labels, info) if labels is not None else None
     kept = []
     if nodules:
         centres = pp.map_points(np.array([n["center_vox"] for n in nodules], dtype=float), info)
@@ -432,3 +443,27 @@ def build_from_source(cfg, source: str, in_dir: str | Path | None, out: Path, pr
     writer.assign_splits(cfg.data.split_fractions, seed=cfg.seed)
     writer.close()
     return out
+
+
+def native_phantom_noise(cfg, cohort, ids) -> "pd.DataFrame":
+    """:func:`~ctsgan_lib.data.cohort.noise_hu` of phantom patients re-rendered on their native grid.
+
+    Resizing to the cohort cube (anti-aliased) averages much of the fine-grained noise away, so the scanner-domain
+    difference is clearest before preprocessing. Each patient is re-rendered from the ``seed`` in its manifest row
+    (deterministic), with the profile's phantom grid. Columns: ``id``, ``domain``, ``noise_hu``, ``grid``.
+    """
+    import pandas as pd
+
+    from . import phantom
+    from .cohort import noise_hu
+
+    rows = []
+    grid = f"native {cfg.data.phantom_size}³ @ {cfg.data.phantom_spacing_mm:g} mm"
+    for rid in ids:
+        row = cohort.row(rid)
+        if row["source"] != "phantom" or str(row.get("seed", "")) == "":
+            raise CTSGANError(f"{rid}: not a phantom patient with a recorded seed")
+        ph = phantom.make_patient(int(row["seed"]), row["domain"], size=cfg.data.phantom_size,
+                                  spacing_mm=cfg.data.phantom_spacing_mm)
+        rows.append({"id": rid, "domain": row["domain"], "noise_hu": noise_hu(ph.hu, ph.labels), "grid": grid})
+    return pd.DataFrame(rows, columns=["id", "domain", "noise_hu", "grid"])
