@@ -1,0 +1,155 @@
+"""3D inpainting cGAN for nodule injection and erasure (paper §3.1 and Appendix B; Jin et al., MICCAI 2018).
+
+Both models see a cubic volume of interest (VOI, side ``voi_size``; paper 64³) with three input channels, in model
+units ([-1, 1], see :mod:`ctsgan_lib.data.intensity`):
+
+0. the VOI. For the **injector** its centre cube (side ``mask_size``; paper 32³) is blanked to 0, as in Jin et al.;
+   for the **eraser** it is the nodule-bearing VOI, unmasked;
+1. the mask channel: 1 inside the centre cube, 0 outside;
+2. the shape channel: a soft [0, 1] map of the nodule, i.e. the nodule to paint (injector) or the region to
+   replace with healthy tissue (eraser).
+
+:class:`NoduleGenerator` is a 3D U-Net (pix2pix/CT-GAN style) with two output maps: a *background* ``b`` (healthy
+tissue over the whole VOI) and a *nodule* map ``n``. The injector's output is ``(1 - s) * b + s * n`` with ``s`` the
+shape channel, so the size and shape of the injected nodule are set by the caller exactly and the GAN learns the
+texture and the surrounding tissue; the eraser's output is ``b``. The last layer starts at the training data's
+median background and nodule intensities (bias = atanh of the prior, small weights), so even a briefly trained
+model paints a nodule of solid-nodule HU into parenchyma-like tissue; training then adds texture.
+
+:class:`PatchDiscriminator3D` is a 3D PatchGAN on ``[image, condition]`` (4 channels) trained with the LSGAN loss.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torch import nn
+
+ROLES = ("injector", "eraser")
+
+
+def _levels(voi_size: int) -> int:
+    """U-Net depth: halve the VOI down to 4 voxels (16 -> 2 levels, 64 -> 4 levels)."""
+    if voi_size < 8 or voi_size & (voi_size - 1):
+        raise ValueError(f"voi_size must be a power of two >= 8, got {voi_size}")
+    return int(math.log2(voi_size)) - 2
+
+
+class _Down(nn.Module):
+    def __init__(self, cin: int, cout: int, norm: bool = True):
+        super().__init__()
+        layers: list[nn.Module] = [nn.Conv3d(cin, cout, 4, stride=2, padding=1, bias=not norm)]
+        if norm:
+            layers.append(nn.InstanceNorm3d(cout, affine=True))
+        layers.append(nn.LeakyReLU(0.2, inplace=True))
+        self.block = nn.Sequential(*layers)
+
+    def forward(self, x):
+        return self.block(x)
+
+
+class _Up(nn.Module):
+    def __init__(self, cin: int, cout: int):
+        super().__init__()
+        self.block = nn.Sequential(
+            nn.ConvTranspose3d(cin, cout, 4, stride=2, padding=1, bias=False),
+            nn.InstanceNorm3d(cout, affine=True),
+            nn.ReLU(inplace=True),
+        )
+
+    def forward(self, x):
+        return self.block(x)
+
+
+class NoduleGenerator(nn.Module):
+    """3D U-Net generator of the nodule cGAN.
+
+    Parameters
+    ----------
+    voi_size : int
+        VOI side in voxels (power of two, >= 8).
+    base_channels : int
+        Channels of the first encoder level (doubled per level, capped at 8×).
+    prior_model : (float, float)
+        Initial background and nodule intensities in model units (the last layer's bias starts there).
+
+    Forward
+    -------
+    ``forward(cond) -> (background, nodule)``, each ``(B, 1, V, V, V)`` in [-1, 1]; use :meth:`compose`.
+    """
+
+    in_channels = 3
+
+    def __init__(self, voi_size: int = 16, base_channels: int = 8, prior_model: tuple[float, float] = (-0.8, 0.4)):
+        super().__init__()
+        n = _levels(voi_size)
+        chans = [min(base_channels * 2 ** i, base_channels * 8) for i in range(n + 1)]
+        self.stem = nn.Sequential(nn.Conv3d(self.in_channels, chans[0], 3, padding=1), nn.LeakyReLU(0.2, True))
+        self.downs = nn.ModuleList(_Down(chans[i], chans[i + 1], norm=i + 1 < n) for i in range(n))
+        self.ups = nn.ModuleList(_Up(chans[i + 1] * (1 if i == n - 1 else 2), chans[i]) for i in reversed(range(n)))
+        self.head = nn.Conv3d(chans[0] * 2, 2, 3, padding=1)
+        with torch.no_grad():  # start at the data prior (see module docstring); small weights keep it there early
+            self.head.weight.mul_(0.1)
+            p = np.clip(np.asarray(prior_model, dtype=float), -0.95, 0.95)
+            self.head.bias.copy_(torch.as_tensor(np.arctanh(p), dtype=self.head.bias.dtype))
+
+    def forward(self, cond: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self.stem(cond)
+        skips = [x]
+        for d in self.downs:
+            x = d(x)
+            skips.append(x)
+        skips.pop()  # the bottleneck is x itself
+        for i, u in enumerate(self.ups):
+            x = u(x)
+            x = torch.cat([x, skips.pop()], dim=1)
+        out = torch.tanh(self.head(x))
+        return out[:, :1], out[:, 1:]
+
+    @staticmethod
+    def compose(role: str, background: torch.Tensor, nodule: torch.Tensor, shape: torch.Tensor) -> torch.Tensor:
+        """The generator's VOI: injector ``(1 - s) b + s n`` (nodule painted where ``s`` says), eraser ``b``."""
+        if role == "injector":
+            return (1.0 - shape) * background + shape * nodule
+        if role == "eraser":
+            return background
+        raise ValueError(f"role must be one of {ROLES}, got {role!r}")
+
+
+class PatchDiscriminator3D(nn.Module):
+    """3D PatchGAN on ``[image (1 ch), condition (3 ch)]``: one realism score per overlapping patch (LSGAN)."""
+
+    def __init__(self, base_channels: int = 8, in_channels: int = 4):
+        super().__init__()
+        c = base_channels
+        self.net = nn.Sequential(
+            nn.Conv3d(in_channels, c, 4, stride=2, padding=1), nn.LeakyReLU(0.2, True),
+            nn.Conv3d(c, 2 * c, 4, stride=2, padding=1, bias=False), nn.InstanceNorm3d(2 * c, affine=True),
+            nn.LeakyReLU(0.2, True),
+            nn.Conv3d(2 * c, 4 * c, 3, stride=1, padding=1, bias=False), nn.InstanceNorm3d(4 * c, affine=True),
+            nn.LeakyReLU(0.2, True),
+            nn.Conv3d(4 * c, 1, 3, stride=1, padding=1),
+        )
+
+    def forward(self, image: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        return self.net(torch.cat([image, cond], dim=1))
+
+
+def lsgan_d_loss(d_real: torch.Tensor, d_fake: torch.Tensor) -> torch.Tensor:
+    """LSGAN discriminator loss ``0.5 E[(D(real) - 1)^2] + 0.5 E[D(fake)^2]`` (Mao et al.; CT-GAN uses MSE)."""
+    return 0.5 * ((d_real - 1.0) ** 2).mean() + 0.5 * (d_fake ** 2).mean()
+
+
+def lsgan_g_loss(d_fake: torch.Tensor) -> torch.Tensor:
+    """LSGAN generator loss ``0.5 E[(D(fake) - 1)^2]``."""
+    return 0.5 * ((d_fake - 1.0) ** 2).mean()
+
+
+def multi_mask_l1(fake: torch.Tensor, real: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Jin et al.'s multi-mask L1: mean absolute error inside and outside the centre mask, returned separately
+    (the loop weights them with ``cfg.nodules.l1_inside`` / ``l1_outside``)."""
+    err = (fake - real).abs()
+    inside = (err * mask).sum() / mask.sum().clamp_min(1.0)
+    outside = (err * (1 - mask)).sum() / (1 - mask).sum().clamp_min(1.0)
+    return inside, outside
