@@ -440,5 +440,60 @@ def load_memory_results(path: str | Path) -> list[dict]:
     return latest_run([r for r in recs if r.get("bench") in ("memory", "memory_ratio")])
 
 
+def plot_memory_vs_size(records: list[dict], ax=None, title: str | None = None):
+    """Step-peak memory vs volume side for both models, log-log, with "out of memory" marked at the cap.
+
+    Parameters
+    ----------
+    records : list of dict
+        One memory run (:func:`load_memory_results`).
+    ax : matplotlib Axes, optional
+    title : str, optional
+        Default: profile, batch, device and run id.
+
+    Returns
+    -------
+    matplotlib Axes
+    """
+    import matplotlib.pyplot as plt
+
+    if ax is None:
+        _, ax = plt.subplots(figsize=(6, 4))
+    rows = [r for r in records if r.get("bench") == "memory" and r.get("variant", "native") == "native"]
+    styles = {"ctsgan": ("CT-SGAN (slice-wise)", "o-", "C0"), "gan3d": ("3D GAN (native S³)", "s-", "C3")}
+    for model in sorted({r["model"] for r in rows}):
+        label, fmt, color = styles.get(model, (model, "^-", "C2"))
+        ok = sorted((r["size"], r["step_peak_mib"]) for r in rows if r["model"] == model and r["status"] == "ok")
+        if ok:
+            ax.plot([s for s, _ in ok], [m for _, m in ok], fmt, color=color, label=label)
+        for r in rows:
+            if r["model"] == model and r["status"] != "ok":
+                cap = (r.get("max_gib") or 0) * 1024 or (max((m for _, m in ok), default=1.0) * 4)
+                ax.plot([r["size"]], [cap], "x", color=color, markersize=10)
+                ax.annotate(f"{r['status']}", (r["size"], cap), textcoords="offset points", xytext=(-30, 6),
+                            color=color, fontsize=8)
+    for r in records:
+        if r.get("bench") == "memory" and r.get("variant") == "configured" and r["status"] == "ok":
+            ax.plot([r["size"]], [r["step_peak_mib"]], "D", color="C1",
+                    label=f"3D GAN configured ({r['native_size']}³ → {r['size']}³)")
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    from matplotlib.ticker import FuncFormatter
+
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    sizes = sorted({r["size"] for r in rows})
+    ax.set_xticks(sizes, [f"{s}³" for s in sizes])
+    ax.set_xlabel("volume size")
+    ax.set_ylabel("peak memory of one training step (MiB)")
+    if rows:
+        m = rows[0]
+        hw = m.get("hardware") or {}
+        ax.set_title(title or f"profile {m.get('profile')} widths, batch {m['batch']}, "
+                     f"{hw.get('gpu') or hw.get('cpu', m['device'])}", fontsize=9)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    return ax
+
+
 if __name__ == "__main__":
     sys.exit(_worker_main())

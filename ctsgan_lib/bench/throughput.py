@@ -268,3 +268,46 @@ def load_throughput_results(path: str | Path) -> list[dict]:
     from ..utils.logs import read_jsonl
 
     return latest_run(read_jsonl(path))
+
+
+def targets_report(memory_records: list[dict], throughput_records: list[dict]) -> str:
+    """The issue's targets against what a run measured (markdown bullets); a target not measured says so.
+
+    Targets: CT-SGAN step memory at 224³ <= 1/8 of the 3D GAN's and within a 16 GB GPU; one 224³ volume on a 2-core
+    CPU in < 10 s; 10,000 × 224³ volumes on an H100 in < 30 min.
+    """
+    out = []
+    ratio = next((r for r in memory_records if r.get("bench") == "memory_ratio" and r["size"] == 224), None)
+    if ratio and ratio["ratio"] is not None:
+        bound = "at most " if ratio["ratio_is_bound"] else ""
+        verdict = "met" if ratio["ratio"] <= 1 / 8 else "missed"
+        out.append(f"- Memory at 224³: CT-SGAN / 3D GAN = {bound}{ratio['ratio']:.3f} (target <= 0.125): **{verdict}**"
+                   + (" (the 3D GAN did not fit under the cap; the ratio is a bound)" if bound else "") + ".")
+    else:
+        out.append("- Memory ratio at 224³: not measured in this run.")
+    c224 = next((r for r in memory_records if r.get("bench") == "memory" and r["model"] == "ctsgan"
+                 and r["size"] == 224 and r["status"] == "ok"), None)
+    if c224:
+        gib = c224["step_peak_mib"] / 1024
+        how = "CUDA allocator peak" if c224["device"].startswith("cuda") else "CPU RSS peak (a proxy for GPU memory)"
+        out.append(f"- CT-SGAN step at 224³, batch {c224['batch']}: {gib:.2f} GiB ({how}); 16 GB GPU target: "
+                   f"**{'met' if gib < 14.9 else 'missed'}**.")
+    gen224 = [r for r in throughput_records if r.get("bench") == "generate" and r["size"] == 224]
+    cpu = next((r for r in gen224 if r["device"] == "cpu"), None)
+    if cpu:
+        threads = cpu["hardware"].get("torch_threads")
+        out.append(f"- One 224³ volume on CPU ({threads} torch threads, load {cpu['loadavg'][0]}): "
+                   f"{cpu['s_per_volume']:.1f} s (target < 10 s on 2 cores): "
+                   f"**{'met' if cpu['s_per_volume'] < 10 else 'missed'}**.")
+    else:
+        out.append("- One 224³ volume on a 2-core CPU: not measured in this run.")
+    gpu = next((r for r in gen224 if r["device"].startswith("cuda")), None)
+    if gpu:
+        name = gpu["hardware"].get("gpu", "GPU")
+        mins = gpu["time_10k_volumes_s"] / 60
+        h100 = "H100" in name or "H200" in name
+        out.append(f"- 10,000 × 224³ on {name}: {mins:.1f} min (target < 30 min on an H100): "
+                   f"**{('met' if mins < 30 else 'missed') if h100 else 'not an H100-class GPU'}**.")
+    else:
+        out.append("- 10,000 × 224³ on an H100: not measured (no GPU in this run).")
+    return "\n".join(out)
