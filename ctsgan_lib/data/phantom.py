@@ -897,11 +897,15 @@ def render_clean(params: PhantomParams) -> tuple[np.ndarray, np.ndarray]:
     lab = np.zeros(shape, np.uint8)
     s = N * sp / 352.0
 
-    # table: curved carbon-fibre shells with a foam core below the back
-    ty = p.body_post_mm + p.table_gap_mm + 0.0006 * X ** 2 / s
+    # table: curved carbon-fibre shells with a foam core, fixed to the scanner (volume coordinates, not rotated
+    # with the patient), just below the lowest point of the back
+    ang = np.linspace(0, 2 * np.pi, 360)
+    back_y, back_x = anat.to_volume(p.body_post_mm * np.clip(np.cos(ang), 0, None), p.body_half_width_mm * np.sin(ang))
+    Yt, Xt = Yv[None].astype(np.float32), Xv[None].astype(np.float32)
+    ty = float(np.max(back_y)) + p.table_gap_mm + 0.0006 * (Xt - p.shift_x_mm) ** 2 / s
     shell = 2.5 * s
-    t_all = (Y > ty) & (Y < ty + 14 * s) & (np.abs(X) < 230 * s)
-    t_core = (Y > ty + shell) & (Y < ty + 14 * s - shell)
+    t_all = (Yt > ty) & (Yt < ty + 14 * s) & (np.abs(Xt) < 230 * s)
+    t_core = (Yt > ty + shell) & (Yt < ty + 14 * s - shell)
     _paint(hu, lab, np.broadcast_to(t_all, shape), HU_TABLE_SHELL, LABELS["table"])
     _paint(hu, lab, np.broadcast_to(t_all & t_core, shape), HU_TABLE_FOAM, LABELS["table"])
 

@@ -122,9 +122,10 @@ def body_bbox(hu: np.ndarray, threshold_hu: float = -500, spacing_mm: Sequence[f
     sizes = np.bincount(lab.ravel())
     sizes[0] = 0
     sl = ndi.find_objects((lab == int(np.argmax(sizes))).astype(np.int8))[0]
-    # grow the box back by the opening radius (not the mask: that would re-attach the table)
-    return tuple(slice(int(max(0, (s.start - rk) * k)), int(min(n_full, (s.stop + rk) * k)))
-                 for s, k, n_full, rk in zip(sl, stride, hu.shape, r))
+    # an opening keeps smooth outlines (unions of disks), so the opened body's box is the body's box up to a
+    # voxel; growing it (or the mask) by the full radius would re-attach the table
+    return tuple(slice(int(max(0, (s.start - 1) * k)), int(min(n_full, (s.stop + 1) * k)))
+                 for s, k, n_full in zip(sl, stride, hu.shape))
 
 
 def lung_mask(hu: np.ndarray, spacing_mm: Sequence[float] | None = None, threshold_hu: float = -400,
