@@ -84,8 +84,11 @@ def gslice_flops_per_volume(generator, size: int) -> dict:
 
 
 def generation_throughput(cfg, size: int, n_volumes: int, batch: int, device: str, repeats: int,
-                          chunk: int | None = None) -> dict:
+                          chunk: int | None = None, channels_last: bool = False) -> dict:
     """CT-SGAN volumes/s at ``size``³ through ``generate_volumes`` (batching and chunking as ``ctsgan generate``).
+
+    ``channels_last=True`` converts Gslice to the channels-last memory format first (an optimisation candidate:
+    oneDNN's transposed convolutions avoid a layout copy per layer); the record says which variant it is.
 
     Returns
     -------
@@ -99,6 +102,10 @@ def generation_throughput(cfg, size: int, n_volumes: int, batch: int, device: st
     chunk = chunk or cfg.ctsgan.chunk
     wl = build_workload("ctsgan", cfg, size, 1, device, cfg.seed)
     gen = wl.generator.eval()
+    if channels_last:
+        import torch
+
+        gen.gslice.to(memory_format=torch.channels_last)
     bf16 = bool(cfg.ctsgan.bf16 and device.startswith("cuda"))
 
     def run():
@@ -114,7 +121,7 @@ def generation_throughput(cfg, size: int, n_volumes: int, batch: int, device: st
     peak = device_peak_flops(device, bf16=bf16)
     achieved = vps * fl["flops_per_volume"]
     return {"bench": "generate", "model": "ctsgan", "size": size, "n_volumes": n_volumes, "batch": batch,
-            "chunk": chunk, "bf16": bf16, "widths": wl.widths, "call_s": [round(t, 4) for t in times],
+            "chunk": chunk, "bf16": bf16, "channels_last": channels_last, "widths": wl.widths, "call_s": [round(t, 4) for t in times],
             "volumes_per_s": round(vps, 5), "s_per_volume": round(1 / vps, 4), **fl,
             "achieved_flops_per_s": achieved, **peak,
             "peak_fraction": (round(achieved / peak["peak_flops"], 4) if peak["peak_flops"] else None),
@@ -155,8 +162,8 @@ def fid_extractor_throughput(cfg, size: int, n_slices: int, device: str, repeats
 def run_throughput_bench(cfg, size: int | None = None, *, gen_sizes: Iterable[int] | None = None,
                          models: Iterable[str] = MODELS, batch: int | None = None, device: str | None = None,
                          repeats: int | None = None, gen_volumes: int | None = None, fid_slices: int | None = None,
-                         out: str | Path | None = None, skip: Iterable[str] = (), progress: bool = True
-                         ) -> list[dict]:
+                         out: str | Path | None = None, skip: Iterable[str] = (), channels_last: bool = False,
+                         progress: bool = True) -> list[dict]:
     """Run the throughput benches and append their JSON lines to ``out``.
 
     Parameters
@@ -179,6 +186,8 @@ def run_throughput_bench(cfg, size: int | None = None, *, gen_sizes: Iterable[in
         Default ``runs/<P>/bench/throughput.jsonl``.
     skip : iterable of str
         Any of ``"train"``, ``"generate"``, ``"fid"``.
+    channels_last : bool
+        Also time generation with Gslice in channels-last memory format (one extra record per size).
     progress : bool
         Print one line per result.
 
@@ -203,8 +212,10 @@ def run_throughput_bench(cfg, size: int | None = None, *, gen_sizes: Iterable[in
     if "train" not in skip:
         jobs += [lambda m=m: train_throughput(m, cfg, size, batch, device, repeats) for m in models]
     if "generate" not in skip:
-        jobs += [lambda s=s: generation_throughput(cfg, s, gen_volumes, min(gen_volumes, cfg.generate.batch),
-                                                   device, repeats) for s in gen_sizes]
+        variants = (False, True) if channels_last else (False,)
+        jobs += [lambda s=s, cl=cl: generation_throughput(cfg, s, gen_volumes, min(gen_volumes, cfg.generate.batch),
+                                                          device, repeats, channels_last=cl)
+                 for s in gen_sizes for cl in variants]
     if "fid" not in skip:
         jobs.append(lambda: fid_extractor_throughput(cfg, size, fid_slices, device, repeats))
     records = []
@@ -223,7 +234,8 @@ def _one_line(r: dict) -> str:
         return f"train    {r['model']:>6} {r['size']}³ batch {r['batch']}: {r['steps_per_s']:.3f} steps/s"
     if r["bench"] == "generate":
         pf = f", {100 * r['peak_fraction']:.1f}% of peak" if r.get("peak_fraction") is not None else ""
-        return (f"generate ctsgan {r['size']}³: {r['volumes_per_s']:.4f} volumes/s ({r['s_per_volume']:.2f} s/volume, "
+        return (f"generate ctsgan {r['size']}³{' channels-last' if r.get('channels_last') else ''}: "
+                f"{r['volumes_per_s']:.4f} volumes/s ({r['s_per_volume']:.2f} s/volume, "
                 f"{r['flops_per_volume'] / 1e9:.1f} GFLOP/volume{pf}); 10,000 volumes ≈ "
                 f"{r['time_10k_volumes_s'] / 3600:.2f} h")
     return f"fid      inception {r['size']}²→299²: {r['slices_per_s']:.2f} slices/s"
@@ -248,11 +260,12 @@ def format_throughput_tables(records: list[dict]) -> str:
                   f"{r['steps_per_s']:.3f} | {1 / r['steps_per_s']:.3f} |" for r in tr]
     ge = [r for r in records if r["bench"] == "generate"]
     if ge:
-        lines += ["", "| CT-SGAN generation S³ | volumes/s | s/volume | GFLOP/volume | achieved GFLOP/s | % of peak | "
-                  "10,000 volumes |", "|---|---|---|---|---|---|---|"]
+        lines += ["", "| CT-SGAN generation S³ | Gslice layout | volumes/s | s/volume | GFLOP/volume | achieved GFLOP/s | % of peak | "
+                  "10,000 volumes |", "|---|---|---|---|---|---|---|---|"]
         for r in ge:
             pf = f"{100 * r['peak_fraction']:.1f}" if r.get("peak_fraction") is not None else "unknown"
-            lines.append(f"| {r['size']} | {r['volumes_per_s']:.4f} | {r['s_per_volume']:.2f} | "
+            lay = "channels-last" if r.get("channels_last") else "default"
+            lines.append(f"| {r['size']} | {lay} | {r['volumes_per_s']:.4f} | {r['s_per_volume']:.2f} | "
                          f"{r['flops_per_volume'] / 1e9:.1f} | {r['achieved_flops_per_s'] / 1e9:.1f} | {pf} | "
                          f"{r['time_10k_volumes_s'] / 3600:.2f} h |")
         lines.append(f"\nPeak: {ge[0]['peak_assumption']}.")
@@ -293,15 +306,16 @@ def targets_report(memory_records: list[dict], throughput_records: list[dict]) -
         out.append(f"- CT-SGAN step at 224³, batch {c224['batch']}: {gib:.2f} GiB ({how}); 16 GB GPU target: "
                    f"**{'met' if gib < 14.9 else 'missed'}**.")
     gen224 = [r for r in throughput_records if r.get("bench") == "generate" and r["size"] == 224]
-    cpu = next((r for r in gen224 if r["device"] == "cpu"), None)
+    cpu = min((r for r in gen224 if r["device"] == "cpu"), key=lambda r: r["s_per_volume"], default=None)
     if cpu:
         threads = cpu["hardware"].get("torch_threads")
-        out.append(f"- One 224³ volume on CPU ({threads} torch threads, load {cpu['loadavg'][0]}): "
+        lay = ", channels-last Gslice" if cpu.get("channels_last") else ""
+        out.append(f"- One 224³ volume on CPU ({threads} torch threads{lay}, load {cpu['loadavg'][0]}): "
                    f"{cpu['s_per_volume']:.1f} s (target < 10 s on 2 cores): "
                    f"**{'met' if cpu['s_per_volume'] < 10 else 'missed'}**.")
     else:
         out.append("- One 224³ volume on a 2-core CPU: not measured in this run.")
-    gpu = next((r for r in gen224 if r["device"].startswith("cuda")), None)
+    gpu = min((r for r in gen224 if r["device"].startswith("cuda")), key=lambda r: r["s_per_volume"], default=None)
     if gpu:
         name = gpu["hardware"].get("gpu", "GPU")
         mins = gpu["time_10k_volumes_s"] / 60

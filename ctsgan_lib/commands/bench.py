@@ -68,6 +68,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--gen-volumes", type=int, default=None, help="volumes per timed generation call")
     t.add_argument("--fid-slices", type=int, default=None, help="slices per timed extractor call")
     t.add_argument("--skip", nargs="+", default=[], choices=["train", "generate", "fid"])
+    t.add_argument("--channels-last", action="store_true",
+                   help="also time generation with Gslice in channels-last memory format")
     t.add_argument("--out", default=None, help="JSON-lines file (default: runs/<P>/bench/throughput.jsonl)")
     t.set_defaults(func=_throughput)
     p.set_defaults(func=lambda a: (p.print_help(), 1)[1])
@@ -101,7 +103,8 @@ def _throughput(args: argparse.Namespace) -> int:
     _check_sizes([size, *(args.gen_sizes or [])])
     recs = run_throughput_bench(cfg, size, gen_sizes=args.gen_sizes, models=args.models, batch=args.batch,
                                 device=_device(args.device), repeats=args.repeats, gen_volumes=args.gen_volumes,
-                                fid_slices=args.fid_slices, out=args.out, skip=args.skip)
+                                fid_slices=args.fid_slices, out=args.out, skip=args.skip,
+                                channels_last=args.channels_last)
     print()
     print(format_throughput_tables(recs))
     print(f"\nJSON lines appended to {args.out or cfg.runs_dir / 'bench' / 'throughput.jsonl'}")
