@@ -148,7 +148,10 @@ class ClassifierConfig:
     lr: float = 1e-4
     betas: tuple[float, float] = (0.9, 0.999)
     patience: int = 3
-    n_synthetic: int = 12
+    n_synthetic: int = 12               # synthetic training volumes (half injected: n_synthetic // 2 bases, paired)
+    max_nodules: int = 3                # cap on the LIDC-drawn nodule count per positive volume (small S³ crowd)
+    in_channels: int = 1                # CT is one channel (the reference's 3 only matters for its param count)
+    dropout: float = 0.5                # 3D-SqueezeNet head dropout (reference: 0.5)
 
 
 @dataclass

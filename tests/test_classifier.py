@@ -1,0 +1,264 @@
+"""Classifier: metrics vs scikit-learn, the training loop (learns, selects, resumes), the grid and the shortcut control.
+
+The grid tests use in-memory nodule-free bases and a sphere-painting injector (a test double with the injector's
+``inject(hu, diameters_vox, rng, lung=None)`` interface), so they exercise the runner without the nodule GANs; the
+wiring to the real cohort/injector files is covered by ``test_grid_reads_cohort_and_injector_from_disk``.
+"""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import accuracy_score, balanced_accuracy_score, confusion_matrix, roc_auc_score
+
+from ctsgan_lib.config import load_profile
+from ctsgan_lib.errors import CTSGANError
+from ctsgan_lib.eval.classification import balanced_indices, binary_metrics, check_classes, roc_auc
+from ctsgan_lib.experiments import (BaseSet, BaseVolume, build_cell_data, grid_table, regime_ordering, run_grid,
+                                    run_shortcut_control, shortcut_table)
+from ctsgan_lib.models.squeezenet3d import SqueezeNet3D
+from ctsgan_lib.train.classifier_loop import VolumeDataset, evaluate, train_classifier
+from ctsgan_lib.utils.logs import read_jsonl
+
+S = 16  # tiny volumes keep the CPU budget (SqueezeNet works at any S)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One torch thread: on a shared 2-core machine, 2 OpenMP threads are many times slower when oversubscribed."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+# ------------------------------------------------------------------------------------------------ metrics
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_metrics_match_sklearn(seed):
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, 57)
+    p = np.clip(0.3 * y + rng.random(57) * 0.7, 0, 1)
+    p[:10] = np.round(p[:10], 1)  # ties
+    m = binary_metrics(y, p)
+    pred = (p >= 0.5).astype(int)
+    tn, fp, fn, tp = confusion_matrix(y, pred, labels=[0, 1]).ravel()
+    assert m["accuracy"] == pytest.approx(accuracy_score(y, pred))
+    assert m["balanced_accuracy"] == pytest.approx(balanced_accuracy_score(y, pred))
+    assert m["auc"] == pytest.approx(roc_auc_score(y, p))
+    assert m["sensitivity"] == pytest.approx(tp / (tp + fn))
+    assert m["specificity"] == pytest.approx(tn / (tn + fp))
+    assert (m["tp"], m["tn"], m["fp"], m["fn"]) == (tp, tn, fp, fn)
+
+
+def test_auc_edge_cases():
+    assert roc_auc([0, 1], [0.2, 0.9]) == 1.0
+    assert roc_auc([0, 1], [0.9, 0.2]) == 0.0
+    assert roc_auc([0, 0, 1, 1], [0.5] * 4) == 0.5
+    assert np.isnan(roc_auc([1, 1], [0.2, 0.3]))
+
+
+def test_empty_class_and_unbalanceable_errors():
+    with pytest.raises(CTSGANError, match="split 'val'.*no nodule-bearing"):
+        check_classes([0, 0, 0], "cohort: split 'val'")
+    with pytest.raises(CTSGANError, match="no nodule-free"):
+        check_classes([1, 1], "cohort: split 'train'")
+    with pytest.raises(CTSGANError, match="cannot be balanced"):
+        balanced_indices([1, 1, 1], np.random.default_rng(0), "cohort: split 'test'")
+    keep = balanced_indices([1, 1, 1, 0, 0, 1, 1], np.random.default_rng(0), "t")
+    y = np.array([1, 1, 1, 0, 0, 1, 1])[keep]
+    assert (y == 1).sum() == (y == 0).sum() == 2
+
+
+# ------------------------------------------------------------------------------------------------ fixtures
+def _base(rid: str, domain: str, split: str, seed: int) -> BaseVolume:
+    """A crude chest: body at 0 HU, two lungs at -800 HU, domain-dependent noise (the 'scanner')."""
+    rng = np.random.default_rng(seed)
+    z, y, x = np.mgrid[:S, :S, :S]
+    hu = np.full((S, S, S), -1000.0)
+    body = ((y - S / 2) / (0.45 * S)) ** 2 + ((x - S / 2) / (0.48 * S)) ** 2 <= 1
+    hu[body] = 20.0
+    lung = body & (np.abs(x - S / 2) > 1.5) & (((y - S / 2) / (0.35 * S)) ** 2 +
+                                               ((np.abs(x - S / 2) - 0.24 * S) / (0.2 * S)) ** 2 <= 1)
+    hu[lung] = -800.0
+    noise = 25.0 if domain == "lidc-like" else 90.0
+    hu = hu + rng.normal(0, noise, hu.shape)
+    return BaseVolume(rid, np.rint(hu).astype(np.int16), domain, split, "phantom", lung)
+
+
+class SphereInjector:
+    """Test double for the nodule injector: paints solid spheres (+40 HU) at seeded lung positions."""
+
+    def inject(self, hu, diameters_vox, rng, lung=None):
+        out = np.array(hu, dtype=np.float32, copy=True)
+        cand = np.argwhere(lung) if lung is not None else np.argwhere(np.ones_like(out, bool))
+        z, y, x = np.mgrid[:out.shape[0], :out.shape[1], :out.shape[2]]
+        nods = []
+        for d in diameters_vox:
+            c = cand[rng.integers(len(cand))]
+            ball = (z - c[0]) ** 2 + (y - c[1]) ** 2 + (x - c[2]) ** 2 <= (d / 2) ** 2
+            out[ball] = 40.0
+            nods.append({"center_vox": [int(v) for v in c], "diameter_vox": float(d), "action": "injected"})
+        return out, nods
+
+
+def _bases(n_per_split=(6, 2, 2)) -> BaseSet:
+    vols, k = [], 0
+    for split, n in zip(("train", "val", "test"), n_per_split):
+        for i in range(n):
+            dom = "lidc-like" if i % 2 else "nlst-like"
+            vols.append(_base(f"p{k:03d}", dom, split, k))
+            k += 1
+    return BaseSet(vols, "memory:test-real", ["phantom"])
+
+
+def _syn(n=4) -> BaseSet:
+    return BaseSet([_base(f"s{i:03d}", "synthetic", "train", 100 + i) for i in range(n)], "memory:test-syn",
+                   ["ctsgan"])
+
+
+def _cfg(**over):
+    base = {"classifier.epochs": 2, "classifier.finetune_epochs": 1, "classifier.batch": 4,
+            "classifier.sizes": "[4.0, 6.0]", "classifier.seeds": "[0]", "classifier.max_nodules": 2}
+    base.update(over)
+    return load_profile("smoke", **base)
+
+
+# ------------------------------------------------------------------------------------------------ training loop
+def test_training_learns_and_resumes(tmp_root):
+    cfg = _cfg(**{"classifier.lr": 1e-3, "classifier.patience": 10})
+    data = build_cell_data(_bases((8, 4, 4)), None, 6.0, 0, SphereInjector(), cfg)
+    assert len(data.train) == 16 and data.train.labels.sum() == 8 and data.train.unit[0].dtype == np.float16
+    assert 0.0 <= min(u.min() for u in data.train.unit) and max(u.max() for u in data.train.unit) <= 1.0
+    torch.manual_seed(0)
+    model = SqueezeNet3D(1, 2)
+    out = tmp_root / "cls"
+    r = train_classifier(model, data.train, data.val, cfg, out, seed=0, epochs=6, progress=False)
+    losses = [h["train_loss"] for h in r["history"]]
+    assert losses[-1] < losses[0], losses          # the loss moves down
+    assert (out / "final.pt").is_file() and not list(out.glob("ckpt_*.pt"))
+    assert 1 <= r["best_epoch"] <= 6
+    assert r["best_val_loss"] == pytest.approx(min(h["val_loss"] for h in r["history"]))
+    # the model holds the selected weights: its val loss is the best one
+    assert evaluate(model, data.val, "cpu")["loss"] == pytest.approx(r["best_val_loss"], rel=1e-4)
+    # resume from final: nothing retrains, same weights
+    m2 = SqueezeNet3D(1, 2)
+    r2 = train_classifier(m2, data.train, data.val, cfg, out, seed=0, epochs=6, progress=False)
+    assert r2["resumed"] == "final" and r2["best_epoch"] == r["best_epoch"]
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), m2.state_dict().values()))
+
+
+def test_interrupted_training_resumes_exactly(tmp_root, monkeypatch):
+    import ctsgan_lib.train.classifier_loop as loop
+
+    cfg = _cfg(**{"classifier.patience": 10})
+    data = build_cell_data(_bases((4, 2, 2)), None, 6.0, 0, SphereInjector(), cfg)
+    torch.manual_seed(1)
+    full = SqueezeNet3D(1, 2)
+    init = {k: v.clone() for k, v in full.state_dict().items()}
+    r_full = train_classifier(full, data.train, data.val, cfg, tmp_root / "a", seed=3, epochs=3, progress=False)
+
+    # a run killed after its epoch-2 checkpoint, before final.pt
+    real_save = loop.save_checkpoint
+
+    def dying_save(path, **kw):
+        if str(path).endswith("final.pt"):
+            raise KeyboardInterrupt
+        return real_save(path, **kw)
+
+    part = SqueezeNet3D(1, 2)
+    part.load_state_dict(init)
+    monkeypatch.setattr(loop, "save_checkpoint", dying_save)
+    with pytest.raises(KeyboardInterrupt):
+        train_classifier(part, data.train, data.val, cfg, tmp_root / "b", seed=3, epochs=2, progress=False)
+    monkeypatch.setattr(loop, "save_checkpoint", real_save)
+    assert [p.name for p in (tmp_root / "b").glob("ckpt_*.pt")] == ["ckpt_000002.pt"]
+
+    resumed = SqueezeNet3D(1, 2)  # other init: everything must come from the checkpoint
+    r_res = train_classifier(resumed, data.train, data.val, cfg, tmp_root / "b", seed=3, epochs=3, progress=False)
+    assert r_res["resumed"] == "ckpt_000002.pt"
+    assert [h["train_loss"] for h in r_res["history"]] == pytest.approx([h["train_loss"] for h in r_full["history"]],
+                                                                        rel=1e-5)
+    assert r_res["best_epoch"] == r_full["best_epoch"]
+    for a, b in zip(full.state_dict().values(), resumed.state_dict().values()):
+        assert torch.allclose(a.float(), b.float(), atol=1e-6)
+    log = (tmp_root / "b" / "log.csv").read_text().splitlines()
+    assert len(log) == 1 + 3  # header + one row per epoch, no duplicate rows after resume
+
+
+# ------------------------------------------------------------------------------------------------ grid
+def test_grid_runs_resumes_and_reports(tmp_root):
+    cfg = _cfg()
+    out = tmp_root / "runs" / "smoke" / "classifier"
+    real, syn, inj = _bases((4, 2, 2)), _syn(3), SphereInjector()
+    path = run_grid(cfg, out, progress=False, real=real, synthetic=syn, injector=inj, device="cpu")
+    recs = read_jsonl(path)
+    assert len(recs) == 2 * 1 * 3
+    assert {(r["regime"], r["size_vox"]) for r in recs} == {(g, d) for g in ("real", "synthetic",
+                                                                             "pretrain_finetune") for d in (4.0, 6.0)}
+    r0 = recs[0]
+    assert r0["profile"] == "smoke" and r0["config"]["classifier"]["epochs"] == 2
+    assert r0["data"]["n_test"] == 4 and r0["data"]["test_positives"] == 2 and r0["data"]["n_synthetic"] == 6
+    assert "cpu" in r0["hardware_label"] and set(r0["metrics"]) >= {"accuracy", "balanced_accuracy", "auc",
+                                                                     "sensitivity", "specificity"}
+    ft = [r for r in recs if r["regime"] == "pretrain_finetune"][0]
+    assert ft["selection"]["epochs_run"] <= cfg.classifier.finetune_epochs
+    # finished cells are skipped: a rerun appends nothing and trains nothing
+    mtime = path.stat().st_mtime_ns
+    run_grid(cfg, out, progress=False, real=real, synthetic=syn, injector=inj, device="cpu")
+    assert len(read_jsonl(path)) == 6 and path.stat().st_mtime_ns == mtime
+    # one more seed: only the new cells run
+    run_grid(cfg, out, progress=False, real=real, synthetic=syn, injector=inj, device="cpu", seeds=[1],
+             sizes=[6.0], regimes=["real"])
+    assert len(read_jsonl(path)) == 7
+    table = grid_table(read_jsonl(path))
+    row = table[(table.regime == "real") & (table.size_vox == 6.0)].iloc[0]
+    assert row.n_seeds == 2 and row.seeds == "0,1"
+    accs = [r["metrics"]["accuracy"] for r in read_jsonl(path) if r["regime"] == "real" and r["size_vox"] == 6.0]
+    assert row.accuracy_mean == pytest.approx(np.mean(accs)) and row.accuracy_std == pytest.approx(np.std(accs))
+    assert regime_ordering(table).count(">") + regime_ordering(table).count("=") == 2
+
+
+def test_seed_sets_nodule_placement_and_count():
+    cfg = _cfg(**{"classifier.max_nodules": 3})
+    real = _bases((2, 2, 2))
+    a = build_cell_data(real, None, 4.0, 0, SphereInjector(), cfg)
+    b = build_cell_data(real, None, 4.0, 0, SphereInjector(), cfg)
+    c = build_cell_data(real, None, 4.0, 1, SphereInjector(), cfg)
+    pos = [i for i, y in enumerate(a.train.labels) if y == 1]
+    assert all(np.array_equal(a.train.unit[i], b.train.unit[i]) for i in pos)
+    assert any(not np.array_equal(a.train.unit[i], c.train.unit[i]) for i in pos)
+    neg = [i for i, y in enumerate(a.train.labels) if y == 0]
+    assert all(np.array_equal(a.train.unit[i], c.train.unit[i]) for i in neg)  # clean bases untouched
+
+
+def test_grid_errors_on_empty_split(tmp_root):
+    cfg = _cfg()
+    with pytest.raises(CTSGANError, match="split 'test'"):
+        build_cell_data(_bases((2, 2, 0)), None, 4.0, 0, SphereInjector(), cfg)
+    with pytest.raises(CTSGANError, match="unknown regime"):
+        run_grid(cfg, tmp_root / "x", progress=False, real=_bases((2, 2, 2)), synthetic=_syn(2),
+                 injector=SphereInjector(), regimes=["nope"])
+
+
+def test_shortcut_control(tmp_root):
+    cfg = _cfg(**{"classifier.epochs": 2})
+    real = _bases((8, 4, 4))  # 8 per domain
+    path = run_shortcut_control(cfg, tmp_root / "cls", progress=False, real=real, injector=SphereInjector(),
+                                device="cpu")
+    recs = read_jsonl(path)
+    assert sorted(r["train_cohort"] for r in recs) == ["biased", "debiased"]
+    for r in recs:
+        assert set(r["metrics"]) == {"swapped", "debiased", "biased"}
+        assert r["size_vox"] == 6.0
+        sw = r["metrics"]["swapped"]
+        assert sw["n_pos"] > 0 and sw["n_neg"] > 0
+    t = shortcut_table(recs)
+    assert set(t.test_set) == {"swapped", "debiased", "biased"} and len(t) == 6
+    # rerun skips
+    run_shortcut_control(cfg, tmp_root / "cls", progress=False, real=real, injector=SphereInjector(), device="cpu")
+    assert len(read_jsonl(path)) == 2
+    with pytest.raises(CTSGANError, match="at least 4 nodule-free lidc-like"):
+        run_shortcut_control(cfg, tmp_root / "cls2", progress=False, injector=SphereInjector(),
+                             real=BaseSet([v for v in real.volumes if v.domain == "nlst-like"], "mem", []))
