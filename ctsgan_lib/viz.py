@@ -1,9 +1,10 @@
 """Figures for the notebooks: orthogonal three-view plots, slab strips, saving, and an interactive volume viewer.
 
-Volumes are float32 HU arrays with axis order ``(z, y, x)`` and ``spacing_mm = (dz, dy, dx)`` beside them
-(``docs/architecture.md``). Every view is drawn with ``origin="lower"`` in voxel coordinates, so on NIfTI data in
-RAS+ orientation superior (high z) and anterior (high y) are up and the patient's right is on the image's right
-(neurological convention). The pixel aspect comes from the spacing, so anisotropic volumes are not distorted.
+Volumes are float32 HU arrays with axis order ``(z, y, x)`` and ``spacing_mm = (dz, dy, dx)`` beside them, in the
+in-memory LPS+ layout of ``docs/architecture.md`` (x toward the patient's left, y posterior, z superior). The views
+follow the radiological convention: axial with anterior up and the patient's right on the image's left; coronal
+with superior up and the patient's right on the left; sagittal with superior up and anterior on the left. Panes are
+drawn in voxel coordinates with the aspect taken from the spacing, so anisotropic volumes are not distorted.
 
 Figures are built on :class:`matplotlib.figure.Figure` directly (not ``pyplot``): nothing is shown twice, nothing
 leaks between cells, and the same code runs headless. In a notebook, make the figure the cell's last expression
@@ -44,6 +45,9 @@ VIEWS: tuple[str, str, str] = ("axial", "coronal", "sagittal")
 #: Environment variable that forces the viewer mode (``static`` or ``widget``) for a whole session or run.
 MODE_ENV = "CTSGAN_VIEWER"
 
+#: imshow origin per view for the LPS+ layout: row 0 of an axial slice is the most anterior row (top); rows of
+#: coronal and sagittal slices are z, which increases toward superior (so row 0 goes at the bottom).
+VIEW_ORIGIN = {"axial": "upper", "coronal": "lower", "sagittal": "lower"}
 _CROSSHAIR = dict(color="#ffd400", lw=0.8, alpha=0.8)
 _NODULE = dict(edgecolor="#7cfc00", facecolor="none", lw=1.4)
 _MASK_COLOUR = "#00c8ff"
@@ -152,7 +156,8 @@ def _nodule_list(nodules) -> list[dict]:
 
 # ----------------------------------------------------------------------------------------- view geometry
 def view_slice(volume: np.ndarray, view: str, position: Sequence[int]) -> np.ndarray:
-    """The 2-D slice of ``volume`` for ``view`` through ``position`` as ``(rows, cols)``, for ``origin="lower"``.
+    """The 2-D slice of ``volume`` for ``view`` through ``position`` as ``(rows, cols)`` (show with
+    ``origin=VIEW_ORIGIN[view]``).
 
     axial: rows y, cols x; coronal: rows z, cols x; sagittal: rows z, cols y.
     """
@@ -248,13 +253,14 @@ class _ThreeViewGrid:
                 ax = fig.add_subplot(grid[i, j])
                 key = (name, view)
                 img = view_slice(vol, view, position)
-                self.images[key] = ax.imshow(img, cmap="gray", vmin=lo, vmax=hi, origin="lower",
+                self.images[key] = ax.imshow(img, cmap="gray", vmin=lo, vmax=hi, origin=VIEW_ORIGIN[view],
                                              interpolation="nearest", aspect=view_aspect(view, spacing))
                 mask = masks.get(name)
                 if mask is not None:
-                    self.overlays[key] = ax.imshow(_masked(view_slice(mask, view, position)), origin="lower",
-                                                   interpolation="nearest", alpha=_MASK_ALPHA,
-                                                   aspect=view_aspect(view, spacing), **_mask_style(mask))
+                    self.overlays[key] = ax.imshow(_masked(view_slice(mask, view, position)),
+                                                   origin=VIEW_ORIGIN[view], interpolation="nearest",
+                                                   alpha=_MASK_ALPHA, aspect=view_aspect(view, spacing),
+                                                   **_mask_style(mask))
                 if crosshair:
                     self.lines[key] = (ax.axvline(0, **_CROSSHAIR), ax.axhline(0, **_CROSSHAIR))
                 self.patches[key] = []
@@ -415,7 +421,7 @@ def slab_strip(volume, axis: str = "sagittal", n: int = 8, positions: Sequence[i
             pos = [0, 0, 0]
             pos[s] = p
             ax = axes[i, j]
-            ax.imshow(view_slice(vol, axis, pos), cmap="gray", vmin=lo, vmax=hi, origin="lower",
+            ax.imshow(view_slice(vol, axis, pos), cmap="gray", vmin=lo, vmax=hi, origin=VIEW_ORIGIN[axis],
                       interpolation="nearest", aspect=view_aspect(axis, spacing))
             ax.set_xticks([])
             ax.set_yticks([])

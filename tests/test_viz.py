@@ -54,6 +54,8 @@ def test_three_views_slices_orientation_and_aspect():
                                "sagittal": (20 * 0.8, 12 * 2.5)}.items():
         box = panes[("real", view)].get_position(original=False)
         assert (box.height * fig_h) / (box.width * fig_w) == pytest.approx(h_mm / w_mm, rel=0.03)
+    # radiological convention on the LPS+ layout: axial row 0 (most anterior) on top, z (superior) up elsewhere
+    assert [panes[("real", v)].images[0].origin for v in viz.VIEWS] == ["upper", "lower", "lower"]
     assert panes[("real", "axial")].images[0].get_clim() == viz.WINDOWS["mediastinum"]
     assert panes[("real", "axial")].get_title() == "axial z=3"
     assert fig._suptitle.get_text() == "t"

@@ -103,8 +103,7 @@ def lab(tmp_path_factory):
     notebooks.mkdir()
     for nb in (REPO / "notebooks").glob("*.ipynb"):
         shutil.copy2(nb, notebooks / nb.name)
-    if NOTEBOOK not in {p.name for p in notebooks.iterdir()}:
-        shutil.copy2(source, notebooks / NOTEBOOK)
+    shutil.copy2(source, notebooks / NOTEBOOK)  # the notebook under test wins over a same-named copy
     _inject_failure(source, notebooks / ("broken_" + NOTEBOOK))
     register_kernel(base / "kernel")
     settings = base / "settings" / "@jupyterlab" / "apputils-extension"
@@ -301,6 +300,7 @@ def test_notebook_runs_in_jupyterlab_and_viewer_is_live(lab, browser):
     rep, page = run_in_lab(browser, lab, NOTEBOOK, shot=SOURCE.stem)
     try:
         assert not problems(rep), "\n".join(problems(rep))
+        assert "VolumeViewer(" in SOURCE.read_text(), f"{NOTEBOOK} does not call ctsgan_lib.viz.VolumeViewer"
         assert rep.viewer == "widget", (f"the VolumeViewer did not render as a live widget (found: {rep.viewer}); "
                                         f"server log {lab.log}")
         assert rep.canvas, "the viewer's ipympl canvas stayed blank"
@@ -322,7 +322,7 @@ def test_notebook_runs_in_jupyterlab_and_viewer_is_live(lab, browser):
                                arg=f"({before[0]}, {before[1]}, {before[2]})", timeout=30_000)
         after = tuple(map(int, _READOUT.search(readout.inner_text()).groups()))
         assert after[0] == before[0], "an axial click must keep z"
-        assert after[1] > before[1] and after[2] < before[2], (before, after)  # up = anterior (origin lower), left
+        assert after[1] < before[1] and after[2] < before[2], (before, after)  # up: anterior (lower y); left: lower x
         # A preset button drives the HU window range slider through the kernel.
         viewer.locator("button", has_text="bone").click()
         page.wait_for_function("() => Array.from(document.querySelectorAll('.ctsgan-volume-viewer .widget-readout'))"
