@@ -223,5 +223,16 @@ def generate_gan3d_volumes(generator_or_ckpt, n: int, seed: int, batch: int = 1,
         gen.train(was_training)
 
 
-__all__ = ["volume_seed", "load_generator", "volume_noise", "synthesize", "generate_volumes", "generate_volume_at",
+def slice_consistency_hu(hu: np.ndarray) -> dict[str, float]:
+    """Mean absolute HU step between neighbouring voxels along z (across generated slices) and along y, x (in-plane).
+
+    A slice-wise generator with inconsistent slices shows a z step much larger than the in-plane steps; for real CT
+    on an isotropic grid the three are similar. Returns ``{"dz_hu": ..., "dy_hu": ..., "dx_hu": ..., "z_over_xy": ...}``.
+    """
+    hu = np.asarray(hu, dtype=np.float32)
+    dz, dy, dx = (float(np.abs(np.diff(hu, axis=a)).mean()) for a in range(3))
+    return {"dz_hu": dz, "dy_hu": dy, "dx_hu": dx, "z_over_xy": dz / max(1e-6, (dy + dx) / 2)}
+
+
+__all__ = ["slice_consistency_hu", "volume_seed", "load_generator", "volume_noise", "synthesize", "generate_volumes", "generate_volume_at",
            "gan3d_noise", "generate_gan3d_volumes"]
