@@ -198,6 +198,12 @@ def test_build_phantom_cohort_is_stratified_and_idempotent(tmp_root):
     build_cohort(cfg2, source="phantom", progress=False)
     assert Cohort(out).read(c.ids()[0])[0].shape == (16, 16, 16)
     assert json.loads((out / "cohort.json").read_text())["size"] == 16
+    cfg3 = load_profile("smoke", **{"data.n_patients": 4, "data.phantom_size": 48, "data.phantom_spacing_mm": 7.0,
+                                    "data.workers": 1, "data.size": 16})
+    build_cohort(cfg3, source="phantom", progress=False)  # fewer patients: the others' files are removed
+    c3 = Cohort(out)
+    assert len(c3) == 4 and len(list((out / "volumes").iterdir())) == 8
+    assert c3.manifest["domain"].tolist() == ["nlst-like", "nlst-like", "lidc-like", "lidc-like"]
 
 
 def test_unknown_source_and_missing_input(tmp_root):

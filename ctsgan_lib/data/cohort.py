@@ -301,6 +301,11 @@ class CohortWriter:
     def ids(self) -> list[str]:
         return sorted(self._rows)
 
+    def get(self, rid: str) -> dict | None:
+        """The current row of ``rid`` (None when absent)."""
+        row = self._rows.get(rid)
+        return dict(row) if row is not None else None
+
     def done(self, rid: str) -> bool:
         """True when ``rid`` has a manifest row, its file exists and matches the recorded checksum."""
         row = self._rows.get(rid)
@@ -376,6 +381,16 @@ class CohortWriter:
                 if row.get(key):
                     (self.root / row[key]).unlink(missing_ok=True)
             self._pending += 1
+
+    def prune(self) -> int:
+        """Delete files in ``volumes/`` that no row references (left by an earlier build with other settings)."""
+        keep = {Path(r[k]).name for r in self._rows.values() for k in ("path", "label_path") if r.get(k)}
+        n = 0
+        for p in self.volumes.iterdir():
+            if p.is_file() and p.name not in keep:
+                p.unlink()
+                n += 1
+        return n
 
     def set_splits(self, splits: Mapping[str, str] | pd.Series) -> None:
         """Set the ``split`` of rows by id (a Series indexed by id, or a dict)."""

@@ -140,7 +140,12 @@ def build_phantom(cfg, writer: CohortWriter, progress: bool = True) -> None:
     for rid in writer.ids():
         if rid not in wanted:
             writer.remove(rid)
-    todo = [p for p in plan if not writer.done(p[0])]
+    def finished(rid, seed, domain):  # same patient (seed, domain) already written and intact
+        row = writer.get(rid)
+        return (row is not None and str(row.get("seed")) == str(seed) and row.get("domain") == domain
+                and writer.done(rid))
+
+    todo = [p for p in plan if not finished(*p)]
     if not todo:
         return
     # one pool for the whole cohort; generate_many yields in order, and the writer flushes the manifest every few
@@ -442,6 +447,7 @@ def build_from_source(cfg, source: str, in_dir: str | Path | None, out: Path, pr
                           f"{first['problem']}); see {out / 'failures.csv'}")
     writer.assign_splits(cfg.data.split_fractions, seed=cfg.seed)
     writer.close()
+    writer.prune()  # after the manifest: a crash in between leaves only harmless extra files
     return out
 
 
