@@ -190,3 +190,26 @@ def test_cli_train_refuses_to_clobber_then_resumes_and_generate_writes_cohort(tm
     hu, spacing = c.read(c.ids()[1])
     assert hu.shape == (32, 32, 32) and spacing == pytest.approx((1.0, 1.0, 1.0))
     assert main(["generate", "--checkpoint", str(tmp_root / "missing.pt"), "--n", "1", "--out", str(out)]) == 2
+
+
+@pytest.mark.slow
+def test_one_training_step_at_paper_size_on_cpu():
+    """The paper path end to end: S=224, paper widths, batch and slab length (minutes on a 2-core CPU)."""
+    from ctsgan_lib.models.ctsgan import build_ctsgan, init_weights
+    from ctsgan_lib.train.distributed import DistContext
+
+    cfg = load_profile("paper")
+    ct = cfg.ctsgan
+    torch.manual_seed(0)
+    data = VolumeDataset(np.random.default_rng(0).uniform(-1000, 400, (2, 224, 224, 224)).astype(np.float32),
+                         size=224)
+    nets = build_ctsgan(224, ct)
+    for m in nets.values():
+        init_weights(m)
+    opts = {"g": torch.optim.Adam(nets["generator"].parameters(), lr=ct.lr_g, betas=ct.betas),
+            "d": torch.optim.Adam(list(nets["dslice"].parameters()) + list(nets["dslab"].parameters()), lr=ct.lr_d,
+                                  betas=ct.betas)}
+    before = nets["generator"].gslice.net[0].weight.detach().clone()
+    out = ctsgan_loop.ctsgan_step(nets, opts, data, ct, ct.batch, "cpu", DistContext())
+    assert all(np.isfinite(v) for v in out.values())
+    assert not torch.equal(before, nets["generator"].gslice.net[0].weight)
