@@ -72,6 +72,7 @@ class Lab:
     root: Path
     log: Path
     proc: subprocess.Popen
+    start_s: float
 
     def open_url(self, name: str) -> str:
         return f"{self.url}/lab/tree/{name}?token={self.token}&reset"
@@ -125,7 +126,8 @@ def lab(tmp_path_factory):
         proc = subprocess.Popen(cmd, env=env, cwd=notebooks, stdout=fh, stderr=subprocess.STDOUT,
                                 start_new_session=True)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
+    t0 = time.monotonic()
+    deadline = t0 + 120
     while True:
         if proc.poll() is not None:
             pytest.fail(f"jupyter lab exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
@@ -139,7 +141,7 @@ def lab(tmp_path_factory):
             proc.kill()
             pytest.fail(f"jupyter lab did not answer within 120 s:\n{log.read_text()[-3000:]}")
         time.sleep(0.5)
-    yield Lab(url, token, notebooks, base / "root", log, proc)
+    yield Lab(url, token, notebooks, base / "root", log, proc, round(time.monotonic() - t0, 1))
     try:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=30)
@@ -237,7 +239,7 @@ def run_in_lab(browser, lab: Lab, name: str, shot: str | None = None) -> tuple[R
     t0 = time.monotonic()
     page = browser.new_page(viewport={"width": 1400, "height": 900})
     page.set_default_timeout(60_000)
-    rep = Report(notebook=name)
+    rep = Report(notebook=name, timings_s={"lab_server_start": lab.start_s})
     page.goto(lab.open_url(name))
     page.wait_for_selector(".jp-NotebookPanel .jp-Cell")
     # The kernelspec names the project kernel, so no "select kernel" dialog may appear: it starts by itself.
