@@ -110,7 +110,7 @@ def _as_volumes(volumes, names: Sequence[str] | None = None) -> dict[str, np.nda
 
 def _per_volume(obj, names: Sequence[str], what: str) -> dict[str, Any]:
     """``None`` -> nothing; a dict keyed by volume name -> as given; anything else -> the same for every volume."""
-    if obj is None:
+    if obj is None or (isinstance(obj, Mapping) and not obj):
         return {n: None for n in names}
     if isinstance(obj, Mapping) and set(obj) <= set(names) and obj:
         return {n: obj.get(n) for n in names}
