@@ -235,13 +235,13 @@ def default_nodule_distribution() -> NoduleDistribution:
 def _scanner_for(domain: str, rng: np.random.Generator) -> ScannerParams:
     if domain == "nlst-like":       # low-dose screening, sharp kernel: noisy, fine grain, sharp
         return ScannerParams(noise_sigma_hu=float(rng.uniform(40, 52)), nps_peak_cyc=float(rng.uniform(0.27, 0.33)),
-                             psf_sigma_vox=float(rng.uniform(0.40, 0.55)),
-                             psf_z_sigma_vox=float(rng.uniform(0.45, 0.65)),
+                             psf_sigma_vox=float(rng.uniform(0.35, 0.5)),
+                             psf_z_sigma_vox=float(rng.uniform(0.45, 0.6)),
                              noise_seed=int(rng.integers(2**31)))
     if domain == "lidc-like":       # diagnostic dose, soft kernel, thicker slices: quieter, coarse grain, blurry
         return ScannerParams(noise_sigma_hu=float(rng.uniform(18, 26)), nps_peak_cyc=float(rng.uniform(0.13, 0.18)),
-                             psf_sigma_vox=float(rng.uniform(0.85, 1.05)),
-                             psf_z_sigma_vox=float(rng.uniform(1.0, 1.3)),
+                             psf_sigma_vox=float(rng.uniform(0.72, 0.88)),
+                             psf_z_sigma_vox=float(rng.uniform(0.85, 1.05)),
                              noise_seed=int(rng.integers(2**31)))
     raise ValueError(f"unknown domain {domain!r}; choose one of {', '.join(DOMAINS)}")
 
@@ -451,7 +451,7 @@ class _Anatomy:
 # Branching trees (vectorised per generation)
 # ------------------------------------------------------------------------------------------------------------------
 def _grow_tree(rng, roots_p, roots_d, r0, inside_fn, hilum, r_min, max_gen, len_per_r=7.0, taper=0.88,
-               spread_deg=(25, 45)):
+               spread_deg=(25, 45), len_sqrt=0.0):
     """Grow binary trees from root points/directions; returns segment arrays (a, b, ra, rb) in volume mm.
 
     Children radii follow Murray's law (r_parent^3 = r1^3 + r2^3) with random asymmetry; branch angles are larger
@@ -465,7 +465,8 @@ def _grow_tree(rng, roots_p, roots_d, r0, inside_fn, hilum, r_min, max_gen, len_
     for gen in range(max_gen):
         if not len(P):
             break
-        L = len_per_r * R * rng.uniform(0.7, 1.3, len(P)) + 2.0
+        # long trunks, short twigs: length ∝ r plus a √r term so large vessels reach the lung bases and apices
+        L = (len_per_r * R + len_sqrt * np.sqrt(R)) * rng.uniform(0.7, 1.3, len(P)) + 1.0
         E = P + D * L[:, None]
         ok = inside_fn(E) if gen > 0 else np.ones(len(P), bool)
         # a branch that would leave the organ first tries new directions (toward the organ's free space,
@@ -550,7 +551,7 @@ def _vessel_segments(p: PhantomParams, anat: _Anatomy) -> dict:
             dv = np.stack([dirs[:, 0], ca * dirs[:, 1] + sa * sx * dirs[:, 2], -sa * dirs[:, 1] + ca * sx * dirs[:, 2]], 1)
             roots = np.repeat(hil[None], len(dirs), 0)
             a, b, ra, rb = _grow_tree(rng, roots, dv, r0 * rng.uniform(0.85, 1.15), inside, hil, r_min=0.35,
-                                      max_gen=14, len_per_r=4.5)
+                                      max_gen=16, len_per_r=3.0, len_sqrt=6.0 * math.sqrt(s))
             parts.append((a, b, ra, rb))
     a, b, ra, rb = (np.concatenate([q[i] for q in parts]) for i in range(4))
     return {"a": a, "b": b, "ra": ra, "rb": rb}
