@@ -180,7 +180,7 @@ def read_dicom_series(folder: str | Path, ignore: Sequence[str] = IGNORED_FILES,
         i = int(dup[0])
         raise InputFileError(folder, f"duplicated slice position {proj_sorted[i]:.3f} mm along the normal "
                                      f"({names[i]} and {names[i + 1]})")
-    tol = max(0.01, 0.01 * median)
+    tol = max(0.02, 0.01 * median)  # scanners round positions; a real gap or irregularity is far larger
     # Gantry tilt: consecutive positions must move along the normal only.
     inplane = np.linalg.norm(np.diff(pos[order], axis=0) - steps[:, None] * normal[None, :], axis=1)
     if np.any(inplane > tol):

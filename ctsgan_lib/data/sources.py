@@ -298,6 +298,9 @@ def lidc_scans(lidc_dir: Path) -> tuple[list[RawScan], list[tuple[str, str]]]:
     pl = _import_pylidc()
     scans, problems = [], []
     patients = sorted(p for p in lidc_dir.iterdir() if p.is_dir() and re.match(r"^LIDC-IDRI-\d{4}$", p.name))
+    for p in sorted(lidc_dir.iterdir()):
+        if p.is_dir() and not p.name.startswith(".") and p not in patients:
+            problems.append((str(p), "not a LIDC-IDRI-dddd patient folder (TCIA layout expected); skipped"))
     with pylidc_dicom_root(lidc_dir):
         for pdir in patients:
             found = []
