@@ -50,17 +50,6 @@ def safe_id(text: str) -> str:
 # ------------------------------------------------------------------------------------------------------------------
 # preprocessing shared by all sources
 # ------------------------------------------------------------------------------------------------------------------
-def map_labels(labels: np.ndarray, info: dict) -> np.ndarray:
-    """Resample a label volume onto the cube of ``preprocess_volume`` (same geometry, nearest neighbour)."""
-    from scipy import ndimage as ndi
-
-    size = int(info["size"])
-    out = ndi.affine_transform(np.asarray(labels, dtype=np.uint8), np.asarray(info["step_vox"], dtype=float),
-                               offset=np.asarray(info["start_vox"], dtype=float), output_shape=(size,) * 3, order=0,
-                               mode="nearest")
-    return out.astype(np.uint8)
-
-
 def prepare_volume(cfg, hu: np.ndarray, spacing_mm, nodules: list[dict] | None = None,
                    labels: np.ndarray | None = None) -> tuple[np.ndarray, tuple, list[dict], np.ndarray | None]:
     """Preprocess one HU volume to the cohort grid and move its nodules (and labels) with it.
@@ -87,7 +76,7 @@ def prepare_volume(cfg, hu: np.ndarray, spacing_mm, nodules: list[dict] | None =
     d = cfg.data
     hu_cube, spacing_new, info = pp.preprocess_volume(hu, spacing_mm, d.size, d.hu_min, d.hu_max)
     spacing_new = tuple(float(s) for s in spacing_new)
-    labels_cube = map_labels(labels, info) if labels is not None else None
+    labels_cube = pp.preprocess_labels(labels, info).astype(np.uint8) if labels is not None else None
     kept = []
     if nodules:
         centres = pp.map_points(np.array([n["center_vox"] for n in nodules], dtype=float), info)
