@@ -228,6 +228,7 @@ class Report:
     n_code: int = 0
     errors: list = field(default_factory=list)
     unexecuted: list = field(default_factory=list)
+    widget_errors: list = field(default_factory=list)  # widgets the front end failed to render
     viewer: str = "none"           # "widget", "static" or "none"
     canvas: dict | None = None
     timings_s: dict = field(default_factory=dict)
@@ -254,6 +255,11 @@ def run_in_lab(browser, lab: Lab, name: str, shot: str | None = None) -> tuple[R
     rep.timings_s["run_all"] = round(time.monotonic() - t0 - rep.timings_s["open"], 1)
     model = page.evaluate(_MODEL_JS)
     rep.n_code, rep.errors, rep.unexecuted = model["n_code"], model["errors"], model["unexecuted"]
+    # A widget whose front-end code is missing (e.g. ipympl's labextension) leaves no error in the model, only text
+    # in the output area.
+    rep.widget_errors = page.eval_on_selector_all(
+        ".jp-OutputArea-output", "els => els.filter(e => e.querySelector('.jupyter-widgets-error-widget') || "
+        "e.textContent.includes('Error displaying widget')).map(e => e.textContent.trim().slice(0, 200))")
     if page.locator(".ctsgan-volume-viewer").count():
         rep.viewer = "widget"
         try:
@@ -276,6 +282,7 @@ def run_in_lab(browser, lab: Lab, name: str, shot: str | None = None) -> tuple[R
 def problems(rep: Report) -> list[str]:
     """Everything that makes a notebook run in the browser a failure (empty when it passed)."""
     out = [f"cell {e['cell']} raised {e['ename']}: {e['evalue']}" for e in rep.errors]
+    out += [f"widget failed to render: {t}" for t in rep.widget_errors]
     if rep.unexecuted:
         out.append(f"code cells {rep.unexecuted} did not run")
     if rep.kernel != "ctsgan":
