@@ -451,12 +451,21 @@ class _Anatomy:
 # Branching trees (vectorised per generation)
 # ------------------------------------------------------------------------------------------------------------------
 def _grow_tree(rng, roots_p, roots_d, r0, inside_fn, hilum, r_min, max_gen, len_per_r=7.0, taper=0.88,
-               spread_deg=(25, 45), len_sqrt=0.0):
+               spread_deg=(25, 45), len_sqrt=0.0, attractors=None, kill_mm=6.0, influence_mm=45.0,
+               asym_range=(0.55, 0.95)):
     """Grow binary trees from root points/directions; returns segment arrays (a, b, ra, rb) in volume mm.
 
     Children radii follow Murray's law (r_parent^3 = r1^3 + r2^3) with random asymmetry; branch angles are larger
-    for the thinner child. Branches whose end leaves the organ are shortened once, then dropped.
+    for the thinner child. A branch that would leave the organ is re-aimed, then shortened, then dropped.
+
+    With ``attractors`` (points spread uniformly through the organ) the growth is space-colonising (Runions et al.
+    2005): each tip is pulled toward the still-unserved attractors nearest to it, attractors within ``kill_mm`` of
+    a new segment end are served, and thin tips with nothing left to serve stop. Trees then fill the lung evenly,
+    as real vessel trees do, instead of clumping around the hilum.
     """
+    from scipy.spatial import cKDTree
+
+    att = None if attractors is None else np.asarray(attractors, float)
     P = np.asarray(roots_p, float)
     D = np.asarray(roots_d, float)
     D /= np.linalg.norm(D, axis=1, keepdims=True)
@@ -490,11 +499,27 @@ def _grow_tree(rng, roots_p, roots_d, r0, inside_fn, hilum, r_min, max_gen, len_
         out_a.append(P), out_b.append(E), out_ra.append(R), out_rb.append(Rend)
         # children
         n = len(P)
-        asym = rng.uniform(0.55, 0.95, n)                # r2/r1
+        asym = rng.uniform(asym_range[0], asym_range[1], n)   # r2/r1
         r1 = Rend / (1 + asym ** 3) ** (1 / 3)
         r2 = r1 * asym
-        # a random direction perpendicular to D
+        # the branching plane: toward the unserved space when colonising, else random
         q = rng.standard_normal((n, 3))
+        pull = np.zeros((n, 3))
+        served = np.ones(n, bool)
+        if att is not None and len(att) and n:
+            dist, owner = cKDTree(E).query(att, distance_upper_bound=influence_mm)
+            mine = np.isfinite(dist)
+            if mine.any():
+                vec = att[mine] - E[owner[mine]]
+                vec /= np.linalg.norm(vec, axis=1, keepdims=True) + 1e-9
+                pull = np.stack([np.bincount(owner[mine], vec[:, k], minlength=n) for k in range(3)], 1)
+            cnt = np.bincount(owner[mine], minlength=n) if mine.any() else np.zeros(n, int)
+            served = cnt == 0
+            pull /= np.maximum(cnt, 1)[:, None]
+            q = np.where(served[:, None], q, pull + 0.3 * q)
+            # attractors reached by this generation are served
+            near = cKDTree(np.concatenate([E, 0.5 * (P + E)])).query(att, distance_upper_bound=kill_mm)[0]
+            att = att[~np.isfinite(near)]
         q -= (q * D).sum(1, keepdims=True) * D
         q /= np.linalg.norm(q, axis=1, keepdims=True) + 1e-9
         ang1 = np.radians(rng.uniform(spread_deg[0] * 0.4, spread_deg[0], n))
@@ -502,13 +527,15 @@ def _grow_tree(rng, roots_p, roots_d, r0, inside_fn, hilum, r_min, max_gen, len_
         # pull toward "away from the hilum" so trees fan out and fill the lung
         out = E - hilum[None]
         out /= np.linalg.norm(out, axis=1, keepdims=True) + 1e-9
-        d1 = D * np.cos(ang1)[:, None] + q * np.sin(ang1)[:, None] + 0.25 * out
-        d2 = D * np.cos(ang2)[:, None] - q * np.sin(ang2)[:, None] + 0.25 * out
+        d1 = D * np.cos(ang1)[:, None] + q * np.sin(ang1)[:, None] + 0.25 * out + 0.5 * pull
+        d2 = D * np.cos(ang2)[:, None] - q * np.sin(ang2)[:, None] + 0.25 * out + 0.2 * pull
         P = np.concatenate([E, E])
         D = np.concatenate([d1, d2])
         D /= np.linalg.norm(D, axis=1, keepdims=True)
         R = np.concatenate([r1, r2])
         keep = R >= r_min
+        if att is not None:                  # thin branches with no space left to serve stop here
+            keep &= ~(np.concatenate([served, served]) & (R < 1.0))
         P, D, R = P[keep], D[keep], R[keep]
     if not out_a:
         z = np.zeros((0, 3))
@@ -531,9 +558,13 @@ def _vessel_segments(p: PhantomParams, anat: _Anatomy) -> dict:
     """Pulmonary arteries (from the hila) and veins (toward the left atrium), both lungs, in volume mm."""
     rng = np.random.default_rng([p.vessel_seed, 1])
     s = p.size * p.spacing_mm / 352.0
+    half = 0.5 * p.size * p.spacing_mm
     parts = []
     for side, sx in ((1, -1.0), (2, 1.0)):
         inside = _lung_inside_fn(anat, side)
+        # attractors: uniform points in this lung, shared by its artery and vein trees (each serves its own copy)
+        cand = rng.uniform(-half, half, (40000, 3))
+        cand = cand[inside(cand)][:3000]
         for kind, dz, dy, r0, dirs in (
             # lobar/segmental trunks fanning out of each hilum: up, lateral, anterior, posterior, down
             ("artery", 0.0, 0.0, 5.0 * s, [(1, 0.2, 0.5), (1, -0.5, 0.3), (0.6, 0.6, 0.4), (0.2, -0.6, 1),
@@ -551,7 +582,9 @@ def _vessel_segments(p: PhantomParams, anat: _Anatomy) -> dict:
             dv = np.stack([dirs[:, 0], ca * dirs[:, 1] + sa * sx * dirs[:, 2], -sa * dirs[:, 1] + ca * sx * dirs[:, 2]], 1)
             roots = np.repeat(hil[None], len(dirs), 0)
             a, b, ra, rb = _grow_tree(rng, roots, dv, r0 * rng.uniform(0.85, 1.15), inside, hil, r_min=0.35,
-                                      max_gen=16, len_per_r=3.0, len_sqrt=6.0 * math.sqrt(s))
+                                      max_gen=16, len_per_r=3.0, len_sqrt=6.0 * math.sqrt(s), attractors=cand,
+                                      kill_mm=7.0 * s, influence_mm=40.0 * s,
+                                      taper=0.95, asym_range=(0.3, 0.9))
             parts.append((a, b, ra, rb))
     a, b, ra, rb = (np.concatenate([q[i] for q in parts]) for i in range(4))
     return {"a": a, "b": b, "ra": ra, "rb": rb}
