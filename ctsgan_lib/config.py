@@ -152,6 +152,7 @@ class ClassifierConfig:
     max_nodules: int = 3                # cap on the LIDC-drawn nodule count per positive volume (small S³ crowd)
     in_channels: int = 1                # CT is one channel (the reference's 3 only matters for its param count)
     dropout: float = 0.5                # 3D-SqueezeNet head dropout (reference: 0.5)
+    head_init: str = "small"            # final conv init: "small" N(0, 0.01) or "kaiming" (reference; dead logits at 2 classes)
 
 
 @dataclass

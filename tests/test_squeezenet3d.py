@@ -98,12 +98,23 @@ def test_adaptive_head_equals_reference_fixed_pool():
 def test_init_follows_reference():
     torch.manual_seed(0)
     net = SqueezeNet3D(1, 2)
-    for m in net.modules():
+    net_ref = SqueezeNet3D(1, 2, head_init="kaiming")
+    for m in list(net.modules()) + list(net_ref.modules()):
         if isinstance(m, nn.BatchNorm3d):
             assert torch.all(m.weight == 1) and torch.all(m.bias == 0)
     conv = net.features[-1].expand3x3          # 64 -> 256, k3: fan_out = 256 * 27
     std = conv.weight.std().item()
     assert abs(std - math.sqrt(2.0 / (256 * 27))) / math.sqrt(2.0 / (256 * 27)) < 0.05
+
+
+def test_head_init_options():
+    torch.manual_seed(0)
+    small = SqueezeNet3D(1, 2).classifier[1]
+    assert small.weight.std().item() < 0.02 and torch.all(small.bias == 0)
+    ref = SqueezeNet3D(1, 2, head_init="kaiming").classifier[1]   # reference: Kaiming fan_out = 2 -> std 1
+    assert 0.8 < ref.weight.std().item() < 1.2
+    with pytest.raises(ValueError, match="head_init"):
+        SqueezeNet3D(1, 2, head_init="zeros")
 
 
 def test_bypass_needs_matching_channels():

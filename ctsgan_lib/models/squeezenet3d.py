@@ -2,10 +2,12 @@
 
 Kopuklu et al., "Resource efficient 3D convolutional neural networks" (2019); reference code okankop/Efficient-3DCNNs,
 ``models/squeezenet.py`` (version 1.1). Written from the layer description in ``REFERENCES.md``; the layer list, the
-bypass placement, the ReLU before average pooling and the initialisation follow the reference. Two deliberate
-differences, neither of which changes the parameter count:
+bypass placement, the ReLU before average pooling and the initialisation follow the reference. Three deliberate
+differences, none of which changes the parameter count:
 
 - ``in_channels`` is configurable (CT volumes are one channel; the reference hard-codes 3 video channels);
+- the final convolution's initialisation defaults to N(0, 0.01) (``head_init="small"``, see the class docstring);
+  ``head_init="kaiming"`` gives the reference's;
 - the head's average pooling is adaptive (``AdaptiveAvgPool3d(1)``) instead of a fixed
   ``AvgPool3d((ceil(duration/16), ceil(size/32), ceil(size/32)))``, so any input size S works. For the sizes the
   reference supports both give the same output.
@@ -63,6 +65,13 @@ class SqueezeNet3D(nn.Module):
         Output logits (2 for nodule present / absent).
     dropout : float
         Dropout before the final 1×1×1 convolution (reference: 0.5).
+    head_init : {"small", "kaiming"}
+        Initialisation of the final convolution. ``"kaiming"`` is what the reference code does (Kaiming fan_out for
+        every conv). With 2 classes fan_out is 2, so the weights get std 1 and the initial logits are in the tens;
+        behind the head's ReLU this gives cross-entropy losses of 5–10 and dead (all-zero) logits in our smoke runs.
+        ``"small"`` (default) is N(0, 0.01) with zero bias, what torchvision's SqueezeNet does and what the
+        reference's own comment ("Final convolution is initialized differently from the rest") announces.
+        Neither changes the architecture or the parameter count.
 
     Examples
     --------
@@ -71,8 +80,10 @@ class SqueezeNet3D(nn.Module):
     torch.Size([2, 2])
     """
 
-    def __init__(self, in_channels: int = 1, num_classes: int = 2, dropout: float = 0.5):
+    def __init__(self, in_channels: int = 1, num_classes: int = 2, dropout: float = 0.5, head_init: str = "small"):
         super().__init__()
+        if head_init not in ("small", "kaiming"):
+            raise ValueError(f"head_init must be 'small' or 'kaiming', got {head_init!r}")
         self.in_channels = in_channels
         self.num_classes = num_classes
         pool = lambda: nn.MaxPool3d(kernel_size=3, stride=2, padding=1)  # noqa: E731
@@ -106,6 +117,10 @@ class SqueezeNet3D(nn.Module):
             elif isinstance(m, nn.BatchNorm3d):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
+        if head_init == "small":
+            final = self.classifier[1]
+            nn.init.normal_(final.weight, mean=0.0, std=0.01)
+            nn.init.zeros_(final.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, C, z, y, x)`` → logits ``(B, num_classes)``."""
