@@ -202,21 +202,27 @@ _CANVAS_JS = """() => {
   for (let i = 0; i < d.length; i += 4 * 97) seen.add((d[i] << 16) | (d[i + 1] << 8) | d[i + 2]);
   return seen.size > 8 ? {width: c.width, height: c.height, colours: seen.size} : null;
 }"""
-# The crosshair colour (#ffd400) marks where the planes cross: find it in the first (axial) pane.
+# The crosshair colour (#ffd400) marks where the planes cross: find it in the first (axial) pane. The lines span
+# the pane, so their contiguous runs through the crossing give the pane's bounds too.
 _CROSSHAIR_JS = """() => {
   const c = document.querySelector('.ctsgan-volume-viewer canvas');
   const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+  const yellow = (x, y) => { const i = 4 * (y * c.width + x);
+    return d[i] > 220 && d[i + 1] > 180 && d[i + 1] < 235 && d[i + 2] < 80; };
   const cols = new Map(), rows = new Map();
-  for (let y = 0; y < c.height; y++) for (let x = 0; x < c.width / 3; x++) {
-    const i = 4 * (y * c.width + x);
-    if (d[i] > 220 && d[i + 1] > 180 && d[i + 1] < 235 && d[i + 2] < 80) {
-      cols.set(x, (cols.get(x) || 0) + 1); rows.set(y, (rows.get(y) || 0) + 1);
-    }
+  for (let y = 0; y < c.height; y++) for (let x = 0; x < c.width / 3; x++) if (yellow(x, y)) {
+    cols.set(x, (cols.get(x) || 0) + 1); rows.set(y, (rows.get(y) || 0) + 1);
   }
-  const best = m => [...m.entries()].sort((a, b) => b[1] - a[1])[0];
   if (!cols.size) return null;
+  const best = m => [...m.entries()].sort((a, b) => b[1] - a[1])[0][0];
+  const x = best(cols), y = best(rows);
+  let x0 = x, x1 = x, y0 = y, y1 = y;
+  while (x0 > 0 && yellow(x0 - 1, y)) x0--;
+  while (x1 < c.width - 1 && yellow(x1 + 1, y)) x1++;
+  while (y0 > 0 && yellow(x, y0 - 1)) y0--;
+  while (y1 < c.height - 1 && yellow(x, y1 + 1)) y1++;
   const r = c.getBoundingClientRect();
-  return {x: best(cols)[0], y: best(rows)[0], scale: r.width / c.width, left: r.left, top: r.top};
+  return {x, y, x0, x1, y0, y1, scale: r.width / c.width, left: r.left, top: r.top};
 }"""
 _READOUT = re.compile(r"\(z, y, x\) = \((\d+), (\d+), (\d+)\)")
 
@@ -318,20 +324,26 @@ def test_notebook_runs_in_jupyterlab_and_viewer_is_live(lab, browser):
         viewer.screenshot(path=viewer_png)
         rep.screenshots.append(viewer_png)
 
-        # Linked crosshairs through the real front end: click the axial pane up and left of the crosshair; the
-        # kernel moves the coronal and sagittal planes there and the readout follows.
+        # Linked crosshairs through the real front end: click the axial pane away from the crosshair (towards the
+        # pane's larger side); the kernel moves the coronal and sagittal planes there and the readout follows.
         readout = viewer.locator("code").first
         before = tuple(map(int, _READOUT.search(readout.inner_text()).groups()))
         cross = page.evaluate(_CROSSHAIR_JS)
-        assert cross, "no crosshair drawn in the axial pane"
-        page.mouse.click(cross["left"] + (cross["x"] - 25) * cross["scale"],
-                         cross["top"] + (cross["y"] - 25) * cross["scale"])
+        assert cross and cross["x1"] - cross["x0"] > 20 and cross["y1"] - cross["y0"] > 20, \
+            f"no crosshair found in the axial pane: {cross}"
+        go_right = cross["x"] - cross["x0"] < cross["x1"] - cross["x"]
+        go_down = cross["y"] - cross["y0"] < cross["y1"] - cross["y"]
+        tx = cross["x0"] + (0.8 if go_right else 0.2) * (cross["x1"] - cross["x0"])
+        ty = cross["y0"] + (0.8 if go_down else 0.2) * (cross["y1"] - cross["y0"])
+        page.mouse.click(cross["left"] + tx * cross["scale"], cross["top"] + ty * cross["scale"])
         page.wait_for_function("(b) => { const e = document.querySelector('.ctsgan-volume-viewer code');"
                                " return e && !e.textContent.includes(b); }",
                                arg=f"({before[0]}, {before[1]}, {before[2]})", timeout=30_000)
         after = tuple(map(int, _READOUT.search(readout.inner_text()).groups()))
         assert after[0] == before[0], "an axial click must keep z"
-        assert after[1] < before[1] and after[2] < before[2], (before, after)  # up: anterior (lower y); left: lower x
+        # axial pane: image right = higher x, image down = higher y (row 0, the most anterior, on top)
+        assert (after[2] > before[2]) == go_right and after[2] != before[2], (before, after, cross)
+        assert (after[1] > before[1]) == go_down and after[1] != before[1], (before, after, cross)
         # A preset button drives the HU window range slider through the kernel.
         viewer.locator("button", has_text="bone").click()
         page.wait_for_function("() => Array.from(document.querySelectorAll('.ctsgan-volume-viewer .widget-readout'))"
