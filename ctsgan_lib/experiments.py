@@ -613,21 +613,60 @@ def caption(records: Sequence[dict], what: str) -> str:
             f" | injector {inj_s} | seeds {seeds} | hardware {'; '.join(hw)} | {comparability_note(records)}")
 
 
-def plot_fig3b(table, path_base: str | Path, title: str = "", note: str = ""):
-    """Accuracy vs nodule size, one line per regime, mean ± std over seeds; saved as ``<base>.png`` and ``.pdf``."""
-    import matplotlib
+def annotate_table(table, records: Sequence[dict]):
+    """Add provenance columns (profile, data, injector, hardware, comparability) so the table says it itself."""
+    t = table.copy()
+    if not records:
+        return t
+    r0 = records[0]
+    inj = r0["data"]["injector"]
+    t["profile"] = r0["profile"]
+    t["real_data"] = "/".join(r0["data"].get("real_sources") or []) + f" ({Path(r0['data']['real_source']).name})"
+    t["injector"] = Path(inj["checkpoint"]).name if inj.get("checkpoint") else inj.get("model", "?")
+    t["hardware"] = "; ".join(sorted({r["hardware_label"] for r in records}))
+    t["vs_paper"] = comparability_note(records)
+    return t
 
+
+def save_table(table, path_base: str | Path, title: str = "") -> list[Path]:
+    """Write ``<base>.csv`` and ``<base>.md`` (with ``title`` as its first line) atomically."""
+    from .utils.atomic import atomic_write_text
+
+    path_base = Path(path_base)
+    csv_p, md_p = path_base.with_suffix(".csv"), path_base.with_suffix(".md")
+    atomic_write_text(csv_p, table.to_csv(index=False))
+    body = table.to_markdown(index=False, floatfmt=".3f") if _has_tabulate() else table.to_string(index=False)
+    atomic_write_text(md_p, (f"{title}\n\n" if title else "") + body + "\n")
+    return [csv_p, md_p]
+
+
+def _has_tabulate() -> bool:
+    try:
+        import tabulate  # noqa: F401
+        return True
+    except ImportError:
+        return False
+
+
+def plot_fig3b(table, path_base: str | Path, title: str = "", note: str = ""):
+    """Accuracy vs nodule size, one line per regime, mean ± std over seeds; saved as ``<base>.png`` and ``.pdf``.
+
+    Returns ``(figure, [png, pdf])``; the figure stays open so a notebook shows it (close it elsewhere).
+    """
     import matplotlib.pyplot as plt
 
     from .utils.atomic import atomic_path
 
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     labels = {"real": "real only", "synthetic": "synthetic only", "pretrain_finetune": "synthetic pretrain + real fine-tune"}
-    for regime in [r for r in REGIMES if r in set(table["regime"])]:
+    sizes = sorted(set(table["size_vox"]))
+    dodge = 0.02 * ((sizes[-1] - sizes[0]) or 1.0)  # small x offsets so equal lines stay visible
+    for i, regime in enumerate([r for r in REGIMES if r in set(table["regime"])]):
         t = table[table["regime"] == regime].sort_values("size_vox")
-        ax.errorbar(t["size_vox"], t["accuracy_mean"], yerr=t["accuracy_std"], marker="o", capsize=3,
+        ax.errorbar(t["size_vox"] + (i - 1) * dodge, t["accuracy_mean"], yerr=t["accuracy_std"], marker="o", capsize=3,
                     label=labels.get(regime, regime))
-    ax.set_xlabel("injected nodule diameter (voxels)")
+    ax.set_xticks(sizes)
+    ax.set_xlabel("injected nodule diameter (voxels; lines offset slightly for visibility)")
     ax.set_ylabel("test accuracy (balanced test set)")
     ax.set_ylim(-0.02, 1.02)
     ax.axhline(0.5, color="0.6", lw=0.8, ls=":")
@@ -643,5 +682,4 @@ def plot_fig3b(table, path_base: str | Path, title: str = "", note: str = ""):
         with atomic_path(p) as tmp:
             fig.savefig(tmp, dpi=150, format=ext)
         paths.append(p)
-    matplotlib.pyplot.close(fig)
-    return paths
+    return fig, paths
