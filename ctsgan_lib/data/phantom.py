@@ -554,8 +554,23 @@ def _lung_inside_fn(anat: _Anatomy, side: int):
     return f
 
 
+_VESSEL_CACHE: dict = {}
+
+
 def _vessel_segments(p: PhantomParams, anat: _Anatomy) -> dict:
-    """Pulmonary arteries (from the hila) and veins (toward the left atrium), both lungs, in volume mm."""
+    """Pulmonary arteries (from the hila) and veins (toward the left atrium), both lungs, in volume mm.
+
+    Cached per anatomy (sampling places nodules against vessels and rendering draws them: grow the trees once).
+    """
+    key = repr({k: v for k, v in dataclasses.asdict(p).items() if k not in ("scanner", "nodules", "domain")})
+    if key not in _VESSEL_CACHE:
+        if len(_VESSEL_CACHE) >= 4:
+            _VESSEL_CACHE.pop(next(iter(_VESSEL_CACHE)))
+        _VESSEL_CACHE[key] = _grow_vessels(p, anat)
+    return _VESSEL_CACHE[key]
+
+
+def _grow_vessels(p: PhantomParams, anat: _Anatomy) -> dict:
     rng = np.random.default_rng([p.vessel_seed, 1])
     s = p.size * p.spacing_mm / 352.0
     half = 0.5 * p.size * p.spacing_mm
