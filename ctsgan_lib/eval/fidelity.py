@@ -310,6 +310,45 @@ def draw_pairs(ref_ids: Sequence[str], other_ids: Sequence[str], n_pairs: int, s
     return pairs
 
 
+def volume_shape(cohort, vid: str) -> tuple[int, ...]:
+    """Shape of a volume from its manifest row (read from the file only when the row has none)."""
+    try:
+        shape = cohort.row(vid).get("shape")
+    except (KeyError, TypeError, AttributeError):
+        shape = None
+    if shape is None or (isinstance(shape, str) and not shape):
+        shape = np.asarray(cohort.read(vid)[0]).shape
+    elif isinstance(shape, str):
+        shape = json.loads(shape)
+    return tuple(int(v) for v in shape)
+
+
+def precheck(real: "Source", others: Sequence["Source"], pool_size: int, seed: int) -> None:
+    """Refuse bad input before any feature is extracted: empty cohorts, a one-patient cohort for real vs real,
+    and volumes of different sizes (checked on the volumes that will actually be compared)."""
+    real_ids = select_pool(cohort_ids(real.cohort, real.split, real.name), pool_size, seed)
+    ref_shape = volume_shape(real.cohort, real_ids[0])
+    for src in others:
+        if src.key == "real":
+            if len(real_ids) < 2:
+                raise CTSGANError(f"{getattr(real.cohort, 'root', real.name)}: real-vs-real FID needs two different "
+                                  f"patients, but the cohort has only one ({real_ids[0]})")
+            ids, cohort = real_ids, real.cohort
+        else:
+            ids = select_pool(cohort_ids(src.cohort, src.split, src.name), pool_size, seed + 1)
+            cohort = src.cohort
+        for vid in ids:
+            shape = volume_shape(cohort, vid)
+            if shape != ref_shape:
+                raise CTSGANError(f"size mismatch: {src.name} volume {vid} has shape {shape} but {real.name} volume "
+                                  f"{real_ids[0]} has {ref_shape}; compare volumes of the same S³ (the paper resized "
+                                  "the 3D GAN's 128³ output to 224³ first)")
+        for vid in real_ids:
+            if volume_shape(real.cohort, vid) != ref_shape:
+                raise CTSGANError(f"size mismatch inside {real.name}: {vid} has shape "
+                                  f"{volume_shape(real.cohort, vid)}, {real_ids[0]} has {ref_shape}")
+
+
 def _check_shapes(fa: dict, fb: dict, what: str) -> None:
     sa, sb = tuple(int(v) for v in fa["shape"]), tuple(int(v) for v in fb["shape"])
     if sa != sb:
@@ -351,7 +390,7 @@ def evaluate_source(cache: FeatureCache, real: Source, other: Source, *, n_pairs
     other_ids = real_ids if same else select_pool(cohort_ids(other.cohort, other.split, other.name), pool_size,
                                                   seed + 1)
     pairs = draw_pairs(real_ids, other_ids, n_pairs, seed, same)
-    row = {**base, "row": other.key, "row_label": PAPER_TABLE1[other.key]["label"], "source": other.name,
+    row = {**base, "row": other.key, "row_label": _label(other.key), "source": other.name,
            "reference": real.name}
     records: list[dict[str, Any]] = []
     for view in views:
@@ -388,6 +427,16 @@ def evaluate_source(cache: FeatureCache, real: Source, other: Source, *, n_pairs
 # --------------------------------------------------------------------------------------------------------------------
 # tables
 # --------------------------------------------------------------------------------------------------------------------
+def _label(key: str) -> str:
+    return PAPER_TABLE1[key]["label"] if key in PAPER_TABLE1 else key
+
+
+def _row_keys(records: list[dict[str, Any]]) -> list[str]:
+    """Table rows in the paper's order, then any other rows in order of appearance."""
+    seen = list(dict.fromkeys(r["row"] for r in records))
+    return [k for k in PAPER_TABLE1 if k in seen] + [k for k in seen if k not in PAPER_TABLE1]
+
+
 def _fmt(ms: tuple[float, float]) -> str:
     m, s = ms
     return "n/a" if not np.isfinite(m) else f"{m:.2f} ± {s:.2f}"
@@ -398,12 +447,12 @@ def summarise(records: list[dict[str, Any]]):
     import pandas as pd
 
     rows, rows25, rowsp = [], [], []
-    keys = [k for k in PAPER_TABLE1 if any(r["row"] == k for r in records)]
-    for key in keys:
+    for key in _row_keys(records):
         rec = [r for r in records if r["row"] == key]
         fid = [r["value"] for r in rec if r["metric"] == "fid" and r["protocol"] == "pair" and r["view"] == "axial"]
         isv = [r["value"] for r in rec if r["metric"] == "is"]
-        paper = PAPER_TABLE1[key]
+        nan = (float("nan"), float("nan"))
+        paper = PAPER_TABLE1.get(key, {"label": key, "is": nan, "fid": nan})
         fm, fs = mean_std(fid)
         im, is_ = mean_std(isv)
         rows.append({"Data Source": paper["label"], "IS (↑) ours": _fmt((im, is_)),
@@ -471,12 +520,14 @@ def plot_fid_boxplots(records: list[dict[str, Any]], ax=None, view: str = "axial
 
     if ax is None:
         _, ax = plt.subplots(figsize=(7, 4))
-    keys = [k for k in PAPER_TABLE1 if any(r["row"] == k for r in records)]
+    keys = _row_keys(records)
     data = [[r["value"] for r in records if r["row"] == k and r["metric"] == "fid" and r["protocol"] == "pair"
              and r["view"] == view] for k in keys]
     ax.boxplot(data, showmeans=True)
-    ax.set_xticks(range(1, len(keys) + 1), [PAPER_TABLE1[k]["label"].split(" (")[0] for k in keys], fontsize=8)
+    ax.set_xticks(range(1, len(keys) + 1), [_label(k).split(" (")[0] for k in keys], fontsize=8)
     for i, k in enumerate(keys, start=1):
+        if k not in PAPER_TABLE1:
+            continue
         m, s = PAPER_TABLE1[k]["fid"]
         ax.errorbar(i + 0.3, m, yerr=s, fmt="s", color="tab:red", capsize=3,
                     label="paper mean ± std" if i == 1 else None)
@@ -565,7 +616,7 @@ def run_fidelity(cfg, real: Source, others: Sequence[Source], out: str | Path | 
             raise CTSGANError(f"fidelity.views: unknown view {v!r}; choose from {', '.join(VIEWS)}")
     if "axial" not in f.views:
         raise CTSGANError("fidelity.views must include 'axial' (the paper's protocol)")
-    cohort_ids(real.cohort, real.split, real.name)  # empty reference cohort: fail before any work
+    precheck(real, others, f.volumes_per_source, f.seed)  # bad input fails before any costly work
     extractor = extractor or resolve_for_config(cfg, real.cohort)
     runner = FeatureRunner(extractor, f.batch, device)
     cache = FeatureCache(cfg.runs_dir / "fidelity" / "features", runner, f.max_slices, cfg.data.hu_min,
@@ -587,6 +638,50 @@ def run_fidelity(cfg, real: Source, others: Sequence[Source], out: str | Path | 
     for r in records:
         append_jsonl(out, r)
     return records
+
+
+def ordering_statement(table1) -> str:
+    """The FID ordering of the Table 1 rows as found (never assumed), beside the paper's."""
+    names = {"Real Data": "real-real", PAPER_TABLE1["gan3d"]["label"]: "3D GAN", PAPER_TABLE1["ctsgan"]["label"]:
+             "CT-SGAN"}
+    rows = sorted(((r["fid_mean"], names.get(r["Data Source"], r["Data Source"])) for _, r in table1.iterrows()),
+                  key=lambda t: t[0])
+    ours = " < ".join(f"{n} ({m:.1f})" for m, n in rows)
+    paper = " < ".join(f"{n} ({PAPER_TABLE1[k]['fid'][0]:.1f})" for k, n in
+                       (("real", "real-real"), ("ctsgan", "CT-SGAN"), ("gan3d", "3D GAN")))
+    return f"FID ordering found: {ours}. Paper: {paper}."
+
+
+def table1_sources(cfg) -> tuple[Source, list[Source]]:
+    """The real cohort and the three Table 1 rows from the standard paths of ``cfg`` (docs/architecture.md)."""
+    from ..data.cohort import Cohort
+
+    real = Source("real", Cohort(cfg.data_dir / "cohort"), "cohort")
+    rows = [real,
+            Source("gan3d", Cohort(cfg.data_dir / "synthetic" / "gan3d"), "synthetic/gan3d"),
+            Source("ctsgan", Cohort(cfg.data_dir / "synthetic" / "ctsgan"), "synthetic/ctsgan")]
+    return real, rows
+
+
+def run_table1(cfg, device: str | None = None, progress: bool = True) -> dict[str, Any]:
+    """Notebook 05 in one call: every metric of Table 1 (+ 2.5D and pooled) and the tables on disk.
+
+    Writes ``runs/<P>/fidelity/metrics.jsonl`` (replaced atomically, so a rerun does not duplicate lines),
+    ``table1.csv``/``table1.md``, ``table_2p5d.*`` and ``table_pooled.*``.
+
+    Returns
+    -------
+    dict
+        ``records``, ``table1``, ``table_2p5d``, ``table_pooled`` (DataFrames) and ``provenance``.
+    """
+    real, rows = table1_sources(cfg)
+    out_dir = cfg.runs_dir / "fidelity"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir / "metrics.jsonl.new"
+    tmp.unlink(missing_ok=True)
+    records = run_fidelity(cfg, real, rows, out=tmp, device=device, progress=progress)
+    tmp.replace(out_dir / "metrics.jsonl")
+    return {"records": records, **write_tables(records, out_dir)}
 
 
 def load_records(path: str | Path) -> list[dict[str, Any]]:

@@ -19,6 +19,7 @@ use, which is impossible offline, and it unpickles a weights file with ``torch.l
 """
 from __future__ import annotations
 
+import io
 import json
 import tempfile
 from dataclasses import asdict, dataclass, field
@@ -30,7 +31,7 @@ import torch
 
 from ..errors import CTSGANError, InputFileError, MissingInputError
 from ..train.checkpoint import file_sha256
-from ..utils.atomic import atomic_path, atomic_write_text
+from ..utils.atomic import atomic_write_bytes, atomic_write_text
 
 EXTRACTOR_NAME = "inception-v3-compat"
 OFFICIAL_WEIGHTS_NAME = "weights-inception-2015-12-05-6726825d.pth"
@@ -232,15 +233,23 @@ def build_fallback_weights(calibration: np.ndarray, seed: int, out_path: str | P
         bn.momentum = None  # cumulative moving average: every calibration batch weighs the same
         bn.train()
     x = torch.from_numpy(calibration)
-    with torch.no_grad():
-        for i in tqdm(range(0, len(x), batch), desc="calibrating fallback InceptionV3 BN", leave=False):
-            net(x[i:i + batch])
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # reduction order depends on the thread count: one thread makes the file reproducible
+    try:
+        with torch.no_grad():
+            for i in tqdm(range(0, len(x), batch), desc="calibrating fallback InceptionV3 BN", leave=False):
+                net(x[i:i + batch])
+    finally:
+        torch.set_num_threads(threads)
     net.eval()
     for bn in bns:
         bn.momentum = 0.001  # torch-fidelity's BasicConv2d default; irrelevant in eval, keeps the module standard
     state = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
-    with atomic_path(out_path) as tmp_path:
-        torch.save(state, tmp_path)
+    # serialise to memory first: torch.save names the zip archive after the target file, and the atomic temp name is
+    # random, so saving to it directly would give a different SHA-256 for identical weights on every run
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    atomic_write_bytes(out_path, buf.getvalue())
     sha = file_sha256(out_path)
     meta = {"kind": "fallback", "seed": int(seed), "calibration": description,
             "calibration_slices": int(len(calibration)), "calibration_shape": list(calibration.shape[1:]),
