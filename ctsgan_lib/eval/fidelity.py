@@ -514,6 +514,16 @@ def write_tables(records: list[dict[str, Any]], out_dir: str | Path) -> dict[str
     return {**frames, "provenance": prov}
 
 
+def caption(prov: dict[str, Any]) -> str:
+    """Provenance line for saved figures (``viz.save_figure``): profile, data, seed, extractor + hash, hardware."""
+    from ..viz import figure_caption
+
+    extra = f"{prov['extractor']} [{prov['weights_kind']}] weights sha256 {str(prov['weights_sha256'])[:12]}"
+    if not prov.get("comparable_to_paper"):
+        extra += " · NOT ImageNet features: not comparable to the paper"
+    return figure_caption(prov["profile"], prov["data_source"], prov["seed"], extra=extra, hardware=prov["hardware"])
+
+
 def plot_fid_boxplots(records: list[dict[str, Any]], ax=None, view: str = "axial"):
     """Box plots of the per-pair FID distributions, one box per Table 1 row, with the paper's mean ± std marked."""
     import matplotlib.pyplot as plt
