@@ -287,6 +287,13 @@ def cell_key(cfg: Config) -> str:
     return hashlib.sha1(blob.encode()).hexdigest()[:12]
 
 
+def _is_main() -> bool:
+    """Rank 0 under torchrun (only it writes result lines); True without torch.distributed."""
+    import torch.distributed as dist
+
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+
+
 def _make_model(cfg: Config, seed: int) -> SqueezeNet3D:
     torch.manual_seed(seed)  # paper §4.2: the seed initialises the classifier
     return SqueezeNet3D(in_channels=cfg.classifier.in_channels, num_classes=2, dropout=cfg.classifier.dropout,
@@ -404,7 +411,8 @@ def run_grid(cfg: Config, out: str | Path | None = None, progress: bool = True, 
                           selection={k: summary.get(k) for k in ("best_epoch", "best_val_loss", "epochs_run",
                                                                   "stopped_early")},
                           data=info, wall_s=round(time.perf_counter() - t0, 2))
-            append_jsonl(results, rec)
+            if _is_main():
+                append_jsonl(results, rec)
             done.add((regime, d, seed))
     return results
 
@@ -522,7 +530,8 @@ def run_shortcut_control(cfg: Config, out: str | Path | None = None, progress: b
                                 "n_test": {t: len(sets[f"test_{t}"]) for t in ("swapped", "debiased", "biased")},
                                 "split": "seeded per-domain re-split of nodule-free bases"},
                           wall_s=round(time.perf_counter() - t0, 2))
-            append_jsonl(path, rec)
+            if _is_main():
+                append_jsonl(path, rec)
             done.add((cohort, d, seed))
     return path
 

@@ -20,24 +20,36 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..experiments import (caption, grid_table, regime_ordering, run_grid, run_shortcut_control,
+    from ..train.distributed import init_from_env, shutdown
+    from ..utils.hardware import default_device
+
+    cfg = config_from_args(args)
+    ctx = init_from_env(args.device or default_device())  # `torchrun --nproc_per_node N -m ctsgan_lib.cli classify`
+    try:
+        return _run(args, cfg, progress=not args.no_progress and ctx.is_main, main=ctx.is_main)
+    finally:
+        shutdown(ctx)
+
+
+def _run(args: argparse.Namespace, cfg, progress: bool, main: bool) -> int:
+    from ..experiments import (caption, cell_key, grid_table, regime_ordering, run_grid, run_shortcut_control,
                                shortcut_table)
     from ..utils.logs import read_jsonl
 
-    cfg = config_from_args(args)
-    progress = not args.no_progress
     if not args.no_grid:
         path = run_grid(cfg, progress=progress, device=args.device)
-        recs = [r for r in read_jsonl(path) if r.get("kind") == "grid"]
-        table = grid_table(recs)
-        print(caption(recs, "Fig 3b"))
-        print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
-        print(f"regime ordering (mean accuracy over sizes, as found): {regime_ordering(table)}")
-        print(f"results: {path}")
+        if main:  # only rank 0 reports under torchrun
+            recs = [r for r in read_jsonl(path) if r.get("kind") == "grid" and r.get("cell_key") == cell_key(cfg)]
+            table = grid_table(recs)
+            print(caption(recs, "Fig 3b"))
+            print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+            print(f"regime ordering (mean accuracy over sizes, as found): {regime_ordering(table)}")
+            print(f"results: {path}")
     if not args.no_shortcut:
         path = run_shortcut_control(cfg, progress=progress, device=args.device)
-        recs = [r for r in read_jsonl(path) if r.get("kind") == "shortcut"]
-        print(caption(recs, "shortcut control"))
-        print(shortcut_table(recs).to_string(index=False, float_format=lambda v: f"{v:.3f}"))
-        print(f"results: {path}")
+        if main:
+            recs = [r for r in read_jsonl(path) if r.get("kind") == "shortcut" and r.get("cell_key") == cell_key(cfg)]
+            print(caption(recs, "shortcut control"))
+            print(shortcut_table(recs).to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+            print(f"results: {path}")
     return 0

@@ -154,6 +154,8 @@ def train_classifier(model: nn.Module, train_ds: Dataset, val_ds: Dataset | None
     ccfg = getattr(cfg, "classifier", cfg)
     out_dir = Path(out_dir)
     device = torch.device(device or default_device())
+    if _distributed() and device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())  # torchrun: one GPU per rank (LOCAL_RANK)
     rank0 = not _distributed() or dist.get_rank() == 0
     final = out_dir / "final.pt"
     model.to(device)
