@@ -316,16 +316,17 @@ def _place_nodules(p: PhantomParams, draws: list[tuple[float, str]], rng: np.ran
     segs = _vessel_segments(p, anat)
     mid = 0.5 * (segs["a"] + segs["b"])
     r_mid = 0.5 * (segs["ra"] + segs["rb"])
-    placed: list[NoduleSpec] = []
-    for diam, kind in draws:
+    big = r_mid >= 1.5 * anat.s            # vessels a free nodule must not overlap (small ones may pass by)
+    half = 0.5 * p.size * p.spacing_mm
+    offs = np.vstack([np.zeros(3), 0.9 * np.vstack([np.eye(3), -np.eye(3)])])
+
+    def try_place(diam: float, kind: str, touch: bool, attempts: int) -> NoduleSpec | None:
         r = diam / 2
-        touch = rng.random() < 0.35
-        for _attempt in range(200):
+        for _attempt in range(attempts):
             if touch:
                 cand = np.flatnonzero((r_mid > 0.6) & (r_mid < max(1.0, 0.6 * r)))
                 if not len(cand):
-                    touch = False
-                    continue
+                    return None
                 k = rng.choice(cand)
                 d = rng.standard_normal(3)
                 axis = segs["b"][k] - segs["a"][k]
@@ -334,22 +335,34 @@ def _place_nodules(p: PhantomParams, draws: list[tuple[float, str]], rng: np.ran
                 d /= np.linalg.norm(d) + 1e-9
                 c = mid[k] + d * (r_mid[k] + 0.8 * r)
             else:
-                half = 0.5 * p.size * p.spacing_mm
                 c = rng.uniform(-half, half, 3)
             # inside lung with a margin: centre and 6 points at 0.9 r
-            offs = np.vstack([np.zeros(3), 0.9 * r * np.vstack([np.eye(3), -np.eye(3)])])
-            pts = c[None] + offs
+            pts = c[None] + r * offs
             if not np.all(anat.lung_side(pts[:, 0], pts[:, 1], pts[:, 2]) > 0):
                 continue
             if any(np.linalg.norm(c - np.asarray(q.center_mm)) < (r + q.diameter_mm / 2) * 1.2 for q in placed):
                 continue
             if not touch:                  # keep free nodules off the large vessels
-                dist = _point_segment_distance(c, segs["a"], segs["b"])
-                if np.any(dist < r_mid + r + 1.0):
+                dist = _point_segment_distance(c, segs["a"][big], segs["b"][big])
+                if np.any(dist < r_mid[big] + r + 1.0):
                     continue
-            placed.append(NoduleSpec(center_mm=tuple(float(v) for v in c), diameter_mm=float(diam), kind=kind,
-                                     shape_seed=int(rng.integers(2**31)), touches_vessel=bool(touch)))
-            break
+            return NoduleSpec(center_mm=tuple(float(v) for v in c), diameter_mm=float(diam), kind=kind,
+                              shape_seed=int(rng.integers(2**31)), touches_vessel=bool(touch))
+        return None
+
+    placed: list[NoduleSpec] = []
+    for diam, kind in draws:
+        touch = rng.random() < 0.35
+        spec = try_place(diam, kind, touch, 200) or (try_place(diam, kind, False, 200) if touch else None)
+        if spec is not None:
+            placed.append(spec)
+    # a nodule-bearing patient keeps at least one nodule: shrink the first draw until it fits
+    diam = draws[0][0] if draws else 0.0
+    while draws and not placed and diam >= 3.0:
+        spec = try_place(diam, draws[0][1], False, 300)
+        if spec is not None:
+            placed.append(spec)
+        diam *= 0.8
     return placed
 
 
