@@ -98,3 +98,15 @@ def test_lung_mask_flags_bad_volumes(ph):
     leak = np.zeros((32, 32, 32), bool)
     leak[5:20, 0:20, 2:12] = leak[5:20, 0:20, 18:28] = True
     assert "touches_border" in Q.lung_mask_flags(leak)
+
+
+def test_preprocess_anisotropic_scan_maps_points(ph):
+    # a "real-scan-like" grid: every second slice (dz = 11 mm, dy = dx = 5.5 mm)
+    hu, lab = ph.hu[::2], ph.labels[::2]
+    cube, sp, info = Q.preprocess_volume(hu, (11.0, 5.5, 5.5), 32)
+    assert cube.shape == (32, 32, 32) and sp[0] == sp[1] == sp[2]
+    assert info["step_vox"][0] == pytest.approx(info["step_vox"][1] / 2)
+    lab_c = Q.preprocess_labels(lab, info)
+    c_in = np.argwhere(lab == P.LABELS["heart"]).mean(0)
+    c_out = np.argwhere(lab_c == P.LABELS["heart"]).mean(0)
+    np.testing.assert_allclose(Q.map_points(c_in, info)[0], c_out, atol=0.8)
