@@ -57,7 +57,7 @@ def test_losses_move_and_run_folder_is_complete(tmp_root):
     assert [int(r["step"]) for r in rows] == list(range(1, 7))
     d = [float(r["loss_dslice"]) + float(r["loss_dslab"]) for r in rows]
     assert d[0] == pytest.approx(4 * np.log(2), abs=0.3)       # JS starts near 2·log 2 per discriminator
-    assert min(d[1:]) < d[0] - 0.05                            # the discriminators learn
+    assert d[-1] < d[0] - 0.02 and d[-1] < d[2]                # the discriminators learn
     assert sorted(p.name for p in out.glob("ckpt_*.pt")) == ["ckpt_000003.pt", "ckpt_000006.pt"]
     assert (out / "samples" / "step_000006.png").stat().st_size > 0 and (out / "training_options.json").is_file()
     ck = load_checkpoint(out / "ckpt_000006.pt", kind="ctsgan")
@@ -184,7 +184,7 @@ def test_cli_train_refuses_to_clobber_then_resumes_and_generate_writes_cohort(tm
     assert ckpt.is_file()
     out = tmp_root / "synth"
     assert main(["generate", "--checkpoint", str(ckpt), "--n", "2", "--seed", "5", "--out", str(out),
-                 "--device", "cpu"]) == 0
+                 "--device", "cpu", "--inject-fraction", "0"]) == 0
     c = Cohort(out)
     assert len(c) == 2
     hu, spacing = c.read(c.ids()[1])

@@ -13,8 +13,10 @@ Four sub-networks, named as in the paper:
 Volume assembly (:func:`assemble_volume`): S−2 three-channel slices; their centre channels give slices 1..S−2, the
 first slice's first channel and the last slice's last channel give the end slices, so S slices in total.
 
-Discriminators use InstanceNorm instead of BatchNorm: the WGAN-GP penalty is defined per sample and batch statistics
-would couple samples (REFERENCES.md, MoCoGAN notes).
+Discriminators use no normalisation. Not BatchNorm: the WGAN-GP penalty is defined per sample and batch statistics
+would couple samples (REFERENCES.md, MoCoGAN notes). Not InstanceNorm/LayerNorm either: with bias-free-ish
+positively homogeneous layers they make the critic nearly blind to intensity scale (contrast), and the generator
+then never learns the HU range (we saw exactly that: grey, low-contrast volumes).
 """
 from __future__ import annotations
 
@@ -207,7 +209,7 @@ class SliceDiscriminator(nn.Module):
         widths = [ndf * min(8, 2 ** k) for k in range(n_down)]
         layers: list[nn.Module] = [nn.Conv2d(channels, widths[0], 4, 2, 1), nn.LeakyReLU(0.2, True)]
         for cin, cout in zip(widths[:-1], widths[1:]):
-            layers += [nn.Conv2d(cin, cout, 4, 2, 1), nn.InstanceNorm2d(cout, affine=True), nn.LeakyReLU(0.2, True)]
+            layers += [nn.Conv2d(cin, cout, 4, 2, 1), nn.LeakyReLU(0.2, True)]
         self.trunk = nn.Sequential(*layers)
         self.linear = nn.Linear(widths[-1], 1)
         self.embed = nn.Embedding(n_positions, widths[-1])
@@ -237,8 +239,6 @@ class SlabDiscriminator(nn.Module):
         for k, cout in enumerate(widths):
             sz = 2 if depth >= 8 else 1
             layers.append(nn.Conv3d(cin, cout, (3, 4, 4), (sz, 2, 2), (1, 1, 1)))
-            if k > 0:
-                layers.append(nn.InstanceNorm3d(cout, affine=True))
             layers.append(nn.LeakyReLU(0.2, True))
             depth = (depth - 1) // sz + 1
             cin = cout
@@ -269,13 +269,17 @@ def build_ctsgan(size: int, ct) -> dict[str, nn.Module]:
 
 
 def init_weights(module: nn.Module) -> None:
-    """DCGAN initialisation: conv weights N(0, 0.02), norm scales N(1, 0.02), biases 0."""
+    """DCGAN initialisation of generator layers: transposed-conv weights N(0, 0.02), BatchNorm scales N(1, 0.02).
+
+    Critic convolutions keep PyTorch's default (Kaiming-uniform) initialisation: without normalisation layers,
+    N(0, 0.02) weights would shrink activations stage by stage and leave the critics with near-zero logits.
+    """
     for m in module.modules():
-        if isinstance(m, (nn.Conv2d, nn.Conv3d, nn.ConvTranspose2d, nn.ConvTranspose3d)):
+        if isinstance(m, (nn.ConvTranspose2d, nn.ConvTranspose3d)):
             nn.init.normal_(m.weight, 0.0, 0.02)
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
-        elif isinstance(m, (nn.BatchNorm2d, nn.BatchNorm3d, nn.InstanceNorm2d, nn.InstanceNorm3d)) and m.affine:
+        elif isinstance(m, (nn.BatchNorm2d, nn.BatchNorm3d)) and m.affine:
             nn.init.normal_(m.weight, 1.0, 0.02)
             nn.init.zeros_(m.bias)
 

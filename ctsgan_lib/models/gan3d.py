@@ -41,7 +41,8 @@ class Generator3D(nn.Module):
 
 
 class Discriminator3D(nn.Module):
-    """Volume (B, 1, size³) → logits (B,). Conv3d k4 s2 p1 stages, InstanceNorm (no BatchNorm: WGAN-GP), LeakyReLU."""
+    """Volume (B, 1, size³) → logits (B,). Conv3d k4 s2 p1 stages, LeakyReLU, no normalisation (see
+    :mod:`ctsgan_lib.models.ctsgan`)."""
 
     def __init__(self, size: int, ndf: int = 64):
         super().__init__()
@@ -50,7 +51,7 @@ class Discriminator3D(nn.Module):
         widths = [ndf * min(8, 2 ** k) for k in range(n_down)]
         layers: list[nn.Module] = [nn.Conv3d(1, widths[0], 4, 2, 1), nn.LeakyReLU(0.2, True)]
         for cin, cout in zip(widths[:-1], widths[1:]):
-            layers += [nn.Conv3d(cin, cout, 4, 2, 1), nn.InstanceNorm3d(cout, affine=True), nn.LeakyReLU(0.2, True)]
+            layers += [nn.Conv3d(cin, cout, 4, 2, 1), nn.LeakyReLU(0.2, True)]
         self.trunk = nn.Sequential(*layers)
         self.linear = nn.Linear(widths[-1], 1)
 
