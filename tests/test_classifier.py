@@ -1,8 +1,9 @@
 """Classifier: metrics vs scikit-learn, the training loop (learns, selects, resumes), the grid and the shortcut control.
 
 The grid tests use in-memory nodule-free bases and a sphere-painting injector (a test double with the injector's
-``inject(hu, diameters_vox, rng, lung=None)`` interface), so they exercise the runner without the nodule GANs; the
-wiring to the real cohort/injector files is covered by ``test_grid_reads_cohort_and_injector_from_disk``.
+``inject(hu, diameters_vox, rng, lung=None)`` interface), so they exercise the runner without the nodule GANs. Reading
+the cohorts from disk is covered by ``test_grid_reads_cohorts_from_disk``; the trained injector checkpoint is used for
+real by notebook 06 (nbval, after notebook 02).
 """
 from __future__ import annotations
 
@@ -240,6 +241,46 @@ def test_grid_errors_on_empty_split(tmp_root):
     with pytest.raises(CTSGANError, match="unknown regime"):
         run_grid(cfg, tmp_root / "x", progress=False, real=_bases((2, 2, 2)), synthetic=_syn(2),
                  injector=SphereInjector(), regimes=["nope"])
+
+
+def _write_cohort(root, bases: BaseSet, with_labels: bool) -> None:
+    from ctsgan_lib.data.cohort import CohortWriter
+
+    with CohortWriter(root, compress=True) as w:
+        for v in bases.volumes:
+            label = None
+            if with_labels:
+                label = np.where(v.lung, 3, 1).astype(np.uint8)
+            w.write(v.id, v.hu.astype(np.float32), (2.0, 2.0, 2.0), label=label, source=v.source or "phantom",
+                    domain=v.domain, split=v.split, nodules=[], has_nodule=0)
+
+
+def test_grid_reads_cohorts_from_disk(tmp_root):
+    """The default wiring: nodule-free bases come from data/<P>/debiased and data/<P>/synthetic/ctsgan on disk."""
+    from ctsgan_lib.errors import MissingInputError
+    from ctsgan_lib.experiments import load_injector, load_real_base
+
+    cfg = _cfg(**{"data.size": S, "classifier.epochs": 1, "classifier.n_synthetic": 4})
+    with pytest.raises(MissingInputError, match="02_nodule_gans"):
+        load_real_base(cfg)
+    with pytest.raises(MissingInputError, match="ctsgan nodules"):
+        load_injector(cfg)
+    _write_cohort(cfg.data_dir / "debiased", _bases((2, 1, 1)), with_labels=True)
+    syn = _syn(3)
+    for v in syn.volumes:
+        v.hu[:] = -1000  # no lungs at all: the central-box fallback must kick in and be reported
+    _write_cohort(cfg.data_dir / "synthetic" / "ctsgan", syn, with_labels=False)
+    real = load_real_base(cfg, progress=False)
+    assert len(real.volumes) == 4 and real.origin.endswith("debiased") and real.sources == ["phantom"]
+    assert all(v.lung is not None and not v.lung_fallback for v in real.volumes)
+    path = run_grid(cfg, progress=False, injector=SphereInjector(), device="cpu", sizes=[4.0],
+                    regimes=["real", "synthetic"])
+    recs = read_jsonl(path)
+    assert path == cfg.runs_dir / "classifier" / "results.jsonl" and len(recs) == 2
+    d = recs[0]["data"]
+    assert d["real_source"].endswith("debiased") and d["synthetic_source"].endswith("ctsgan")
+    assert d["n_synthetic"] == 4 and d["lung_mask_fallback"] == {"real": 0, "synthetic": 2}
+    assert d["n_train"] == 4 and d["n_test"] == 2
 
 
 def test_shortcut_control(tmp_root):
