@@ -45,16 +45,32 @@ def _reach(size: int) -> int:
     return size - 1 - size // 2
 
 
-def ball(size: int, diameter_vox: float, center: Sequence[float] | None = None) -> np.ndarray:
-    """Soft (anti-aliased) ball of ``diameter_vox`` in a ``size``³ cube, values in [0, 1].
+def ball(size: int, diameter_vox: float, center: Sequence[float] | None = None, supersample: int = 4) -> np.ndarray:
+    """Partial-volume occupancy of a sphere of ``diameter_vox`` in a ``size``³ cube, values in [0, 1].
 
-    A voxel is 1 when its centre is more than half a voxel inside the sphere, 0 when half a voxel outside, linear in
-    between; thresholding at 0.5 gives exactly the voxels within ``diameter_vox / 2`` of the centre.
+    Each voxel holds the fraction of its volume inside the sphere (``supersample``³ sub-samples per voxel), so a
+    sub-voxel nodule is faint and a large one is 1 in its core, as in a real scan. Thresholding at 0.5 gives about
+    the voxels within ``diameter_vox / 2`` of the centre. ``center`` (z, y, x, may be fractional) defaults to the
+    VOI's centre voxel ``size // 2``.
     """
-    c = np.full(3, _centre_index(size)) if center is None else np.asarray(center, dtype=float)
-    g = np.indices((size, size, size), dtype=np.float32)
-    r = np.sqrt(sum((g[a] - c[a]) ** 2 for a in range(3)))
-    return np.clip(diameter_vox / 2.0 + 0.5 - r, 0.0, 1.0).astype(np.float32)
+    c = np.full(3, float(_centre_index(size))) if center is None else np.asarray(center, dtype=float)
+    r = diameter_vox / 2.0
+    out = np.zeros((size,) * 3, dtype=np.float32)
+    lo = np.maximum(np.floor(c - r - 1).astype(int), 0)
+    hi = np.minimum(np.ceil(c + r + 2).astype(int), size)
+    if np.any(hi <= lo) or r <= 0:
+        return out
+    g = np.indices(tuple(hi - lo), dtype=np.float32) + lo.reshape(3, 1, 1, 1).astype(np.float32)
+    off = (np.arange(supersample, dtype=np.float32) + 0.5) / supersample - 0.5
+    acc = np.zeros(g.shape[1:], dtype=np.float32)
+    for oz in off:
+        dz = (g[0] + oz - c[0]) ** 2
+        for oy in off:
+            dzy = dz + (g[1] + oy - c[1]) ** 2
+            for ox in off:
+                acc += dzy + (g[2] + ox - c[2]) ** 2 <= r * r
+    out[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]] = acc / supersample ** 3
+    return out
 
 
 def centre_mask(voi_size: int, mask_size: int) -> np.ndarray:
@@ -74,10 +90,10 @@ def _raised_cosine(t: np.ndarray) -> np.ndarray:
 def nodule_blend_weight(voi_size: int, diameter_vox: float, margin_vox: float | None = None) -> np.ndarray:
     """Radial raised-cosine weight: 1 within the nodule radius (+0.5 voxel), falling to 0 over ``margin_vox``.
 
-    ``margin_vox`` defaults to ``max(2, radius)`` and is capped so the weight is 0 on the VOI's outer faces.
+    ``margin_vox`` defaults to ``max(1.5, radius / 2)`` and is capped so the weight is 0 on the VOI's outer faces.
     """
     r = diameter_vox / 2.0 + 0.5
-    margin = max(2.0, diameter_vox / 2.0) if margin_vox is None else float(margin_vox)
+    margin = max(1.5, diameter_vox / 4.0) if margin_vox is None else float(margin_vox)
     margin = max(1.0, min(margin, _reach(voi_size) - r))
     if _reach(voi_size) - r < 1.0:
         raise CTSGANError(f"nodule diameter {diameter_vox} vox does not fit a {voi_size}³ VOI with a blend margin")
@@ -227,31 +243,39 @@ def _place(lung_mask, diameters_vox, rng, existing=(), max_tries: int = 200, gap
 
 # ------------------------------------------------------------------------------------------------ measurement
 def measure_nodule(hu: np.ndarray, center: Sequence[float], search_radius_vox: float,
-                   threshold_hu: float = SOLID_THRESHOLD_HU) -> dict:
-    """Measure the bright blob at ``center``: voxels above ``threshold_hu`` connected to the centre, within
+                   threshold_hu: float | None = None) -> dict:
+    """Measure the bright blob at ``center``: voxels above a threshold connected to the centre, within
     ``search_radius_vox``.
+
+    The threshold defaults to half-maximum: midway between the local background (25th percentile of the cube) and
+    the centre voxel, floored at :data:`SOLID_THRESHOLD_HU` (so a faint blob does not count as a nodule).
 
     Returns
     -------
     dict with ``n_voxels``, ``diameter_vox`` (equivalent sphere ``(6 V / pi)^(1/3)``), ``mean_hu`` (whole blob,
-    partial-volume rim included) and ``core_hu`` (voxels at least one voxel inside the equivalent sphere: the
-    density a radiologist would read for solid vs ground-glass).
+    partial-volume rim included), ``core_hu`` (voxels at least one voxel inside the equivalent sphere: the density a
+    radiologist would read for solid vs ground-glass) and ``threshold_hu``.
     """
     from scipy.ndimage import label
 
     size = int(2 * np.ceil(search_radius_vox) + 3)
     voi = extract_voi(hu, center, size)
+    c = size // 2
+    if threshold_hu is None:
+        # background: the darker quarter of the cube (lung), robust to a chest wall or vessel in the cube
+        threshold_hu = max(SOLID_THRESHOLD_HU, 0.5 * (float(np.percentile(voi, 25)) + float(voi[c, c, c])))
     sel = (voi > threshold_hu) & (ball(size, 2 * search_radius_vox) >= 0.5)
     lab, _ = label(sel)
-    c = size // 2
     if lab[c, c, c] == 0:
-        return {"n_voxels": 0, "diameter_vox": 0.0, "mean_hu": float("nan"), "core_hu": float("nan")}
+        return {"n_voxels": 0, "diameter_vox": 0.0, "mean_hu": float("nan"), "core_hu": float("nan"),
+                "threshold_hu": float(threshold_hu)}
     comp = lab == lab[c, c, c]
     n = int(comp.sum())
     d_eq = float((6.0 * n / np.pi) ** (1 / 3))
     core = comp & (ball(size, max(1.0, d_eq - 2.0)) >= 0.5)
     return {"n_voxels": n, "diameter_vox": d_eq, "mean_hu": float(voi[comp].mean()),
-            "core_hu": float(voi[core].mean()) if core.any() else float(voi[c, c, c])}
+            "core_hu": float(voi[core].mean()) if core.any() else float(voi[c, c, c]),
+            "threshold_hu": float(threshold_hu)}
 
 
 # ------------------------------------------------------------------------------------------------ models
@@ -309,16 +333,34 @@ class _NoduleModel:
                               f"mask_size; use a model trained with a larger VOI for bigger nodules)")
 
     @torch.no_grad()
-    def run_voi(self, voi_hu: np.ndarray, shape: np.ndarray) -> np.ndarray:
-        """Run the generator on one VOI (HU) with a shape map; returns the composed VOI in HU."""
+    def run_voi(self, voi_hu: np.ndarray, shape: np.ndarray, nodule_hu: float | None = None,
+                parts: bool = False):
+        """Run the generator on one VOI (HU) with a shape map; returns the composed VOI in HU.
+
+        Parameters
+        ----------
+        nodule_hu : float, optional
+            Injector: mean density of the painted nodule; default the checkpoint's ``nodule_hu``.
+        parts : bool
+            Also return the generated background and the painted nodule map (HU): ``(composed, background,
+            painted)``.
+        """
+        level = None if nodule_hu is None else float(hu_to_model(np.float32(nodule_hu), self.hu_min, self.hu_max))
         x = hu_to_model(voi_hu.astype(np.float32), self.hu_min, self.hu_max)
         if self.role == "injector":
             x = x * (1.0 - self._mask)   # Jin et al.: the centre is blanked, the model sees only the context
         cond = torch.from_numpy(np.stack([x, self._mask, shape]).astype(np.float32))[None].to(self.device)
         b, n = self.generator(cond)
         s = cond[:, 2:3]
-        out = NoduleGenerator.compose(self.role, b, n, s)[0, 0].float().cpu().numpy()
-        return model_to_hu(out, self.hu_min, self.hu_max).astype(np.float32)
+        out = self.generator.compose(self.role, b, n, s, level)
+
+        def hu(t):
+            return model_to_hu(t[0, 0].float().cpu().numpy(), self.hu_min, self.hu_max).astype(np.float32)
+
+        if not parts:
+            return hu(out)
+        painted = self.generator.paint(n, s, level) if self.role == "injector" else b
+        return hu(out), hu(b), hu(painted)
 
 
 class NoduleInjector(_NoduleModel):
@@ -333,28 +375,37 @@ class NoduleInjector(_NoduleModel):
     role = "injector"
 
     def inject_at(self, hu: np.ndarray, center: Sequence[int], diameter_vox: float, blend: str = "nodule",
-                  shape: np.ndarray | None = None) -> np.ndarray:
+                  shape: np.ndarray | None = None, nodule_hu: float | None = None) -> np.ndarray:
         """Inject one nodule centred at ``center``.
 
         Parameters
         ----------
         blend : {"nodule", "voi"}
-            ``"nodule"`` (default) pastes the nodule and a raised-cosine margin around it, keeping the original
-            tissue elsewhere; ``"voi"`` pastes the whole generated centre cube (Jin et al.), tapering to the VOI faces.
+            ``"nodule"`` (default) keeps the real tissue and composites the generated nodule (mean density +
+            learned texture) with its partial-volume occupancy ``s``: ``(1 - s) hu + s nodule``, so nothing
+            changes where ``s = 0`` and the edge is as soft as a real partial-volume edge. ``"voi"`` pastes the
+            generator's whole centre cube (background too, as in Jin et al.) with a raised-cosine taper to the
+            VOI faces.
         shape : ndarray, optional
             A custom ``voi_size``³ shape map in [0, 1] (e.g. a real LIDC mask from
             :func:`ctsgan_lib.data.lidc.nodule_mask`); default a ball of ``diameter_vox``.
+        nodule_hu : float, optional
+            Mean density of the nodule (default: the checkpoint's ``cfg.nodules.nodule_hu``, a solid nodule).
         """
         self._check_diameter(diameter_vox)
         s = ball(self.voi_size, diameter_vox) if shape is None else np.asarray(shape, dtype=np.float32)
-        out = self.run_voi(extract_voi(hu, center, self.voi_size), s)
-        w = nodule_blend_weight(self.voi_size, diameter_vox) if blend == "nodule" else \
-            voi_blend_weight(self.voi_size, self.mask_size)
-        return paste_voi(hu, out, center, np.maximum(w, s))
+        composed, _, painted = self.run_voi(extract_voi(hu, center, self.voi_size), s, nodule_hu, parts=True)
+        if blend == "nodule":
+            # keep the real tissue; composite the generated nodule with its partial-volume occupancy
+            return paste_voi(hu, painted, center, s)
+        if blend == "voi":
+            return paste_voi(hu, composed, center, np.maximum(voi_blend_weight(self.voi_size, self.mask_size), s))
+        raise CTSGANError(f"blend must be 'nodule' or 'voi', got {blend!r}")
 
     def inject(self, hu: np.ndarray, diameters_vox: Sequence[float], rng: np.random.Generator,
                lung: np.ndarray | None = None, existing: Iterable[dict] = (), spacing_mm: Sequence[float] | None = None,
-               strict: bool = False, blend: str = "nodule") -> tuple[np.ndarray, list[dict]]:
+               strict: bool = False, blend: str = "nodule",
+               nodule_hu: float | None = None) -> tuple[np.ndarray, list[dict]]:
         """Place and paint ``len(diameters_vox)`` nodules.
 
         Parameters
@@ -393,7 +444,7 @@ class NoduleInjector(_NoduleModel):
         sp = float(np.prod(spacing_mm) ** (1 / 3)) if spacing_mm is not None else None
         nodules = []
         for c, d in zip(centers, placed_d):
-            out = self.inject_at(out, c, float(d), blend=blend)
+            out = self.inject_at(out, c, float(d), blend=blend, nodule_hu=nodule_hu)
             nodules.append({"center_vox": [int(v) for v in c], "diameter_vox": float(d),
                             "diameter_mm": None if sp is None else float(d) * sp, "kind": "solid",
                             "action": "injected"})
@@ -420,3 +471,92 @@ class NoduleEraser(_NoduleModel):
             gen = self.run_voi(extract_voi(out, c, self.voi_size), w)
             out = paste_voi(out, gen, c, w)
         return out
+
+
+# ------------------------------------------------------------------------------------------------ quality checks
+def injection_check(injector: NoduleInjector, cohort, diameters_vox: Sequence[float], n_scans: int = 6,
+                    seed: int = 0) -> "pd.DataFrame":
+    """Inject ``diameters_vox`` into nodule-free test/val/train scans and measure each nodule.
+
+    Returns
+    -------
+    DataFrame: one row per injected nodule with ``requested_vox``, ``measured_vox`` (half-maximum equivalent
+    sphere), ``core_hu``, ``in_lung`` and ``changed_outside_voi`` (voxels changed farther than the VOI: must be 0).
+    """
+    import pandas as pd
+
+    from .train.nodule_loop import lung_of
+
+    rows = []
+    ids = [i for s in ("test", "val", "train") for i in cohort.ids(split=s, has_nodule=0)][:n_scans]
+    for k, rid in enumerate(ids):
+        hu, _ = cohort.read(rid)
+        lung = lung_of(hu, cohort.read_label(rid))
+        out, nods = injector.inject(hu, list(diameters_vox), np.random.default_rng([seed, k]), lung=lung)
+        near = np.zeros(hu.shape, bool)
+        half = injector.voi_size // 2
+        for n in nods:
+            near[tuple(slice(max(c - half, 0), c + half) for c in n["center_vox"])] = True
+        changed = int((out[~near] != hu[~near]).sum())
+        for n in nods:
+            m = measure_nodule(out, n["center_vox"], n["diameter_vox"] / 2 + 1)
+            rows.append({"scan": rid, "requested_vox": n["diameter_vox"], "measured_vox": m["diameter_vox"],
+                         "core_hu": m["core_hu"], "in_lung": bool(lung[tuple(n["center_vox"])]),
+                         "changed_outside_voi": changed})
+    return pd.DataFrame(rows)
+
+
+def phantom_truth(cfg, row: dict) -> np.ndarray:
+    """Nodule-free truth of a phantom cohort row: the same patient rendered without its nodules (same noise) and
+    preprocessed like the cohort (``ctsgan_lib.data.phantom.render_phantom(..., with_nodules=False)``)."""
+    from .data import phantom
+    from .data.sources import prepare_volume
+
+    if str(row.get("source")) != "phantom" or row.get("seed") in (None, ""):
+        raise CTSGANError(f"volume {row.get('id')!r} is not a phantom with a recorded seed: no nodule-free truth")
+    p = phantom.sample_params(int(row["seed"]), row["domain"], cfg.data.phantom_size, cfg.data.phantom_spacing_mm)
+    ph = phantom.render_phantom(p, with_nodules=False)
+    hu, _, _, _ = prepare_volume(cfg, ph.hu, ph.spacing_mm)
+    return hu
+
+
+def erasure_check(eraser: NoduleEraser, cohort, truth_fn, ids: Sequence[str] | None = None) -> "pd.DataFrame":
+    """Erase the nodules of nodule-bearing scans and compare with the known nodule-free truth.
+
+    ``truth_fn(row) -> hu`` gives the truth (e.g. ``lambda r: phantom_truth(cfg, r)``). The error is measured on
+    the nodule voxels (label 7 when the cohort has labels, else the sphere of the recorded diameter, at least the
+    centre voxel) and on the whole erase support (weight > 0).
+
+    Returns
+    -------
+    DataFrame: one row per scan with ``mae_nodule_before`` / ``mae_nodule_after`` and ``mae_support_before`` /
+    ``mae_support_after`` (HU), and ``n_nodules``.
+    """
+    import pandas as pd
+
+    rows = []
+    for rid in (ids if ids is not None else cohort.ids(has_nodule=1)):
+        row = cohort.row(rid)
+        nods = [n for n in (row["nodules"] or []) if n.get("action", "original") != "erased"]
+        if not nods:
+            continue
+        hu, _ = cohort.read(rid)
+        label = cohort.read_label(rid)
+        truth = truth_fn(row)
+        out = eraser.erase(hu, nods)
+        nod_mask = np.zeros(hu.shape, bool) if label is None else label == 7
+        support = np.zeros(hu.shape, bool)
+        for n in nods:
+            c = [int(round(float(v))) for v in n["center_vox"]]
+            nod_mask[tuple(c)] = True
+            w = nodule_blend_weight(eraser.voi_size, min(float(n["diameter_vox"]), eraser.mask_size))
+            support |= paste_voi(np.zeros(hu.shape, np.float32), np.ones_like(w), c, w) > 0
+            if label is None:
+                nod_mask |= paste_voi(np.zeros(hu.shape, np.float32), np.ones_like(w), c,
+                                      (ball(eraser.voi_size, float(n["diameter_vox"])) >= 0.5).astype(np.float32)) > 0
+        rows.append({"scan": rid, "n_nodules": len(nods),
+                     "mae_nodule_before": float(np.abs(hu - truth)[nod_mask].mean()),
+                     "mae_nodule_after": float(np.abs(out - truth)[nod_mask].mean()),
+                     "mae_support_before": float(np.abs(hu - truth)[support].mean()),
+                     "mae_support_after": float(np.abs(out - truth)[support].mean())})
+    return pd.DataFrame(rows)

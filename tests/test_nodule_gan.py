@@ -22,10 +22,10 @@ from nodule_fixtures import make_cohort
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """A toy cohort plus an injector and an eraser trained at the smoke profile (40 iterations each)."""
+    """A toy cohort plus an injector and an eraser trained at smoke size (40 iterations each)."""
     root = tmp_path_factory.mktemp("nodgan")
     cohort_dir, truth = make_cohort(root / "cohort")
-    cfg = load_profile("smoke")
+    cfg = load_profile("smoke", **{"nodules.iterations": 40, "nodules.ckpt_every": 20})
     train_nodule_gan(cfg, "injector", cohort_dir, root / "injector", device="cpu", progress=False)
     train_nodule_gan(cfg, "eraser", cohort_dir, root / "eraser", device="cpu", injector_dir=root / "injector",
                      progress=False)
@@ -130,8 +130,10 @@ def test_generator_controls_the_nodule_through_the_shape_channel():
         assert b.shape == n.shape == (2, 1, v, v, v)
         assert abs(b.mean().item() + 0.8) < 0.1 and abs(n.mean().item() - 0.4) < 0.1   # starts at the data prior
         s = (torch.rand(2, 1, v, v, v) > 0.5).float()
-        out = NoduleGenerator.compose("injector", b, n, s)
-        assert torch.equal(out[s == 1], n[s == 1]) and torch.equal(out[s == 0], b[s == 0])
+        out = g.compose("injector", b, n, s)
+        assert torch.equal(out[s == 0], b[s == 0])
+        t = n - (n * s).sum((1, 2, 3, 4), keepdim=True) / s.sum((1, 2, 3, 4), keepdim=True)
+        assert torch.allclose(out[s == 1], (0.4 + t)[s == 1].clamp(-1, 1), atol=1e-5)   # level + zero-mean texture
         assert PatchDiscriminator3D(4)(out, cond).shape[:2] == (2, 1)
     with pytest.raises(ValueError):
         NoduleGenerator(24)

@@ -12,7 +12,8 @@ units ([-1, 1], see :mod:`ctsgan_lib.data.intensity`):
 :class:`NoduleGenerator` is a 3D U-Net (pix2pix/CT-GAN style) with two output maps: a *background* ``b`` (healthy
 tissue over the whole VOI) and a *nodule* map ``n``. The injector's output is ``(1 - s) * b + s * n`` with ``s`` the
 shape channel, so the size and shape of the injected nodule are set by the caller exactly and the GAN learns the
-texture and the surrounding tissue; the eraser's output is ``b``. The last layer starts at the training data's
+texture and the surrounding tissue (the nodule map enters as zero-mean texture around a mean density the caller
+sets, default ``cfg.nodules.nodule_hu``); the eraser's output is ``b``. The last layer starts at the training data's
 median background and nodule intensities (bias = atanh of the prior, small weights), so even a briefly trained
 model paints a nodule of solid-nodule HU into parenchyma-like tissue; training then adds texture.
 
@@ -89,6 +90,8 @@ class NoduleGenerator(nn.Module):
         self.downs = nn.ModuleList(_Down(chans[i], chans[i + 1], norm=i + 1 < n) for i in range(n))
         self.ups = nn.ModuleList(_Up(chans[i + 1] * (1 if i == n - 1 else 2), chans[i]) for i in reversed(range(n)))
         self.head = nn.Conv3d(chans[0] * 2, 2, 3, padding=1)
+        # mean density of painted nodules (model units); the network adds zero-mean texture around it
+        self.register_buffer("nodule_level", torch.tensor(float(prior_model[1])))
         with torch.no_grad():  # start at the data prior (see module docstring); small weights keep it there early
             self.head.weight.mul_(0.1)
             p = np.clip(np.asarray(prior_model, dtype=float), -0.95, 0.95)
@@ -107,14 +110,29 @@ class NoduleGenerator(nn.Module):
         out = torch.tanh(self.head(x))
         return out[:, :1], out[:, 1:]
 
-    @staticmethod
-    def compose(role: str, background: torch.Tensor, nodule: torch.Tensor, shape: torch.Tensor) -> torch.Tensor:
-        """The generator's VOI: injector ``(1 - s) b + s n`` (nodule painted where ``s`` says), eraser ``b``."""
-        if role == "injector":
-            return (1.0 - shape) * background + shape * nodule
+    def compose(self, role: str, background: torch.Tensor, nodule: torch.Tensor, shape: torch.Tensor,
+                level: torch.Tensor | float | None = None) -> torch.Tensor:
+        """The generator's VOI.
+
+        Injector: ``(1 - s) b + s (level + t)`` where ``t`` is the nodule map minus its ``s``-weighted mean, i.e.
+        zero-mean texture: the caller sets size and shape (``s``) and mean density (``level``, default the
+        ``nodule_level`` buffer = ``cfg.nodules.nodule_hu``); the network learns texture and surroundings.
+        Eraser: ``b``.
+        """
         if role == "eraser":
             return background
-        raise ValueError(f"role must be one of {ROLES}, got {role!r}")
+        if role != "injector":
+            raise ValueError(f"role must be one of {ROLES}, got {role!r}")
+        return (1.0 - shape) * background + shape * self.paint(nodule, shape, level)
+
+    def paint(self, nodule: torch.Tensor, shape: torch.Tensor, level: torch.Tensor | float | None = None):
+        """Nodule density map: ``level`` plus the nodule map's deviation from its ``shape``-weighted mean."""
+        w = shape.flatten(1).sum(1).clamp_min(1e-6)
+        mean = (nodule * shape).flatten(1).sum(1) / w
+        lvl = self.nodule_level if level is None else torch.as_tensor(level, dtype=nodule.dtype,
+                                                                       device=nodule.device)
+        lvl = lvl.reshape(-1, 1, 1, 1, 1) if lvl.ndim else lvl
+        return (lvl + nodule - mean.view(-1, 1, 1, 1, 1)).clamp(-1.0, 1.0)
 
 
 class PatchDiscriminator3D(nn.Module):

@@ -1,8 +1,8 @@
 """Training loop of the nodule injector and eraser cGANs (paper §3.1; Jin et al. 2018; CT-GAN details).
 
 - **Injector**: VOIs cut around the nodules of the nodule-bearing (lidc-like) training scans. Input: the VOI with its
-  centre cube blanked, the mask channel and the nodule's shape (from the label volume when the cohort has one, else
-  a ball of the recorded diameter). Target: the real VOI.
+  centre cube blanked, the mask channel and the nodule's shape (the partial-volume occupancy of a sphere with the
+  recorded sub-voxel centre and diameter). Target: the real VOI.
 - **Eraser**: pairs from nodule-free (nlst-like) training scans: nodules are injected by the trained injector at
   random lung positions; input = injected VOI + mask + the region to replace, target = the original VOI.
 
@@ -54,25 +54,9 @@ def lung_of(hu: np.ndarray, label: np.ndarray | None) -> np.ndarray:
     return np.asarray(lung_mask(hu), dtype=bool)
 
 
-def _nodule_shape(label_voi: np.ndarray | None, diameter_vox: float, voi_size: int) -> np.ndarray:
-    """Shape channel for a real nodule: its label voxels connected to the centre, else a ball of its diameter."""
-    from scipy.ndimage import label as cc
-
-    from ..nodules import ball
-
-    if label_voi is not None:
-        lab, _ = cc(label_voi == NODULE_LABEL)
-        c = voi_size // 2
-        hit = lab[c - 1:c + 2, c - 1:c + 2, c - 1:c + 2]
-        ids = np.unique(hit[hit > 0])
-        if len(ids):
-            return np.isin(lab, ids).astype(np.float32)
-    return ball(voi_size, diameter_vox)
-
-
 def injector_vois(cfg: Config, cohort, split: str = "train") -> VOISet:
     """VOIs around every nodule of the nodule-bearing scans of ``split`` (see module docstring)."""
-    from ..nodules import centre_mask, extract_voi
+    from ..nodules import ball, centre_mask, extract_voi
 
     v, m = cfg.nodules.voi_size, cfg.nodules.mask_size
     mask = centre_mask(v, m)
@@ -82,15 +66,15 @@ def injector_vois(cfg: Config, cohort, split: str = "train") -> VOISet:
         if not nods:
             continue
         hu, _ = cohort.read(rid)
-        label = cohort.read_label(rid)
         for k, nod in enumerate(nods):
             if nod.get("action", "original") == "erased":
                 continue
             c = [int(round(float(x))) for x in nod["center_vox"]]
             d = float(nod["diameter_vox"])
             voi = hu_to_model(extract_voi(hu, c, v), cfg.data.hu_min, cfg.data.hu_max).astype(np.float32)
-            shape = _nodule_shape(None if label is None else extract_voi(label, c, v, pad_mode="edge"), d, v)
-            shape = shape * mask  # the model may only paint inside the blanked cube
+            # partial-volume sphere at the recorded (sub-voxel) centre: a sub-voxel nodule is faint, as in the data
+            sub = [v // 2 + float(x) - ci for x, ci in zip(nod["center_vox"], c)]
+            shape = ball(v, d, center=sub) * mask  # the model may only paint inside the blanked cube
             conds.append(np.stack([voi * (1 - mask), mask, shape]))
             targets.append(voi[None])
             diams.append(d)
@@ -136,15 +120,22 @@ def eraser_vois(cfg: Config, cohort, injector, split: str = "train", per_scan: i
     return VOISet(np.stack(conds), np.stack(targets), np.asarray(diams), srcs)
 
 
-def _priors(role: str, data: VOISet) -> tuple[float, float]:
-    """Median background and nodule intensity (model units) of the training targets: the generator's start."""
-    shape = data.cond[:, 2:3]
-    bg = float(np.median(data.target[shape < 0.01])) if (shape < 0.01).any() else -0.8
+def _priors(cfg: Config, role: str, data: VOISet) -> tuple[float, float]:
+    """Where the generator starts (model units): the training targets' median tissue around the nodules, and the
+    solid-nodule density ``cfg.nodules.nodule_hu``.
+
+    The nodule density is a physical prior rather than a data median because at low resolution (smoke, demo) most
+    real nodules are sub-voxel and partial-volume faint; the shape channel carries the partial volume, so the
+    nodule map itself should hold the density of solid tissue.
+    """
+    shape, mask = data.cond[:, 2:3], data.cond[:, 1:2]
+    near = (shape < 0.01) & (mask > 0.5)
+    bg = float(np.median(data.target[near])) if near.any() else -0.8
     if role == "eraser":
         region = shape > 0.5
         bg = float(np.median(data.target[region])) if region.any() else bg
         return bg, bg
-    nod = float(np.median(data.target[shape > 0.5])) if (shape > 0.5).any() else 0.4
+    nod = float(hu_to_model(np.float32(cfg.nodules.nodule_hu), cfg.data.hu_min, cfg.data.hu_max))
     return bg, nod
 
 
@@ -220,10 +211,10 @@ def train_nodule_gan(cfg: Config, role: str = "injector", cohort_dir: str | Path
         injector_src = injector.source
         ick = load_checkpoint(injector.source, kind="nodule_injector")
         pool = np.asarray(ick["extra"].get("train_diameters_vox") or nc.diameters_vox, dtype=float)
-        data = eraser_vois(cfg, cohort, injector, diameters_vox=pool)
+        data = eraser_vois(cfg, cohort, injector, per_scan=nc.eraser_pairs_per_scan, diameters_vox=pool)
 
     torch.manual_seed(cfg.seed + ROLES.index(role))
-    prior = _priors(role, data)
+    prior = _priors(cfg, role, data)
     gen = NoduleGenerator(nc.voi_size, nc.base_channels, prior).to(device)
     disc = PatchDiscriminator3D(nc.base_channels).to(device)
     opt_g = torch.optim.Adam(gen.parameters(), lr=nc.lr, betas=tuple(nc.betas))
@@ -266,7 +257,7 @@ def train_nodule_gan(cfg: Config, role: str = "injector", cohort_dir: str | Path
             cond, real = (t.to(device) for t in _batch(data, nc.batch, cfg.seed, k))
             mask, shape = cond[:, 1:2], cond[:, 2:3]
             b, n = gen(cond)
-            fake = NoduleGenerator.compose(role, b, n, shape)
+            fake = gen.compose(role, b, n, shape)
 
             opt_d.zero_grad(set_to_none=True)
             d_real, d_fake = disc(real, cond), disc(fake.detach(), cond)
