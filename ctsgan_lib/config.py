@@ -58,6 +58,8 @@ class NoduleConfig:
     l1_outside: float = 10.0            # ... and outside it
     ckpt_every: int = 20
     diameters_vox: list[float] = field(default_factory=lambda: [3.0, 5.0])  # experiment sizes (paper: 6..16 at 224³)
+    nodule_hu: float = 40.0             # solid-nodule density the injector's nodule map starts from (HU)
+    eraser_pairs_per_scan: int = 4      # injected nodules per nodule-free training scan for the eraser's pairs
 
 
 @dataclass
