@@ -76,6 +76,11 @@ def test_lung_mask_matches_phantom_lungs(ph):
     dice = 2 * (m & ref).sum() / (m.sum() + ref.sum())
     assert dice > 0.93
     assert Q.lung_mask_flags(m) == []
+    # the trachea above the lungs is taken out (nodule sites must not fall in it), unless asked to keep it
+    trachea = (ph.labels == P.LABELS["airway"]) & ~ndi.binary_dilation(lung, iterations=2)
+    kept = Q.lung_mask(ph.hu, ph.spacing_mm, remove_airways=False)
+    assert (kept & trachea).sum() > 0.5 * trachea.sum()
+    assert (m & trachea).sum() < 0.2 * trachea.sum()
 
 
 def test_lung_mask_on_preprocessed_cube(ph):

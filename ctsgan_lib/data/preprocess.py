@@ -129,14 +129,16 @@ def body_bbox(hu: np.ndarray, threshold_hu: float = -500, spacing_mm: Sequence[f
 
 
 def lung_mask(hu: np.ndarray, spacing_mm: Sequence[float] | None = None, threshold_hu: float = -400,
-              smooth_mm: float = 2.0, close_mm: float = 6.0) -> np.ndarray:
+              smooth_mm: float = 2.0, close_mm: float = 6.0, remove_airways: bool = True) -> np.ndarray:
     """Classical lung mask: threshold + connected components (works on real scans, phantoms, generated volumes).
 
     Steps: light Gaussian smoothing (robust to noise); ``hu < threshold_hu`` inside the volume; remove the air
     components that touch the in-plane border (outside air; the z faces are allowed because lungs may reach the
     crop's top or bottom); keep the largest component and the second largest when it holds at least 10 % of the
     first (the lungs are often joined through the trachea); close (radius ``close_mm``) and fill holes slice by
-    slice, so vessels and nodules inside the lungs are included. The trachea and main bronchi stay in the mask.
+    slice, so vessels and nodules inside the lungs are included. With ``remove_airways`` the trachea is then taken
+    out, tracked as a tube-sized 2D component from the mask's top slice down to the carina (nodule injection must
+    not pick a site inside it); the main bronchi stay.
 
     Parameters
     ----------
@@ -181,7 +183,51 @@ def lung_mask(hu: np.ndarray, spacing_mm: Sequence[float] | None = None, thresho
     for k in range(mask.shape[0]):
         if mask[k].any():
             mask[k] = ndi.binary_fill_holes(mask[k])
+    if remove_airways:
+        mask &= ~_airways(mask, sp)
     return mask
+
+
+def _airways(mask: np.ndarray, sp: np.ndarray, max_area_mm2: float = 1000.0) -> np.ndarray:
+    """The trachea inside ``mask``, followed from the mask's top slice down to the carina.
+
+    In the top slice the trachea is the small (< ``max_area_mm2``) 2D component nearest the mid-line; each slice
+    below keeps the 2D component that overlaps the previous one while it stays tube-sized (at most 1.6× the largest
+    area seen so far); where it merges with the lungs or vanishes, tracking stops. Geometry only (no HU threshold),
+    so partial volume and noise at coarse grids do not matter.
+    """
+    out = np.zeros_like(mask)
+    zs = np.flatnonzero(mask.any(axis=(1, 2)))
+    if not len(zs):
+        return out
+    px_mm2 = float(sp[1] * sp[2])
+    cx = np.argwhere(mask).mean(0)[2]
+    top = zs[-1]
+    lab, n = ndi.label(mask[top])
+    if n == 0:
+        return out
+    areas = np.bincount(lab.ravel())[1:] * px_mm2
+    cents = ndi.center_of_mass(mask[top], lab, range(1, n + 1))
+    small = [k for k in range(n) if areas[k] <= max_area_mm2]
+    if not small:
+        return out
+    k = min(small, key=lambda k: abs(cents[k][1] - cx))
+    prev = lab == k + 1
+    ref_area = areas[k]
+    out[top] = prev
+    for z in range(top - 1, zs[0] - 1, -1):
+        lab, n = ndi.label(mask[z])
+        ids = np.unique(lab[prev & (lab > 0)])
+        if len(ids) != 1:
+            break
+        comp = lab == ids[0]
+        area = comp.sum() * px_mm2
+        if area > 1.6 * ref_area or area > max_area_mm2 * 1.6:
+            break
+        ref_area = max(ref_area, area)
+        out[z] = comp
+        prev = comp
+    return out
 
 
 def lung_mask_flags(mask: np.ndarray, min_fraction: float = 0.01, max_fraction: float = 0.6,
