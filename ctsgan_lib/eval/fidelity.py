@@ -536,7 +536,7 @@ def plot_fid_boxplots(records: list[dict[str, Any]], ax=None, view: str = "axial
     ax.boxplot(data, showmeans=True)
     ax.set_xticks(range(1, len(keys) + 1), [_label(k).split(" (")[0] for k in keys], fontsize=8)
     for i, k in enumerate(keys, start=1):
-        if k not in PAPER_TABLE1:
+        if k not in PAPER_TABLE1 or view != "axial":  # the paper reports axial FID only
             continue
         m, s = PAPER_TABLE1[k]["fid"]
         ax.errorbar(i + 0.3, m, yerr=s, fmt="s", color="tab:red", capsize=3,
