@@ -145,7 +145,7 @@ def lung_mask(hu: np.ndarray, spacing_mm: Sequence[float] | None = None, thresho
     hu : np.ndarray
         (z, y, x) HU volume.
     spacing_mm : sequence of float, optional
-        Voxel size; without it, 1 voxel = 1 mm is assumed for the smoothing/closing radii.
+        Voxel size; without it the smoothing (σ 0.5 voxel) and closing (1 voxel) radii are in voxels.
     threshold_hu : float
         Air/lung versus tissue.
 
@@ -155,6 +155,9 @@ def lung_mask(hu: np.ndarray, spacing_mm: Sequence[float] | None = None, thresho
     """
     hu, sp = _check_volume(hu, spacing_mm if spacing_mm is not None else (1.0, 1.0, 1.0))
     vol = hu.astype(np.float32)
+    if spacing_mm is None:
+        # unknown spacing: voxel-scale radii (a preprocessed cube's voxels are several mm)
+        smooth_mm, close_mm = 0.5, 1.0
     sig = smooth_mm / sp
     if np.any(sig >= 0.3):
         vol = ndi.gaussian_filter(vol, np.minimum(sig, 2.0), mode="nearest")
@@ -184,11 +187,11 @@ def lung_mask(hu: np.ndarray, spacing_mm: Sequence[float] | None = None, thresho
         if mask[k].any():
             mask[k] = ndi.binary_fill_holes(mask[k])
     if remove_airways:
-        mask &= ~_airways(mask, sp)
+        mask &= ~_airways(mask, sp, None if spacing_mm is None else 1000.0)
     return mask
 
 
-def _airways(mask: np.ndarray, sp: np.ndarray, max_area_mm2: float = 1000.0) -> np.ndarray:
+def _airways(mask: np.ndarray, sp: np.ndarray, max_area_mm2: float | None = 1000.0) -> np.ndarray:
     """The trachea inside ``mask``, followed from the mask's top slice down to the carina.
 
     In the top slice the trachea is the small (< ``max_area_mm2``) 2D component nearest the mid-line; each slice
@@ -201,6 +204,8 @@ def _airways(mask: np.ndarray, sp: np.ndarray, max_area_mm2: float = 1000.0) -> 
     if not len(zs):
         return out
     px_mm2 = float(sp[1] * sp[2])
+    if max_area_mm2 is None:                 # voxel units: the trachea is well below 0.6 % of a slice
+        max_area_mm2 = 0.006 * mask.shape[1] * mask.shape[2] * px_mm2
     cx = np.argwhere(mask).mean(0)[2]
     top = zs[-1]
     lab, n = ndi.label(mask[top])
@@ -212,6 +217,9 @@ def _airways(mask: np.ndarray, sp: np.ndarray, max_area_mm2: float = 1000.0) -> 
     if not small:
         return out
     k = min(small, key=lambda k: abs(cents[k][1] - cx))
+    xs = np.flatnonzero(mask.any(axis=(0, 1)))
+    if abs(cents[k][1] - cx) > 0.12 * (xs[-1] - xs[0] + 1):      # not at the mid-line: a lung apex, not the trachea
+        return out
     prev = lab == k + 1
     ref_area = areas[k]
     out[top] = prev
