@@ -30,5 +30,5 @@ def test_lab_command_is_localhost_with_notebooks_open(tmp_path):
     assert {"--ServerApp.port=9999", f"--ServerApp.root_dir={tmp_path}", "--no-browser",
             "--IdentityProvider.token=t0k"} <= set(cmd)
     assert cmd[-1] == "--debug"
-    assert lab.kernel_install_command()[-5:] == ["--sys-prefix", "--name", "ctsgan", "--display-name",
-                                                 "Python (ctsgan)"][-5:]
+    assert lab.kernel_install_command()[1:] == ["-m", "ipykernel", "install", "--sys-prefix", "--name", "ctsgan",
+                                                "--display-name", "Python (ctsgan)"]
