@@ -560,3 +560,50 @@ def erasure_check(eraser: NoduleEraser, cohort, truth_fn, ids: Sequence[str] | N
                      "mae_support_before": float(np.abs(hu - truth)[support].mean()),
                      "mae_support_after": float(np.abs(out - truth)[support].mean())})
     return pd.DataFrame(rows)
+
+
+# ------------------------------------------------------------------------------------------------ figure data
+def injector_examples(injector: NoduleInjector, cohort, diameters_vox: Sequence[float], seed: int = 0) -> list[dict]:
+    """Fig B.1 panels: for each diameter, one nodule-free scan's VOI → masked input → injected VOI (HU arrays, the
+    centre slice is ``[voi_size // 2]``)."""
+    from .train.nodule_loop import lung_of
+
+    ids = [i for s in ("test", "val", "train") for i in cohort.ids(split=s, has_nodule=0)]
+    out = []
+    for k, d in enumerate(diameters_vox):
+        rid = ids[k % len(ids)]
+        hu, _ = cohort.read(rid)
+        new, nods = injector.inject(hu, [float(d)], np.random.default_rng([seed, k]),
+                                    lung=lung_of(hu, cohort.read_label(rid)))
+        if not nods:
+            continue
+        c = nods[0]["center_vox"]
+        voi = extract_voi(hu, c, injector.voi_size)
+        out.append({"scan": rid, "diameter_vox": float(d), "voi": voi,
+                    "masked": np.where(injector._mask > 0, np.nan, voi),
+                    "injected": extract_voi(new, c, injector.voi_size), "volume_before": hu, "volume_after": new,
+                    "center_vox": c})
+    return out
+
+
+def eraser_examples(eraser: NoduleEraser, cohort, n: int = 3, truth_fn=None) -> list[dict]:
+    """Fig B.2 panels: VOIs around real nodules → erased (and the nodule-free truth when ``truth_fn`` is given)."""
+    ids = [i for s in ("test", "val", "train") for i in cohort.ids(split=s, has_nodule=1)]
+    out = []
+    for rid in ids:
+        row = cohort.row(rid)
+        nods = row["nodules"] or []
+        if not nods:
+            continue
+        nod = max(nods, key=lambda x: float(x["diameter_vox"]))       # the most visible one
+        hu, _ = cohort.read(rid)
+        new = eraser.erase(hu, nods)
+        c = [int(round(float(v))) for v in nod["center_vox"]]
+        ex = {"scan": rid, "diameter_vox": float(nod["diameter_vox"]), "voi": extract_voi(hu, c, eraser.voi_size),
+              "erased": extract_voi(new, c, eraser.voi_size), "center_vox": c}
+        if truth_fn is not None:
+            ex["truth"] = extract_voi(truth_fn(row), c, eraser.voi_size)
+        out.append(ex)
+        if len(out) >= n:
+            break
+    return out
