@@ -712,6 +712,15 @@ def _rib_segments(p: PhantomParams, anat: _Anatomy) -> dict:
             pts = np.stack([z, *anat.to_volume(y, x)], 1)
             a.append(pts[:-1]), b.append(pts[1:])
             r.append(np.full(len(ph) - 1, p.rib_radius_mm))
+    # clavicles: from the manubrium up and out to the shoulders, in the anterior chest wall
+    s = anat.s
+    for sx in (-1.0, 1.0):
+        y0 = -(p.body_ant_mm - p.fat_mm - 6 * s)
+        knots = np.array([[top + 5 * s, y0, sx * 18 * s], [top + 18 * s, y0 + 8 * s, sx * 0.45 * cw],
+                          [top + 25 * s, y0 + 25 * s, sx * 0.85 * cw]])
+        pts = np.stack([knots[:, 0], *anat.to_volume(knots[:, 1], knots[:, 2])], 1)
+        a.append(pts[:-1]), b.append(pts[1:])
+        r.append(np.full(2, 6.0 * s))
     return {"a": np.concatenate(a), "b": np.concatenate(b), "ra": np.concatenate(r), "rb": np.concatenate(r)}
 
 
@@ -991,7 +1000,8 @@ def render_clean(params: PhantomParams) -> tuple[np.ndarray, np.ndarray]:
     _paint(hu, lab, bubble, HU_AIR, LABELS["outside"])
 
     # mediastinum: fat between the lungs, above the diaphragm and below the thoracic inlet
-    med = cavity & (Z >= dz) & (np.abs(X) < p.mediastinum_half_mm + 30 * s) & (Z < p.apex_z_mm)
+    med2d = (X / (p.mediastinum_half_mm + 25 * s)) ** 2 + ((Y - 0.45 * anat.spine_y) / (0.5 * (ca_ + cp))) ** 2 < 1
+    med = cavity & (Z >= dz) & med2d & (Z < p.apex_z_mm)
     _paint(hu, lab, med, HU_FAT, LABELS["fat"])
     # heart in a pericardial fat shell
     heart_fat = anat.heart(Z, Y, X, grow=4.0 * s)
@@ -1067,6 +1077,19 @@ def render_clean(params: PhantomParams) -> tuple[np.ndarray, np.ndarray]:
     hu[m] += f[m] * (bone_hu[m] - hu[m])
     lab[f > 0.5] = LABELS["bone"]
     del f, core, bone_hu
+
+    # scapulae: thin curved plates on the back of the rib cage, triangular (narrowing toward the inferior angle)
+    ring_in = anat.superellipse(Y, X, cw + 2 * p.rib_radius_mm + 2 * s, ca_, cp + 2 * p.rib_radius_mm + 2 * s,
+                                p.body_exponent)
+    ring_out = anat.superellipse(Y, X, cw + 2 * p.rib_radius_mm + 7 * s, ca_, cp + 2 * p.rib_radius_mm + 7 * s,
+                                 p.body_exponent)
+    plate = (ring_in >= 1.0) & (ring_out < 1.0) & (Y > 0)
+    ang = np.degrees(np.arctan2(np.abs(X) / cw, Y / cp))          # 0 at the spine, 90 at the side
+    sc_top = p.apex_z_mm + 0.1 * p.apex_height_mm
+    depth = np.clip((sc_top - Z) / (150 * s), 0, 1)                # 0 at the top, 1 at the inferior angle
+    width = (1 - depth) * 28 + 4                                    # angular half-width in degrees
+    scap = plate & (Z < sc_top) & (depth < 1) & (np.abs(ang - 52) < width)
+    _paint(hu, lab, scap, 450.0, LABELS["bone"])
 
     # sternum: flat bone in the anterior chest wall, manubrium to xiphoid
     st_y = -(p.body_ant_mm - p.fat_mm - 0.5 * p.muscle_mm - 5 * s)
