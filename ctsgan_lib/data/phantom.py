@@ -13,10 +13,11 @@ Anatomy (painted in this order): scanner table (carbon shells + foam core); body
 subcutaneous fat and chest-wall muscle; upper abdomen below the diaphragm (liver, stomach with a gas bubble);
 mediastinal fat; heart in a pericardial fat shell; aorta, superior vena cava, pulmonary trunk/arteries and oesophagus;
 two lungs (apex dome, costophrenic recesses, diaphragm domes, right dome higher) with a gravity gradient and
-low-frequency texture; branching, tapering pulmonary artery and vein trees rooted at the hila (Murray-law radii, so
-vessels are densest near the hila and sub-voxel at the periphery, rendered with partial volume); trachea, carina,
+low-frequency texture; branching, tapering pulmonary artery and vein trees rooted at the hila, grown by space
+colonisation with Murray-law radii (thick and dense near the hila, sub-voxel at the periphery, rendered with partial
+volume); trachea, carina,
 main and lobar/segmental bronchi (air lumen, soft-tissue wall); spine (vertebral bodies with cortex, discs, canal,
-laminae, spinous and transverse processes), 12 rib pairs sloping down anteriorly, sternum. Nodules (solid or
+laminae, spinous and transverse processes), 12 rib pairs sloping down anteriorly, sternum, scapulae and clavicles. Nodules (solid or
 part-solid, optionally touching a vessel) are added before the scanner model.
 
 Scanner model (per domain): a Gaussian point-spread function (in-plane and slice profile) and additive correlated
