@@ -225,6 +225,11 @@ def project_root() -> Path:
     env = os.environ.get("CTSGAN_ROOT")
     if env:
         return Path(env).resolve()
+    return checkout_root()
+
+
+def checkout_root() -> Path:
+    """The source checkout (holds ``notebooks/``), whatever ``CTSGAN_ROOT`` says."""
     for base in (Path.cwd(), *Path.cwd().parents):
         pp = base / "pyproject.toml"
         if pp.is_file() and 'name = "ctsgan_lib"' in pp.read_text(errors="ignore"):

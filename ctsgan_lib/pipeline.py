@@ -11,7 +11,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Iterable
 
-from .config import load_profile, project_root
+from .config import checkout_root, load_profile, project_root
 from .errors import CTSGANError, MissingInputError
 from .utils.atomic import atomic_write_text
 from .utils.hardware import git_commit, hardware_info
@@ -56,8 +56,9 @@ def require_inputs(*paths: str | Path, made_by: str) -> None:
         raise MissingInputError(f"missing input {', '.join(missing)}: run {made_by} first")
 
 
-def notebooks_dir(root: Path | None = None) -> Path:
-    return (root or project_root()) / "notebooks"
+def notebooks_dir() -> Path:
+    """``notebooks/`` of the source checkout (outputs may go elsewhere via ``CTSGAN_ROOT``)."""
+    return checkout_root() / "notebooks"
 
 
 def select_notebooks(only: Iterable[str] | None = None, start: str | None = None) -> list[tuple[str, str, str]]:
@@ -90,7 +91,7 @@ def package_versions() -> dict[str, str]:
 
 def reproduce(profile: str = "smoke", only: Iterable[str] | None = None, start: str | None = None,
               parameters: dict | None = None, root: Path | None = None, kernel: str = KERNEL_NAME,
-              progress: bool = True) -> Path:
+              progress: bool = True, nb_dir: Path | None = None) -> Path:
     """Run the numbered notebooks with papermill and write a run manifest.
 
     Executed copies and logs go to ``runs/<profile>/notebooks/``; the manifest (profile, commit, package versions,
@@ -103,7 +104,10 @@ def reproduce(profile: str = "smoke", only: Iterable[str] | None = None, start: 
     parameters : dict, optional
         Extra papermill parameters passed to every notebook (``profile`` is always passed).
     root : Path, optional
-        Project root (default :func:`~ctsgan_lib.config.project_root`).
+        Where ``data/`` and ``runs/`` go (default :func:`~ctsgan_lib.config.project_root`, which honours
+        ``CTSGAN_ROOT``).
+    nb_dir : Path, optional
+        The notebooks to run (default the checkout's ``notebooks/``).
     kernel : str
         Jupyter kernel name (``make setup`` registers ``ctsgan``).
 
@@ -121,7 +125,7 @@ def reproduce(profile: str = "smoke", only: Iterable[str] | None = None, start: 
 
     load_profile(profile)  # validate before spending minutes
     root = root or project_root()
-    nb_dir = notebooks_dir(root)
+    nb_dir = Path(nb_dir) if nb_dir is not None else notebooks_dir()
     out_dir = root / "runs" / profile / "notebooks"
     out_dir.mkdir(parents=True, exist_ok=True)
     manifest_path = out_dir / "run_manifest.json"
@@ -151,7 +155,7 @@ def reproduce(profile: str = "smoke", only: Iterable[str] | None = None, start: 
                 status, error = "failed", f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1][:300]}"
             manifest["notebooks"].append({"number": number, "notebook": name, "status": status,
                                           "wall_s": round(time.perf_counter() - t0, 2), "error": error,
-                                          "executed": str(dst.relative_to(root))})
+                                          "executed": str(dst)})
             manifest["finished"] = datetime.now(timezone.utc).isoformat()
             atomic_write_text(manifest_path, json.dumps(manifest, indent=2))
             if status != "ok":

@@ -32,7 +32,7 @@ def two_notebooks(tmp_root, monkeypatch):
 def test_reproduce_runs_in_order_and_writes_manifest(two_notebooks):
     root = two_notebooks
     _notebook(root / "notebooks" / "02_b.ipynb", "assert profile == 'demo'")
-    manifest = pipeline.reproduce("demo", root=root, progress=False)
+    manifest = pipeline.reproduce("demo", root=root, progress=False, nb_dir=root / "notebooks")
     data = json.loads(manifest.read_text())
     assert [n["status"] for n in data["notebooks"]] == ["ok", "ok"]
     assert data["profile"] == "demo" and "torch" in data["packages"] and data["hardware"]["cpu_cores"]
@@ -46,8 +46,8 @@ def test_reproduce_names_the_failing_notebook(two_notebooks):
     root = two_notebooks
     _notebook(root / "notebooks" / "02_b.ipynb", "raise RuntimeError('boom in 02')")
     with pytest.raises(CTSGANError, match=r"02_b\.ipynb failed .*boom in 02"):
-        pipeline.reproduce("smoke", root=root, progress=False)
+        pipeline.reproduce("smoke", root=root, progress=False, nb_dir=root / "notebooks")
     data = json.loads((root / "runs" / "smoke" / "notebooks" / "run_manifest.json").read_text())
     assert [n["status"] for n in data["notebooks"]] == ["ok", "failed"]
     # --only skips the failing one
-    pipeline.reproduce("smoke", only=["01"], root=root, progress=False)
+    pipeline.reproduce("smoke", only=["01"], root=root, progress=False, nb_dir=root / "notebooks")
