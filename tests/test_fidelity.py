@@ -302,6 +302,9 @@ def test_bad_cohorts_fail_before_any_extraction(tmp_root, fallback):
         run(F.Source("real", real, "cohort"), [F.Source("ctsgan", empty, "empty")])
     with pytest.raises(CTSGANError, match="empty"):
         run(F.Source("real", empty, "empty"), [F.Source("real", empty, "empty")])
+    with pytest.raises(CTSGANError, match="isc_splits"):
+        F.run_fidelity(_cfg(**{"fidelity.isc_splits": 3}), F.Source("real", real, "cohort"),
+                       [F.Source("real", real, "cohort")], extractor=fallback, device="cpu", progress=False)
     assert not (cfg.runs_dir / "fidelity" / "features").exists()
 
 

@@ -323,11 +323,16 @@ def volume_shape(cohort, vid: str) -> tuple[int, ...]:
     return tuple(int(v) for v in shape)
 
 
-def precheck(real: "Source", others: Sequence["Source"], pool_size: int, seed: int) -> None:
+def precheck(real: "Source", others: Sequence["Source"], pool_size: int, seed: int, max_slices: int = 0,
+             isc_splits: int = 1) -> None:
     """Refuse bad input before any feature is extracted: empty cohorts, a one-patient cohort for real vs real,
-    and volumes of different sizes (checked on the volumes that will actually be compared)."""
+    volumes of different sizes (checked on the volumes that will actually be compared), too few slices for IS."""
     real_ids = select_pool(cohort_ids(real.cohort, real.split, real.name), pool_size, seed)
     ref_shape = volume_shape(real.cohort, real_ids[0])
+    n_slices = len(slice_indices(ref_shape[0], max_slices))
+    if n_slices < 2 or n_slices < isc_splits:
+        raise CTSGANError(f"{n_slices} axial slices per volume: FID needs >= 2 and IS needs >= fidelity.isc_splits "
+                          f"({isc_splits}); raise fidelity.max_slices or lower fidelity.isc_splits")
     for src in others:
         if src.key == "real":
             if len(real_ids) < 2:
@@ -357,6 +362,7 @@ def _check_shapes(fa: dict, fb: dict, what: str) -> None:
 
 
 def mean_std(values: Iterable[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (ddof=1; 0 for a single value, NaN for none)."""
     v = np.asarray(list(values), dtype=np.float64)
     return (float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0) if len(v) else (float("nan"), float("nan"))
 
@@ -626,7 +632,7 @@ def run_fidelity(cfg, real: Source, others: Sequence[Source], out: str | Path | 
             raise CTSGANError(f"fidelity.views: unknown view {v!r}; choose from {', '.join(VIEWS)}")
     if "axial" not in f.views:
         raise CTSGANError("fidelity.views must include 'axial' (the paper's protocol)")
-    precheck(real, others, f.volumes_per_source, f.seed)  # bad input fails before any costly work
+    precheck(real, others, f.volumes_per_source, f.seed, f.max_slices, f.isc_splits)  # fail before costly work
     extractor = extractor or resolve_for_config(cfg, real.cohort)
     runner = FeatureRunner(extractor, f.batch, device)
     cache = FeatureCache(cfg.runs_dir / "fidelity" / "features", runner, f.max_slices, cfg.data.hu_min,
