@@ -1,8 +1,8 @@
 """Nodule-detection experiments: the Fig 3b grid (paper §3, §4.2) and the device-shortcut control (beyond the paper).
 
 **Grid.** Regimes ``real`` / ``synthetic`` / ``pretrain_finetune`` × nodule sizes (``cfg.classifier.sizes``, diameters
-in voxels at S³) × seeds. For every (size, seed) the datasets are built from *nodule-free base volumes* and the trained
-nodule injector, so the size of a cell controls the injected size in the real and in the synthetic data alike:
+in voxels at S³) × seeds. For every (size, seed) the datasets are built from *nodule-free base volumes* and the
+trained nodule injector, so the size of a cell controls the injected size in the real and in the synthetic data alike:
 
 - real: the nodule-free volumes of the debiased cohort (``data/<P>/debiased``; the prepared ``cohort`` when there is
   no debiased one), per split;
@@ -301,12 +301,45 @@ def _make_model(cfg: Config, seed: int) -> SqueezeNet3D:
 
 
 def _cell_dir(out: Path, key: str, regime: str, size: float, seed: int) -> Path:
-    return out / "cells" / key / f"{regime}_d{size:g}_s{seed}"
+    return out / "cells" / key / f"{regime}_d{size:g}_s{seed}"  # key = "<cell_key>-<data_key>"
 
 
-def _done(path: Path, kind: str, key: str) -> set[tuple]:
-    return {(r.get("regime") or r.get("train_cohort"), float(r["size_vox"]), int(r["seed"]))
-            for r in read_jsonl(path) if r.get("kind") == kind and r.get("cell_key") == key}
+def _fingerprint(origin: str | Path) -> str:
+    m = Path(origin) / "manifest.csv"
+    return file_sha256(m)[:16] if m.is_file() else str(origin)
+
+
+def data_key(cfg: Config, real: BaseSet | None, synthetic: BaseSet | None, injector, need_syn: bool) -> str:
+    """Hash of the inputs (cohort manifests, injector checkpoint): a rebuilt cohort or new injector reruns cells."""
+    r = real.origin if real is not None else str(real_base_root(cfg))
+    syn = "-"
+    if need_syn:
+        syn = synthetic.origin if synthetic is not None else str(cfg.data_dir / "synthetic" / "ctsgan")
+    if injector is not None:
+        inj = json.dumps(injector_tag(injector), sort_keys=True)
+    else:
+        ck = latest_checkpoint(cfg.runs_dir / "nodules" / "injector")
+        inj = file_sha256(ck)[:16] if ck is not None else "none"
+    return hashlib.sha1(f"{_fingerprint(r)}|{_fingerprint(syn)}|{inj}".encode()).hexdigest()[:12]
+
+
+def _row_key(r: dict) -> tuple:
+    return (r.get("regime") or r.get("train_cohort"), float(r["size_vox"]), int(r["seed"]))
+
+
+def _done(path: Path, kind: str, key: str, dkey: str) -> set[tuple]:
+    return {_row_key(r) for r in read_jsonl(path)
+            if r.get("kind") == kind and r.get("cell_key") == key and r.get("data_key") == dkey}
+
+
+def current_records(cfg: Config, path: str | Path, kind: str = "grid") -> list[dict]:
+    """Result lines of this config (``cell_key``), the newest line per (regime or cohort, size, seed)."""
+    key = cell_key(cfg)
+    latest: dict[tuple, dict] = {}
+    for r in read_jsonl(path):
+        if r.get("kind") == kind and r.get("cell_key") == key:
+            latest[_row_key(r)] = r
+    return list(latest.values())
 
 
 def _record(cfg: Config, kind: str, key: str, device: str, **fields: Any) -> dict[str, Any]:
@@ -357,11 +390,13 @@ def run_grid(cfg: Config, out: str | Path | None = None, progress: bool = True, 
         raise CTSGANError(f"classifier.regimes: unknown regime(s) {bad}; choose from {', '.join(REGIMES)}")
     key = cell_key(cfg)
     results = out / RESULTS
-    done = _done(results, "grid", key)
+    need_syn = any(r in ("synthetic", "pretrain_finetune") for r in regimes)
+    dkey = data_key(cfg, real, synthetic, injector, need_syn)
+    ckey = f"{key}-{dkey}"  # checkpoint folders: a config or data change never reuses old weights
+    done = _done(results, "grid", key, dkey)
     todo = [(d, s) for d in sizes for s in seeds if any((r, d, s) not in done for r in regimes)]
     if not todo:
         return results
-    need_syn = any(r in ("synthetic", "pretrain_finetune") for r in regimes)
     real = real if real is not None else load_real_base(cfg, progress=progress)
     if need_syn and synthetic is None:
         synthetic = load_synthetic_base(cfg, progress=progress)
@@ -390,24 +425,25 @@ def run_grid(cfg: Config, out: str | Path | None = None, progress: bool = True, 
                 # the synthetic regime *is* the pretraining run; resume=True reuses its final.pt when it exists
                 syn_model = _make_model(cfg, seed)
                 pre = train_classifier(syn_model, data.synthetic, data.val, cfg,
-                                       _cell_dir(out, key, "synthetic", d, seed), seed, ccfg.epochs, device=device,
+                                       _cell_dir(out, ckey, "synthetic", d, seed), seed, ccfg.epochs, device=device,
                                        progress=progress, desc=f"synthetic d={d:g} s={seed}")
                 pretrained = (syn_model, pre, {k: v.detach().cpu().clone() for k, v in syn_model.state_dict().items()})
             if regime == "synthetic":
                 model, summary = pretrained[0], pretrained[1]
             elif regime == "real":
                 model = _make_model(cfg, seed)
-                summary = train_classifier(model, data.train, data.val, cfg, _cell_dir(out, key, "real", d, seed),
+                summary = train_classifier(model, data.train, data.val, cfg, _cell_dir(out, ckey, "real", d, seed),
                                            seed, ccfg.epochs, device=device, progress=progress,
                                            desc=f"real d={d:g} s={seed}")
             else:
                 model = _make_model(cfg, seed)
                 summary = train_classifier(model, data.train, data.val, cfg,
-                                           _cell_dir(out, key, "pretrain_finetune", d, seed), seed,
+                                           _cell_dir(out, ckey, "pretrain_finetune", d, seed), seed,
                                            ccfg.finetune_epochs, device=device, init_state=pretrained[2],
                                            progress=progress, desc=f"finetune d={d:g} s={seed}")
             metrics = evaluate(model, data.test, device, ccfg.batch)
-            rec = _record(cfg, "grid", key, device, regime=regime, size_vox=d, seed=seed, metrics=metrics,
+            rec = _record(cfg, "grid", key, device, data_key=dkey, regime=regime, size_vox=d, seed=seed,
+                          metrics=metrics,
                           selection={k: summary.get(k) for k in ("best_epoch", "best_val_loss", "epochs_run",
                                                                   "stopped_early")},
                           data=info, wall_s=round(time.perf_counter() - t0, 2))
@@ -504,7 +540,9 @@ def run_shortcut_control(cfg: Config, out: str | Path | None = None, progress: b
     seeds = [int(s) for s in (seeds if seeds is not None else ccfg.seeds)]
     key = cell_key(cfg)
     path = out / SHORTCUT
-    done = _done(path, "shortcut", key)
+    dkey = data_key(cfg, real, None, injector, need_syn=False)
+    ckey = f"{key}-{dkey}"
+    done = _done(path, "shortcut", key, dkey)
     todo = [s for s in seeds if any((c, d, s) not in done for c in ("biased", "debiased"))]
     if not todo:
         return path
@@ -519,11 +557,12 @@ def run_shortcut_control(cfg: Config, out: str | Path | None = None, progress: b
             t0 = time.perf_counter()
             model = _make_model(cfg, seed)
             summary = train_classifier(model, sets[f"{cohort}_train"], sets[f"{cohort}_val"], cfg,
-                                       _cell_dir(out, key, f"shortcut_{cohort}", d, seed), seed, ccfg.epochs,
+                                       _cell_dir(out, ckey, f"shortcut_{cohort}", d, seed), seed, ccfg.epochs,
                                        device=device, progress=progress, desc=f"shortcut {cohort} s={seed}")
             metrics = {t: evaluate(model, sets[f"test_{t}"], device, ccfg.batch)
                        for t in ("swapped", "debiased", "biased")}
-            rec = _record(cfg, "shortcut", key, device, train_cohort=cohort, size_vox=d, seed=seed, metrics=metrics,
+            rec = _record(cfg, "shortcut", key, device, data_key=dkey, train_cohort=cohort, size_vox=d, seed=seed,
+                          metrics=metrics,
                           selection={k: summary.get(k) for k in ("best_epoch", "best_val_loss", "epochs_run")},
                           data={"real_source": real.origin, "real_sources": real.sources,
                                 "injector": injector_tag(injector), "n_train": len(sets[f"{cohort}_train"]),
@@ -667,7 +706,8 @@ def plot_fig3b(table, path_base: str | Path, title: str = "", note: str = ""):
     from .utils.atomic import atomic_path
 
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    labels = {"real": "real only", "synthetic": "synthetic only", "pretrain_finetune": "synthetic pretrain + real fine-tune"}
+    labels = {"real": "real only", "synthetic": "synthetic only",
+              "pretrain_finetune": "synthetic pretrain + real fine-tune"}
     sizes = sorted(set(table["size_vox"]))
     dodge = 0.02 * ((sizes[-1] - sizes[0]) or 1.0)  # small x offsets so equal lines stay visible
     for i, regime in enumerate([r for r in REGIMES if r in set(table["regime"])]):

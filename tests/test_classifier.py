@@ -17,8 +17,8 @@ from sklearn.metrics import accuracy_score, balanced_accuracy_score, confusion_m
 from ctsgan_lib.config import load_profile
 from ctsgan_lib.errors import CTSGANError
 from ctsgan_lib.eval.classification import balanced_indices, binary_metrics, check_classes, roc_auc
-from ctsgan_lib.experiments import (BaseSet, BaseVolume, build_cell_data, grid_table, regime_ordering, run_grid,
-                                    run_shortcut_control, shortcut_table)
+from ctsgan_lib.experiments import (BaseSet, BaseVolume, build_cell_data, current_records, grid_table,
+                                    regime_ordering, run_grid, run_shortcut_control, shortcut_table)
 from ctsgan_lib.models.squeezenet3d import SqueezeNet3D
 from ctsgan_lib.train.classifier_loop import VolumeDataset, evaluate, train_classifier
 from ctsgan_lib.utils.logs import read_jsonl
@@ -219,6 +219,16 @@ def test_grid_runs_resumes_and_reports(tmp_root):
     accs = [r["metrics"]["accuracy"] for r in read_jsonl(path) if r["regime"] == "real" and r["size_vox"] == 6.0]
     assert row.accuracy_mean == pytest.approx(np.mean(accs)) and row.accuracy_std == pytest.approx(np.std(accs))
     assert regime_ordering(table).count(">") + regime_ordering(table).count("=") == 2
+    # other inputs (here: another injector) are other cells: they rerun, and the newest line per cell is reported
+    class OtherInjector(SphereInjector):
+        pass
+
+    run_grid(cfg, out, progress=False, real=real, synthetic=syn, injector=OtherInjector(), device="cpu",
+             sizes=[4.0], regimes=["real"])
+    lines = read_jsonl(path)
+    assert len(lines) == 8 and lines[-1]["data_key"] != lines[0]["data_key"]
+    cur = current_records(cfg, path)
+    assert len(cur) == 7 and lines[-1] in cur and lines[0] not in cur
 
 
 def test_seed_sets_nodule_placement_and_count():

@@ -32,14 +32,13 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace, cfg, progress: bool, main: bool) -> int:
-    from ..experiments import (caption, cell_key, grid_table, regime_ordering, run_grid, run_shortcut_control,
-                               shortcut_table)
-    from ..utils.logs import read_jsonl
+    from ..experiments import (caption, current_records, grid_table, regime_ordering, run_grid,
+                               run_shortcut_control, shortcut_table)
 
     if not args.no_grid:
         path = run_grid(cfg, progress=progress, device=args.device)
         if main:  # only rank 0 reports under torchrun
-            recs = [r for r in read_jsonl(path) if r.get("kind") == "grid" and r.get("cell_key") == cell_key(cfg)]
+            recs = current_records(cfg, path, "grid")
             table = grid_table(recs)
             print(caption(recs, "Fig 3b"))
             print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
@@ -48,7 +47,7 @@ def _run(args: argparse.Namespace, cfg, progress: bool, main: bool) -> int:
     if not args.no_shortcut:
         path = run_shortcut_control(cfg, progress=progress, device=args.device)
         if main:
-            recs = [r for r in read_jsonl(path) if r.get("kind") == "shortcut" and r.get("cell_key") == cell_key(cfg)]
+            recs = current_records(cfg, path, "shortcut")
             print(caption(recs, "shortcut control"))
             print(shortcut_table(recs).to_string(index=False, float_format=lambda v: f"{v:.3f}"))
             print(f"results: {path}")
