@@ -355,3 +355,38 @@ def test_ddp_two_ranks_gloo(tmp_root):
     assert (tmp_root / "ddp" / "final.pt").is_file()
     log = (tmp_root / "ddp" / "log.csv").read_text().splitlines()
     assert len(log) == 3  # one writer: header + 2 epochs
+
+
+# ------------------------------------------------------------------------------------------------ reporting and CLI
+def test_figure_and_tables_are_written(tmp_root):
+    from ctsgan_lib.experiments import annotate_table, caption, plot_fig3b, save_table
+
+    recs = []
+    for regime in ("real", "synthetic", "pretrain_finetune"):
+        for d in (4.0, 6.0):
+            for seed, acc in ((0, 0.5), (1, 0.75)):
+                recs.append({"kind": "grid", "profile": "smoke", "regime": regime, "size_vox": d, "seed": seed,
+                             "metrics": {"accuracy": acc, "balanced_accuracy": acc, "auc": acc, "sensitivity": 1.0,
+                                         "specificity": 0.0, "n": 4},
+                             "data": {"real_source": "data/smoke/debiased", "real_sources": ["phantom"],
+                                      "injector": {"checkpoint": "", "model": "SphereInjector"}},
+                             "config": {"data_size": 32}, "hardware_label": "cpu: test"})
+    table = annotate_table(grid_table(recs), recs)
+    assert len(table) == 6 and set(table["accuracy_mean"]) == {0.625} and set(table["accuracy_std"]) == {0.125}
+    assert table["vs_paper"].iloc[0].startswith("NOT comparable to the paper")
+    title = caption(recs, "Fig 3b")
+    assert "profile smoke" in title and "seeds [0, 1]" in title and "cpu: test" in title
+    fig, paths = plot_fig3b(table, tmp_root / "fig3b", note=title)
+    import matplotlib.pyplot as plt
+    plt.close(fig)
+    assert [p.suffix for p in paths] == [".png", ".pdf"] and all(p.stat().st_size > 1000 for p in paths)
+    csv_p, md_p = save_table(table, tmp_root / "fig3b_table", title)
+    assert md_p.read_text().startswith(title) and "pretrain_finetune" in csv_p.read_text()
+
+
+def test_cli_missing_inputs_is_one_line_error(tmp_root, capsys):
+    from ctsgan_lib.cli import main
+
+    assert main(["classify", "--profile", "smoke", "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: missing input") and "02_nodule_gans" in err and "\n" not in err
