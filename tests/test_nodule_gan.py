@@ -22,10 +22,10 @@ from nodule_fixtures import make_cohort
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """A toy cohort plus an injector and an eraser trained at smoke size (40 iterations each)."""
+    """A toy cohort plus an injector and an eraser trained at smoke size (24 iterations each)."""
     root = tmp_path_factory.mktemp("nodgan")
     cohort_dir, truth = make_cohort(root / "cohort")
-    cfg = load_profile("smoke", **{"nodules.iterations": 40, "nodules.ckpt_every": 20})
+    cfg = load_profile("smoke", **{"nodules.iterations": 24, "nodules.ckpt_every": 12})
     train_nodule_gan(cfg, "injector", cohort_dir, root / "injector", device="cpu", progress=False)
     train_nodule_gan(cfg, "eraser", cohort_dir, root / "eraser", device="cpu", injector_dir=root / "injector",
                      progress=False)
@@ -142,11 +142,11 @@ def test_generator_controls_the_nodule_through_the_shape_channel():
 # ------------------------------------------------------------------------------------------------ training
 def test_training_logs_and_the_loss_moves(trained):
     log = pd.read_csv(trained["root"] / "injector" / "log.csv")
-    assert log["step"].tolist() == list(range(1, 41))
+    assert log["step"].tolist() == list(range(1, 25))
     first, last = log["l1_inside"].iloc[:5].mean(), log["l1_inside"].iloc[-5:].mean()
     assert last < first                                            # the reconstruction inside the mask improves
-    ck = load_checkpoint(trained["root"] / "injector" / "ckpt_000040.pt", kind="nodule_injector")
-    assert ck["step"] == 40 and ck["extra"]["n_train"] > 0
+    ck = load_checkpoint(trained["root"] / "injector" / "ckpt_000024.pt", kind="nodule_injector")
+    assert ck["step"] == 24 and ck["extra"]["n_train"] > 0
 
 
 def test_resume_continues_step_and_optimizer_state(tmp_path, trained):
