@@ -552,7 +552,8 @@ def plot_fid_boxplots(records: list[dict[str, Any]], ax=None, view: str = "axial
     note = "" if prov["comparable_to_paper"] else "\nNOT ImageNet features: not comparable to the paper"
     ax.set_title(f"FID over random scan pairs · profile {prov['profile']} · {prov['extractor']} "
                  f"{str(prov['weights_sha256'])[:12]} · seed {prov['seed']}{note}", fontsize=8)
-    ax.legend(fontsize=7)
+    if ax.get_legend_handles_labels()[1]:
+        ax.legend(fontsize=7)
     return ax
 
 
