@@ -346,7 +346,8 @@ def _record(cfg: Config, kind: str, key: str, device: str, **fields: Any) -> dic
     return {"kind": kind, "profile": cfg.profile, "cell_key": key, **fields,
             "config": {"classifier": cfg.to_dict()["classifier"], "data_size": cfg.data.size,
                        "hu_window": [cfg.data.hu_min, cfg.data.hu_max]},
-            "hardware": hardware_info(device), "hardware_label": hardware_label(device), "commit": git_commit(cfg.root),
+            "hardware": hardware_info(device), "hardware_label": hardware_label(device),
+            "commit": git_commit(Path(__file__).resolve().parents[1]),  # the code's checkout, not CTSGAN_ROOT
             "finished": datetime.now(timezone.utc).isoformat(timespec="seconds")}
 
 
