@@ -585,8 +585,9 @@ def calibration_slices(cohort, n_slices: int, seed: int, views: Sequence[str], h
                  .round().clamp(0, 255).to(torch.uint8).numpy() for p in parts]
     slices = np.concatenate(parts)[:n_slices]
     digest = hashlib.sha256("".join(volume_checksum(cohort, v) for v in chosen).encode()).hexdigest()[:16]
+    where = "/".join(Path(str(getattr(cohort, "root", "cohort"))).parts[-2:])  # no absolute path: root may move
     desc = (f"{len(slices)} slices ({'/'.join(views)}, window {hu_min:g}..{hu_max:g} HU) from {len(chosen)} volumes "
-            f"of {getattr(cohort, 'root', 'cohort')} split={split or 'all'} (checksums digest {digest}), seed {seed}")
+            f"of {where} split={split or 'all'} (checksums digest {digest}), seed {seed}")
     return slices, desc
 
 
