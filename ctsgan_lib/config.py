@@ -85,6 +85,7 @@ class CTSGANConfig:
     log_every: int = 1
     chunk: int = 32                     # slices generated per chunk at inference
     bf16: bool = True                   # autocast on CUDA only
+    d_steps: int = 1                    # Dslice+Dslab updates per Gslice+Rv update (WGAN-GP's n_critic)
 
 
 @dataclass

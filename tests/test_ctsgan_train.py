@@ -213,3 +213,11 @@ def test_one_training_step_at_paper_size_on_cpu():
     out = ctsgan_loop.ctsgan_step(nets, opts, data, ct, ct.batch, "cpu", DistContext())
     assert all(np.isfinite(v) for v in out.values())
     assert not torch.equal(before, nets["generator"].gslice.net[0].weight)
+
+
+def test_d_steps_gives_several_critic_updates_per_generator_update(tmp_root):
+    cfg = load_profile("smoke", **{**TINY, "ctsgan.iterations": 2, "ctsgan.d_steps": 3})
+    res = ctsgan_loop.train_ctsgan(cfg, volumes_hu=_volumes(), progress=False)
+    ck = load_checkpoint(res["checkpoint"])
+    steps = {name: {int(s["step"]) for s in opt["state"].values()} for name, opt in ck["optimizers"].items()}
+    assert steps == {"d": {6}, "g": {2}}

@@ -31,48 +31,59 @@ def _gather_positions(x: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
     return x[b.reshape(-1), offsets.reshape(-1)]
 
 
-def ctsgan_step(nets: dict[str, torch.nn.Module], opts: dict[str, torch.optim.Optimizer], data: VolumeDataset,
-                ct, batch: int, device: str, ctx: D.DistContext) -> dict[str, float]:
-    """One alternating update: Dslice and Dslab (generator fixed), then Gslice and Rv (discriminators fixed).
+def _slab_batch(gen, data: VolumeDataset, ct, batch: int, device: str, amp, with_grad: bool):
+    """Real slab/slices and generated slab/slices for one D or G update.
 
-    Returns the step's losses as floats (see ``LOSS_NAMES``).
+    A slab region per real volume and N slice offsets inside it; the generator runs Rv over all S−2 positions and
+    Gslice only on the slab positions.
     """
-    gen, dslice, dslab = nets["generator"], nets["dslice"], nets["dslab"]
-    size, t_len, n_sl = data.size, ct.slab_len, ct.n_slices
-    kind, amp = ct.loss, autocast(device, ct.bf16)
-
-    # --- data: a slab region per real volume, N slice offsets inside it ------------------------------------------
-    index, start, offsets = sample_slab_batch(len(data), batch, size, t_len, n_sl)
+    size, t_len = data.size, ct.slab_len
+    index, start, offsets = sample_slab_batch(len(data), batch, size, t_len, ct.n_slices)
+    offsets = offsets.to(device)
     window = data.slab_windows(index, start, t_len).to(device)                 # (B, T+2, S, S)
     real3 = torch.stack([window[:, k:k + 3] for k in range(t_len)], dim=1)     # (B, T, 3, S, S) real 3D slices
     real_slab = window[:, 1:t_len + 1, None].transpose(1, 2)                   # (B, 1, T, S, S) centre slices
-    real_slices = _gather_positions(real3, offsets.to(device))                 # (B·N, 3, S, S)
-    positions = (start[:, None] + offsets).reshape(-1).to(device)              # (B·N,) in [0, S−2)
-
-    # --- fakes: Rv over all S−2 positions, Gslice only on the slab -----------------------------------------------
+    real_slices = _gather_positions(real3, offsets)                            # (B·N, 3, S, S)
+    positions = (start[:, None] + offsets.cpu()).reshape(-1).to(device)        # (B·N,) in [0, S−2)
     patient_noise, slice_noise = gen.sample_noise(batch, device=device)
     slab_pos = (start[:, None] + torch.arange(t_len)[None]).to(device)         # (B, T)
-    with amp:
+    with amp, torch.set_grad_enabled(with_grad):
         fake3 = gen(patient_noise, slice_noise, slab_pos).float()              # (B, T, 3, S, S)
     fake_slab = fake3[:, :, 1][:, None]                                        # (B, 1, T, S, S)
-    fake_slices = _gather_positions(fake3, offsets.to(device))                 # (B·N, 3, S, S)
+    fake_slices = _gather_positions(fake3, offsets)                            # (B·N, 3, S, S)
+    return real_slices, real_slab, positions, fake_slices, fake_slab
 
-    # --- D step (Eq. 2; the N-slice sum is averaged so Dslice's scale does not depend on N) -----------------------
+
+def ctsgan_step(nets: dict[str, torch.nn.Module], opts: dict[str, torch.optim.Optimizer], data: VolumeDataset,
+                ct, batch: int, device: str, ctx: D.DistContext) -> dict[str, float]:
+    """One alternating update: ``ct.d_steps`` Dslice + Dslab updates (generator fixed), then one Gslice + Rv update
+    (discriminators fixed) on the last D update's fakes.
+
+    Returns the step's losses as floats (see ``LOSS_NAMES``; D terms from the last D update).
+    """
+    gen, dslice, dslab = nets["generator"], nets["dslice"], nets["dslab"]
+    kind, amp = ct.loss, autocast(device, ct.bf16)
+    n_d = max(1, int(getattr(ct, "d_steps", 1)))
+
+    # --- D steps (Eq. 2; the N-slice sum is averaged so Dslice's scale does not depend on N) ----------------------
     set_requires_grad([dslice, dslab], True)
-    opts["d"].zero_grad(set_to_none=True)
-    with amp:
-        l_dslice = losses.d_loss(kind, dslice(real_slices, positions), dslice(fake_slices.detach(), positions))
-        l_dslab = losses.d_loss(kind, dslab(real_slab), dslab(fake_slab.detach()))
-        gp_slice = gp_slab = torch.zeros((), device=device)
-        if kind == "wgan-gp":
-            gp_slice = losses.gradient_penalty(dslice, real_slices, fake_slices, positions)
-            gp_slab = losses.gradient_penalty(dslab, real_slab, fake_slab)
-    loss_d = l_dslice + l_dslab + ct.gp_weight * (gp_slice + gp_slab)
-    loss_d.backward()
-    D.all_reduce_grads(list(dslice.parameters()) + list(dslab.parameters()), ctx)
-    opts["d"].step()
+    for k in range(n_d):
+        real_slices, real_slab, positions, fake_slices, fake_slab = _slab_batch(
+            gen, data, ct, batch, device, amp, with_grad=k == n_d - 1)       # the last fakes feed the G step
+        opts["d"].zero_grad(set_to_none=True)
+        with amp:
+            l_dslice = losses.d_loss(kind, dslice(real_slices, positions), dslice(fake_slices.detach(), positions))
+            l_dslab = losses.d_loss(kind, dslab(real_slab), dslab(fake_slab.detach()))
+            gp_slice = gp_slab = torch.zeros((), device=device)
+            if kind == "wgan-gp":
+                gp_slice = losses.gradient_penalty(dslice, real_slices, fake_slices, positions)
+                gp_slab = losses.gradient_penalty(dslab, real_slab, fake_slab)
+        loss_d = l_dslice + l_dslab + ct.gp_weight * (gp_slice + gp_slab)
+        loss_d.backward()
+        D.all_reduce_grads(list(dslice.parameters()) + list(dslab.parameters()), ctx)
+        opts["d"].step()
 
-    # --- G step: the same fakes through the updated discriminators ------------------------------------------------
+    # --- G step: the last fakes through the updated discriminators ------------------------------------------------
     set_requires_grad([dslice, dslab], False)
     opts["g"].zero_grad(set_to_none=True)
     with amp:
