@@ -41,7 +41,7 @@ def bench_step(model: str, size: int, steps: int, threads: int) -> dict:
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    cfg = load_profile("paper", **{"data.size": size, "gan3d.size": size})
+    cfg = load_profile("paper", **{"data.size": size, "gan3d.size": size, "ctsgan.d_steps": 1})  # one D + one G update
     vols = np.random.default_rng(0).uniform(-1000, 400, (2, size, size, size)).astype(np.float32)
     data = VolumeDataset(vols, size=size)
     del vols
