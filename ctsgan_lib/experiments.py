@@ -228,18 +228,28 @@ def paired_dataset(bases: Sequence[BaseVolume], diameter_vox: float, seed: int, 
     hu_min, hu_max = cfg.data.hu_min, cfg.data.hu_max
     from .data.intensity import hu_to_unit
 
-    units, labels, ids = [], [], []
+    units, labels, ids, dropped = [], [], [], []
     for b in bases:
+        pos = None
+        if positive(b):
+            try:
+                pos, _ = inject_volume(b, diameter_vox, seed, injector, cfg.classifier.max_nodules, count_fn)
+            except CTSGANError:
+                # A lung too small for this size cannot give a positive; drop its clean twin too, so the paired
+                # design stays balanced. The count is reported with the cell's results.
+                dropped.append(b.id)
+                continue
         if negative(b):
             units.append(hu_to_unit(b.hu.astype(np.float32), hu_min, hu_max).astype(np.float16))
             labels.append(0)
             ids.append(b.id)
-        if positive(b):
-            hu, _ = inject_volume(b, diameter_vox, seed, injector, cfg.classifier.max_nodules, count_fn)
-            units.append(hu_to_unit(hu, hu_min, hu_max).astype(np.float16))
+        if pos is not None:
+            units.append(hu_to_unit(pos, hu_min, hu_max).astype(np.float16))
             labels.append(1)
             ids.append(f"{b.id}+nod")
-    return VolumeDataset(units, labels, ids)
+    ds = VolumeDataset(units, labels, ids)
+    ds.dropped_ids = dropped
+    return ds
 
 
 @dataclass
@@ -250,6 +260,7 @@ class CellData:
     val: VolumeDataset
     test: VolumeDataset
     synthetic: VolumeDataset | None
+    dropped: dict[str, int] = field(default_factory=dict)   # bases whose lung cannot hold a nodule of this size
 
 
 def build_cell_data(real: BaseSet, synthetic: BaseSet | None, diameter_vox: float, seed: int, injector,
@@ -273,7 +284,8 @@ def build_cell_data(real: BaseSet, synthetic: BaseSet | None, diameter_vox: floa
     if synthetic is not None:
         syn = paired_dataset(synthetic.volumes, diameter_vox, seed, injector, cfg, count_fn)
         check_classes(syn.labels, f"{synthetic.origin}: synthetic training set")
-    return CellData(sets["train"], sets["val"], test, syn)
+    dropped = {k: len(v.dropped_ids) for k, v in {**sets, "synthetic": syn}.items() if v is not None}
+    return CellData(sets["train"], sets["val"], test, syn, dropped)
 
 
 # ------------------------------------------------------------------------------------------------ grid runner
@@ -413,6 +425,7 @@ def run_grid(cfg: Config, out: str | Path | None = None, progress: bool = True, 
                 "n_train": len(data.train), "n_val": len(data.val), "n_test": len(data.test),
                 "n_synthetic": len(data.synthetic) if data.synthetic is not None else 0,
                 "test_positives": int(data.test.labels.sum()), "design": "paired (each base clean and injected)",
+                "dropped_lung_too_small": data.dropped,
                 "lung_mask_fallback": {"real": sum(v.lung_fallback for v in real.volumes),
                                        "synthetic": sum(v.lung_fallback for v in synthetic.volumes) if need_syn
                                        else 0},

@@ -130,11 +130,19 @@ def reproduce(profile: str = "smoke", only: Iterable[str] | None = None, start: 
     out_dir.mkdir(parents=True, exist_ok=True)
     manifest_path = out_dir / "run_manifest.json"
     manifest = {
-        "profile": profile, "commit": git_commit(root), "started": datetime.now(timezone.utc).isoformat(),
+        "profile": profile, "commit": git_commit(checkout_root()),
+        "started": datetime.now(timezone.utc).isoformat(),
         "python": platform.python_version(), "packages": package_versions(), "hardware": hardware_info(),
         "command": " ".join(sys.argv), "notebooks": [],
     }
     selected = select_notebooks(only, start)
+    rerun = {name for _, name, _ in selected}
+    if manifest_path.is_file():
+        try:
+            old = json.loads(manifest_path.read_text()).get("notebooks", [])
+        except (json.JSONDecodeError, OSError):
+            old = []
+        manifest["notebooks"] = [n for n in old if n.get("notebook") not in rerun]
     for number, name, _ in selected:
         src = nb_dir / name
         if not src.is_file():
@@ -155,7 +163,8 @@ def reproduce(profile: str = "smoke", only: Iterable[str] | None = None, start: 
                 status, error = "failed", f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1][:300]}"
             manifest["notebooks"].append({"number": number, "notebook": name, "status": status,
                                           "wall_s": round(time.perf_counter() - t0, 2), "error": error,
-                                          "executed": str(dst)})
+                                          "executed": str(dst), "commit": manifest["commit"]})
+            manifest["notebooks"].sort(key=lambda n: n["number"])
             manifest["finished"] = datetime.now(timezone.utc).isoformat()
             atomic_write_text(manifest_path, json.dumps(manifest, indent=2))
             if status != "ok":

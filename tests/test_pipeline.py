@@ -49,5 +49,7 @@ def test_reproduce_names_the_failing_notebook(two_notebooks):
         pipeline.reproduce("smoke", root=root, progress=False, nb_dir=root / "notebooks")
     data = json.loads((root / "runs" / "smoke" / "notebooks" / "run_manifest.json").read_text())
     assert [n["status"] for n in data["notebooks"]] == ["ok", "failed"]
-    # --only skips the failing one
+    # --only skips the failing one; the manifest keeps the record of notebooks not rerun
     pipeline.reproduce("smoke", only=["01"], root=root, progress=False, nb_dir=root / "notebooks")
+    data = json.loads((root / "runs" / "smoke" / "notebooks" / "run_manifest.json").read_text())
+    assert [(n["notebook"], n["status"]) for n in data["notebooks"]] == [("01_a.ipynb", "ok"), ("02_b.ipynb", "failed")]

@@ -39,11 +39,12 @@ VIEWS = ("axial", "coronal", "sagittal")
 _VIEW_AXIS = {"axial": 0, "coronal": 1, "sagittal": 2}
 FID_LAYER, IS_LAYER = FEATURES
 
-#: Paper Table 1 (mean ± std), set beside ours.
+#: Paper Table 1 (mean ± std), set beside ours. The labels leave out sizes: the paper's rows were 224³ (CT-SGAN) and
+#: 128³ → 224³ (3D GAN); ours are the profile's (``data.size``, ``gan3d.size``), which the table's caption states.
 PAPER_TABLE1 = {
     "real": {"label": "Real Data", "is": (2.21, 0.21), "fid": (130.72, 31.05)},
-    "gan3d": {"label": "3D GAN Synthetic Data (128³ → 224³)", "is": (2.16, 0.26), "fid": (206.34, 59.12)},
-    "ctsgan": {"label": "CT-SGAN Synthetic Data (224³)", "is": (2.37, 0.19), "fid": (145.18, 25.97)},
+    "gan3d": {"label": "3D GAN Synthetic Data (resized)", "is": (2.16, 0.26), "fid": (206.34, 59.12)},
+    "ctsgan": {"label": "CT-SGAN Synthetic Data", "is": (2.37, 0.19), "fid": (145.18, 25.97)},
 }
 
 
@@ -508,7 +509,8 @@ def write_tables(records: list[dict[str, Any]], out_dir: str | Path) -> dict[str
     t1, t25, tp = summarise(records)
     prov = provenance(records)
     frames = {"table1": t1, "table_2p5d": t25, "table_pooled": tp}
-    titles = {"table1": "Table 1: slice-wise IS and FID (axial, random scan pairs, mean ± std)",
+    titles = {"table1": "Table 1: slice-wise IS and FID (axial, random scan pairs, mean ± std; the paper's rows: "
+                        "CT-SGAN at 224³, 3D GAN at 128³ resized to 224³; ours at this profile's sizes)",
               "table_2p5d": "2.5D pair FID per view (mean ± std; beyond the paper)",
               "table_pooled": "Pooled FID: all slices of many volumes per side (beyond the paper)"}
     for name, df in frames.items():
