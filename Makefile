@@ -40,10 +40,10 @@ test-slow: setup
 	CTSGAN_ROOT=$(TEST_ROOT) MPLBACKEND=Agg $(BIN)/python -m pytest -p no:cacheprovider -m slow tests
 
 test-browser: setup
-	CTSGAN_ROOT=$(TEST_ROOT) $(BIN)/python -m pytest -p no:cacheprovider -m browser tests
+	CTSGAN_ROOT=$(TEST_ROOT) $(BIN)/python -m pytest -p no:cacheprovider -m browser tests/browser
 
 lab: setup
-	$(BIN)/python -m ctsgan_lib.lab
+	$(BIN)/python -m ctsgan_lib.lab $(LAB_ARGS)   # e.g. make lab LAB_ARGS="--no-browser --port 8890"
 
 figures: setup
 	$(BIN)/ctsgan reproduce --profile $(PROFILE) --only 07
