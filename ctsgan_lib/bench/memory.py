@@ -410,15 +410,17 @@ def format_memory_table(records: list[dict]) -> str:
     meta = rows[0]
     hw = meta.get("hardware") or {}
     hw_s = f"{hw.get('gpu') or hw.get('cpu', '?')} ({hw.get('device', meta['device'])})" if hw else meta["device"]
-    lines = [f"Memory of one training step (D + G). Profile `{meta.get('profile')}` widths, batch {meta['batch']}, "
+    batches = "/".join(str(b) for b in sorted({r["batch"] for r in rows}))
+    lines = [f"Memory of one training step (D + G). Profile `{meta.get('profile')}` widths, batch {batches}, "
              f"device {hw_s}, seed {meta.get('seed')}, run {meta.get('run_id')}. Untrained networks on random "
              "in-memory batches (memory does not depend on the data).", "",
-             "| model | variant | S³ | native | params (M) | model MiB | step peak MiB | step s | status |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| model | variant | S³ | native | batch | params (M) | model MiB | step peak MiB | step s | status |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         ok = r["status"] == "ok"
         pc = f"{r['param_count'] / 1e6:.2f}" if r.get("param_count") else "–"
-        lines.append(f"| {r['model']} | {r.get('variant', 'native')} | {r['size']} | {r.get('native_size')} | {pc} | "
+        lines.append(f"| {r['model']} | {r.get('variant', 'native')} | {r['size']} | {r.get('native_size')} | "
+                     f"{r['batch']} | {pc} | "
                      f"{r.get('model_mib', '–') if ok else '–'} | {r.get('step_peak_mib') if ok else '–'} | "
                      f"{r.get('step_s') if ok else '–'} | {r['status']} |")
     if ratios:
@@ -459,7 +461,10 @@ def plot_memory_vs_size(records: list[dict], ax=None, title: str | None = None):
 
     if ax is None:
         _, ax = plt.subplots(figsize=(6, 4))
-    rows = [r for r in records if r.get("bench") == "memory" and r.get("variant", "native") == "native"]
+    native = [r for r in records if r.get("bench") == "memory" and r.get("variant", "native") == "native"]
+    # lines for the first run's batch; rows measured at another batch (e.g. the paper batch at 224³) are markers
+    rows = [r for r in native if r["batch"] == native[0]["batch"]] if native else []
+    other = [r for r in native if r not in rows and r["status"] == "ok"]
     styles = {"ctsgan": ("CT-SGAN (slice-wise)", "o-", "C0"), "gan3d": ("3D GAN (native S³)", "s-", "C3")}
     for model in sorted({r["model"] for r in rows}):
         label, fmt, color = styles.get(model, (model, "^-", "C2"))
@@ -472,6 +477,9 @@ def plot_memory_vs_size(records: list[dict], ax=None, title: str | None = None):
                 ax.plot([r["size"]], [cap], "x", color=color, markersize=10)
                 ax.annotate(f"{r['status']}", (r["size"], cap), textcoords="offset points", xytext=(-30, 6),
                             color=color, fontsize=8)
+    for r in other:
+        ax.plot([r["size"]], [r["step_peak_mib"]], "*", markersize=12,
+                color=styles.get(r["model"], ("", "", "C2"))[2], label=f"{r['model']} batch {r['batch']}")
     for r in records:
         if r.get("bench") == "memory" and r.get("variant") == "configured" and r["status"] == "ok":
             ax.plot([r["size"]], [r["step_peak_mib"]], "D", color="C1",

@@ -298,8 +298,8 @@ def targets_report(memory_records: list[dict], throughput_records: list[dict]) -
                    + (" (the 3D GAN did not fit under the cap; the ratio is a bound)" if bound else "") + ".")
     else:
         out.append("- Memory ratio at 224³: not measured in this run.")
-    c224 = next((r for r in memory_records if r.get("bench") == "memory" and r["model"] == "ctsgan"
-                 and r["size"] == 224 and r["status"] == "ok"), None)
+    c224 = max((r for r in memory_records if r.get("bench") == "memory" and r["model"] == "ctsgan"
+                and r["size"] == 224 and r["status"] == "ok"), key=lambda r: r["batch"], default=None)
     if c224:
         gib = c224["step_peak_mib"] / 1024
         how = "CUDA allocator peak" if c224["device"].startswith("cuda") else "CPU RSS peak (a proxy for GPU memory)"
