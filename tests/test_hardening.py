@@ -206,3 +206,58 @@ def test_cohort_build_killed_mid_run_resumes_to_the_same_cohort(tmp_path):
     cols = ["id", "domain", "split", "has_nodule", "nodules", "checksum"]
     pd.testing.assert_frame_equal(a[cols], b[cols])
     assert not list(killed.rglob("*.part*"))
+
+
+# ----------------------------------------------------------------------------------------------- identifier-free outputs
+PHI = {"PatientName": "DOE^JOHN", "PatientID": "MRN-99812345", "PatientBirthDate": "19511203",
+       "InstitutionName": "St Example General Hospital", "ReferringPhysicianName": "HOUSE^GREGORY",
+       "AccessionNumber": "ACC7731902", "StudyDescription": "CHEST CT FOR JOHN DOE"}
+IDENTIFYING_TAGS = ("PatientBirthDate", "PatientAddress", "PatientTelephoneNumbers", "InstitutionName",
+                    "InstitutionAddress", "ReferringPhysicianName", "OperatorsName", "PerformingPhysicianName",
+                    "AccessionNumber", "OtherPatientIDs")
+
+
+def _identified_series(folder: Path) -> Path:
+    import pydicom
+
+    series = write_dicom_series(folder, VOLUME, SPACING, series_description="source")
+    for f in series.iterdir():
+        ds = pydicom.dcmread(f)
+        for tag, value in PHI.items():
+            setattr(ds, tag, value)
+        ds.save_as(f)
+    return series
+
+
+def _all_bytes(root: Path) -> bytes:
+    import gzip
+
+    out = b""
+    for f in sorted(p for p in root.rglob("*") if p.is_file()):
+        data = f.read_bytes()
+        out += gzip.decompress(data) if f.name.endswith(".gz") else data
+    return out
+
+
+def test_exports_carry_no_identifying_text_from_the_source(tmp_root, tmp_path, capsys):
+    import pydicom
+
+    src = tmp_path / "in" / "case01"
+    _identified_series(src)
+    assert main(["convert", str(src), str(tmp_path / "conv" / "scan.nii.gz")]) == 0
+    assert main(["prepare", "--source", "dicom", "--in", str(tmp_path / "in"), "--out", str(tmp_path / "cohort"),
+                 "--profile", "smoke", "--no-progress"]) == 0
+    capsys.readouterr()
+    for root in (tmp_path / "conv", tmp_path / "cohort"):
+        blob = _all_bytes(root)
+        leaked = [v for v in PHI.values() if v.encode() in blob or v.split("^")[0].encode() in blob]
+        assert not leaked, f"{root}: identifying text from the source scan found: {leaked}"
+    # DICOM export of a derived volume: anonymous, derived, none of the identifying tags
+    hu, spacing = Cohort(tmp_path / "cohort").read(Cohort(tmp_path / "cohort").ids()[0])
+    out = write_dicom_series(tmp_path / "export", hu, spacing, series_description="derived", patient_id="syn-000001")
+    for f in out.iterdir():
+        ds = pydicom.dcmread(f)
+        assert str(ds.PatientName) == "ANONYMOUS" and ds.PatientID == "syn-000001"
+        assert "DERIVED" in ds.ImageType
+        assert all(not str(getattr(ds, t, "") or "") for t in IDENTIFYING_TAGS), [
+            t for t in IDENTIFYING_TAGS if getattr(ds, t, "")]
