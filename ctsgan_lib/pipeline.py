@@ -147,8 +147,10 @@ def reproduce(profile: str = "smoke", only: Iterable[str] | None = None, start: 
         src = nb_dir / name
         if not src.is_file():
             raise CTSGANError(f"{src}: notebook not found")
-    env_root = os.environ.get("CTSGAN_ROOT")
+    env_root, env_viewer = os.environ.get("CTSGAN_ROOT"), os.environ.get("CTSGAN_VIEWER")
     os.environ["CTSGAN_ROOT"] = str(root)  # the kernels inherit it: every notebook writes under this root
+    # Executed copies hold pictures, not live widgets, even when papermill is started from inside a lab kernel.
+    os.environ["CTSGAN_VIEWER"] = "static"
     try:
         for number, name, _ in selected:
             dst = out_dir / name
@@ -170,8 +172,9 @@ def reproduce(profile: str = "smoke", only: Iterable[str] | None = None, start: 
             if status != "ok":
                 raise CTSGANError(f"notebook {name} failed ({error}); executed copy: {dst}")
     finally:
-        if env_root is None:
-            os.environ.pop("CTSGAN_ROOT", None)
-        else:
-            os.environ["CTSGAN_ROOT"] = env_root
+        for key, old in (("CTSGAN_ROOT", env_root), ("CTSGAN_VIEWER", env_viewer)):
+            if old is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = old
     return manifest_path
