@@ -17,12 +17,12 @@ def tmp_root(tmp_path, monkeypatch) -> Path:
 
 
 @pytest.fixture(autouse=True)
-def _threads():
-    """Keep torch to the machine's cores (tests run on 2-core CI)."""
-    try:
-        import torch
+def _one_thread():
+    """One torch thread per test: the test models are tiny, and on a 2-core machine (CI, or one shared with a
+    notebook kernel) two OpenMP threads spin-wait far more than they compute. ``CTSGAN_TEST_THREADS`` overrides."""
+    import torch
 
-        torch.set_num_threads(min(2, os.cpu_count() or 1))
-    except ImportError:  # pragma: no cover
-        pass
+    n = torch.get_num_threads()
+    torch.set_num_threads(int(os.environ.get("CTSGAN_TEST_THREADS", "1")))
     yield
+    torch.set_num_threads(n)

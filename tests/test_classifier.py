@@ -26,14 +26,6 @@ from ctsgan_lib.utils.logs import read_jsonl
 S = 16  # tiny volumes keep the CPU budget (SqueezeNet works at any S)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One torch thread: on a shared 2-core machine, 2 OpenMP threads are many times slower when oversubscribed."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 # ------------------------------------------------------------------------------------------------ metrics
 @pytest.mark.parametrize("seed", [0, 1, 2])

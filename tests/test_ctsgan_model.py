@@ -12,14 +12,6 @@ from ctsgan_lib.models.ctsgan import (CTSGANGenerator, SlabDiscriminator, SliceD
 TINY = {"patient_dim": 8, "slice_noise_dim": 4, "slice_code_dim": 6, "ngf": 4, "ndf": 4, "slab_len": 4}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: one thread avoids OpenMP spin-wait overhead (LSTM steps) on a busy 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def _gen(size: int, seed: int = 0) -> CTSGANGenerator:
     torch.manual_seed(seed)

@@ -24,14 +24,6 @@ TINY = {"ctsgan.ngf": 8, "ctsgan.ndf": 8, "ctsgan.patient_dim": 8, "ctsgan.slice
         "ctsgan.slice_code_dim": 8, "ctsgan.iterations": 4, "ctsgan.ckpt_every": 2, "ctsgan.sample_every": 2}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: one thread avoids OpenMP spin-wait overhead (LSTM steps) on a busy 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def _volumes(n: int = 4, size: int = 32, seed: int = 0) -> np.ndarray:
     """Toy 'CT': a bright ellipse with two dark lungs, plus noise (enough structure for a discriminator)."""

@@ -14,13 +14,6 @@ from ctsgan_lib.train.checkpoint import load_checkpoint
 from ctsgan_lib.train.gan3d_loop import train_gan3d
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 @pytest.mark.parametrize("size,n_up", [(16, 2), (32, 3), (128, 5)])
 def test_gan3d_shapes(size, n_up):

@@ -13,7 +13,6 @@ Example
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from pathlib import Path
@@ -23,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import CTSGANError, InputFileError
-from ..utils.atomic import atomic_write_text, clean_partials
+from ..utils.atomic import atomic_write_text, clean_partials, file_sha256
 from .io import read_nifti, write_nifti
 
 MANIFEST_COLUMNS = ["id", "source", "domain", "split", "has_nodule", "nodules", "spacing_mm", "shape", "path",
@@ -32,15 +31,6 @@ SPLITS = ("train", "val", "test")
 _JSON_COLUMNS = ("nodules", "spacing_mm", "shape")
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 FAILURE_COLUMNS = ["item", "problem"]
-
-
-def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
-    """SHA-256 (hex) of a file."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _decode(df: pd.DataFrame, manifest: Path) -> pd.DataFrame:

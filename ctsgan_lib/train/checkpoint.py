@@ -9,7 +9,6 @@ Resuming restores optimizers, step and RNG states (STYLE.md: stylegan2-ada issue
 """
 from __future__ import annotations
 
-import hashlib
 import pickle
 import random
 import zipfile
@@ -20,7 +19,7 @@ import numpy as np
 import torch
 
 from ..errors import CheckpointError
-from ..utils.atomic import atomic_path
+from ..utils.atomic import atomic_path, file_sha256  # noqa: F401  (re-exported)
 
 FORMAT = 1
 
@@ -129,15 +128,6 @@ def load_state_strict(module: torch.nn.Module, state: dict[str, torch.Tensor], w
                          f"{tuple(own[k].shape)})")
         raise CheckpointError(f"{where}: checkpoint does not match this architecture/config: " + "; ".join(parts))
     module.load_state_dict(state)
-
-
-def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
-    """SHA-256 of a file (hex)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def latest_checkpoint(folder: str | Path, pattern: str = "ckpt_*.pt") -> Path | None:
