@@ -68,6 +68,7 @@ def load_generator(ckpt_path: str | Path, device: str | torch.device = "cpu") ->
         load_state_strict(gen.rv, ck["models"]["rv"], f"{ckpt_path} [rv]")
         load_state_strict(gen.gslice, ck["models"]["gslice"], f"{ckpt_path} [gslice]")
         meta["chunk"] = int(cfg["ctsgan"].get("chunk", DEFAULT_META["chunk"]))
+        meta["bf16"] = bool(cfg["ctsgan"].get("bf16", True))
     elif ck["kind"] == "gan3d":
         gen = build_gan3d(cfg["gan3d"])["generator"]
         load_state_strict(gen, ck["models"]["generator"], f"{ckpt_path} [generator]")
@@ -116,14 +117,18 @@ def synthesize(generator: CTSGANGenerator, patient_noise: torch.Tensor, slice_no
     -------
     Tensor (B, L + 2, S, S) float32 on the CPU, in [-1, 1].
     """
+    from .train.gan_common import autocast
+
     dev = next(generator.parameters()).device
-    chunk = int(chunk or _meta(generator)["chunk"])
+    meta = _meta(generator)
+    chunk = int(chunk or meta["chunk"])
     codes = generator.codes(patient_noise.to(dev), slice_noise.to(dev))   # (B, L, D): small
     b, n_pos, _ = codes.shape
     s = generator.size
     out = torch.empty(b, n_pos + 2, s, s, dtype=torch.float32)
     for p0 in range(0, n_pos, chunk):
-        sl = generator.slices(codes[:, p0:p0 + chunk]).float().cpu()    # (B, k, 3, S, S)
+        with autocast(str(dev), bool(meta.get("bf16", False))):      # bf16 on CUDA only; CPU stays float32
+            sl = generator.slices(codes[:, p0:p0 + chunk]).float().cpu()    # (B, k, 3, S, S)
         k = sl.shape[1]
         out[:, p0 + 1:p0 + 1 + k] = sl[:, :, 1]                         # centre channels: slices 1..L
         if p0 == 0:
