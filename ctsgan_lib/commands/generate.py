@@ -5,7 +5,7 @@ Examples::
     ctsgan generate --checkpoint runs/smoke/ctsgan/ckpt_000030.pt --n 12 --seed 1 --out data/smoke/synthetic/ctsgan \\
         --injector runs/smoke/nodules/injector --inject-fraction 0.5
     ctsgan generate ... --shard 0/4          # one of 4 disjoint shards; then `ctsgan generate ... --merge 4`
-    torchrun --nproc_per_node 8 -m ctsgan_lib.cli generate ...   # one shard per GPU, rank 0 merges
+    torchrun --nproc_per_node 8 -m ctsgan_lib.cli generate --n-volumes 10000 ...   # one shard per GPU, rank 0 merges
 """
 from __future__ import annotations
 
@@ -19,7 +19,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "agree), check their lung masks, inject nodules into a fraction, and write a "
                                    "cohort (manifest.csv + NIfTI). Reruns skip volumes already written and verified.")
     p.add_argument("--checkpoint", required=True, help="a ctsgan or gan3d checkpoint (ckpt_<step>.pt)")
-    p.add_argument("--n", type=int, required=True, help="number of volumes in the whole run")
+    p.add_argument("--n", "--n-volumes", dest="n", type=int, required=True,
+                   help="number of volumes in the whole run (under torchrun write --n-volumes: torchrun's own "
+                        "parser rejects the abbreviation --n)")
     p.add_argument("--seed", type=int, default=0, help="generation seed (default 0)")
     p.add_argument("--out", required=True, help="output cohort folder")
     p.add_argument("--inject-fraction", type=float, default=0.5,
