@@ -177,8 +177,14 @@ def test_viewer_falls_back_to_static_without_a_front_end(no_frontend, monkeypatc
     assert viewer._widget is None                       # no widget was built
 
 
+class _FakeEvents:
+    def register(self, *args, **kwargs):   # ipympl registers a post-execute hook when first imported
+        pass
+
+
 class _FakeShell:
     kernel = object()
+    events = _FakeEvents()
 
 
 @pytest.mark.parametrize("env, expect", [
