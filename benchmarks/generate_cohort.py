@@ -18,7 +18,7 @@ import torch
 
 from ctsgan_lib.config import load_profile
 from ctsgan_lib.data.phantom import make_patient
-from ctsgan_lib.generation import generate_volumes
+from ctsgan_lib.generation import generate_volumes, inference_layout
 from ctsgan_lib.models.ctsgan import build_ctsgan
 from ctsgan_lib.models.nodule_cgan import NoduleGenerator
 from ctsgan_lib.nodules import NoduleInjector
@@ -32,7 +32,7 @@ PROFILE_FOR = {32: "smoke", 64: "demo", 224: "paper"}
 def bench(size: int, n: int, batch: int, device: str) -> dict:
     cfg = load_profile(PROFILE_FOR.get(size, "paper"), **{"data.size": size})
     torch.manual_seed(0)
-    gen = build_ctsgan(size, cfg.ctsgan)["generator"].to(device).eval()
+    gen = inference_layout(build_ctsgan(size, cfg.ctsgan)["generator"].to(device).eval())   # as load_generator
     gen.meta = {"spacing_mm": (1.6, 1.6, 1.6), "hu_min": -1000.0, "hu_max": 400.0, "chunk": cfg.ctsgan.chunk}
     list(generate_volumes(gen, 1, 0, batch=1, device=device))        # warm-up
     t0 = time.perf_counter()
@@ -52,7 +52,7 @@ def bench(size: int, n: int, batch: int, device: str) -> dict:
         _, fields = finish_volume(plan, ph.hu, ph.spacing_mm, inj, 0)
         t_full.append(time.perf_counter() - t0)
         n_nod += len(fields["nodules"])
-    return {"bench": "generate_cohort", "size": size, "profile_widths": cfg.profile, "ngf": cfg.ctsgan.ngf,
+    return {"bench": "generate_cohort", "gslice_layout": "channels_last", "size": size, "profile_widths": cfg.profile, "ngf": cfg.ctsgan.ngf,
             "batch": batch, "volumes": n, "device": device, "s_per_volume_generate": round(t_gen, 3),
             "s_per_volume_lung_mask": round(float(np.mean(t_mask_only)), 3),
             "s_per_volume_mask_and_injection": round(float(np.mean(t_full)), 3),
