@@ -6,10 +6,8 @@ output. The corpus is generated here with pydicom / nibabel / torch; the loader-
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import nibabel as nib
@@ -25,6 +23,7 @@ from ctsgan_lib.data.io import nifti_affine, write_dicom_series
 from ctsgan_lib.errors import CTSGANError
 from ctsgan_lib.models.ctsgan import build_ctsgan
 from ctsgan_lib.train.checkpoint import save_checkpoint
+from killing import kill_when
 from test_io import BAD_DICOM, SPACING, _mixed  # the loader-level corpus builders
 
 VOLUME = np.random.default_rng(0).integers(-1000, 1000, size=(7, 9, 11)).astype(np.float32)
@@ -192,11 +191,7 @@ def test_cohort_build_killed_mid_run_resumes_to_the_same_cohort(tmp_path):
 
     killed = tmp_path / "killed"
     proc = subprocess.Popen(cmd(killed), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 180
-    while time.time() < deadline and len(list((killed / "volumes").glob("phantom-*_label.nii.gz"))) < 2:
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_when(proc, lambda: len(list((killed / "volumes").glob("phantom-*_label.nii.gz"))) >= 2)
     n_before = len(list((killed / "volumes").glob("phantom-????.nii.gz")))
     assert 0 < n_before < 8, "the kill should land mid-build"
     subprocess.run(cmd(killed), env=env, check=True, capture_output=True)

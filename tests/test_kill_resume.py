@@ -8,32 +8,17 @@ from __future__ import annotations
 import csv
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from ctsgan_lib.data.cohort import CohortWriter
+from killing import kill_when
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
-
-
-def _kill_when(proc: subprocess.Popen, ready, timeout_s: float = 240.0, group: bool = False) -> None:
-    """SIGKILL ``proc`` (its whole process group with ``group``, e.g. a notebook kernel) once ``ready()``."""
-    deadline = time.time() + timeout_s
-    while time.time() < deadline and not ready():
-        if proc.poll() is not None:
-            raise AssertionError(f"process ended (rc {proc.returncode}) before the kill point")
-        time.sleep(0.05)
-    if group:
-        os.killpg(proc.pid, signal.SIGKILL)
-    else:
-        proc.send_signal(signal.SIGKILL)
-    proc.wait()
 
 
 def _log_rows(path: Path) -> list[dict]:
@@ -56,7 +41,7 @@ def test_ctsgan_training_killed_resumes_to_the_uninterrupted_losses(tmp_root, tm
 
     run = tmp_path / "run"
     proc = subprocess.Popen(cmd(run, "--fresh"), env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    _kill_when(proc, lambda: (run / "ckpt_000004.pt").exists())
+    kill_when(proc, lambda: (run / "ckpt_000004.pt").exists())
     assert not (run / "ckpt_000008.pt").exists(), "the kill should land mid-run"
     subprocess.run(cmd(run, "--resume"), env=ENV, check=True, capture_output=True)
     subprocess.run(cmd(tmp_path / "ref", "--fresh"), env=ENV, check=True, capture_output=True)
@@ -81,7 +66,7 @@ def test_nodule_injector_training_killed_resumes_to_the_uninterrupted_losses(tmp
 
     run = tmp_path / "run"
     proc = subprocess.Popen(cmd(run, "--fresh"), env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    _kill_when(proc, lambda: (run / "ckpt_000004.pt").exists())
+    kill_when(proc, lambda: (run / "ckpt_000004.pt").exists())
     assert not (run / "ckpt_000008.pt").exists(), "the kill should land mid-run"
     subprocess.run(cmd(run), env=ENV, check=True, capture_output=True)           # resumes by default
     subprocess.run(cmd(tmp_path / "ref", "--fresh"), env=ENV, check=True, capture_output=True)
@@ -117,7 +102,7 @@ def test_reproduce_killed_mid_notebook_then_rerun_completes(tmp_path):
               "progress=False)\n")
     proc = subprocess.Popen([sys.executable, "-c", script], env={**ENV, "CTSGAN_ROOT": str(tmp_path)},
                             start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    _kill_when(proc, lambda: (tmp_path / "tick5").exists(), group=True)   # the runner and its kernel
+    kill_when(proc, lambda: (tmp_path / "tick5").exists(), group=True)   # the runner and its kernel
     assert not (tmp_path / "tick59").exists(), "the kill should land mid-notebook"
     subprocess.run([sys.executable, "-c", script], env={**ENV, "CTSGAN_ROOT": str(tmp_path)}, check=True,
                    capture_output=True)

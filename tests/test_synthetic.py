@@ -2,10 +2,8 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +18,7 @@ from ctsgan_lib.models.ctsgan import build_ctsgan
 from ctsgan_lib.synthetic import (VolumePlan, finish_volume, generate_cohort, merge_shards, parse_shard,
                                   plan_volumes, shard_indices, summarize_cohort)
 from ctsgan_lib.train.checkpoint import save_checkpoint
+from killing import kill_when
 
 SPACING = (6.0, 6.0, 6.0)
 
@@ -86,11 +85,7 @@ def test_killed_run_resumes_to_the_complete_set(ctsgan_ckpt, tmp_path):
            "--seed", "5", "--out", str(out), "--batch", "1", "--inject-fraction", "0", "--device", "cpu"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while time.time() < deadline and len(list((out / "volumes").glob("syn-*.nii.gz"))) < 3:
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_when(proc, lambda: len(list((out / "volumes").glob("syn-*.nii.gz"))) >= 3)
     done_before = len(list((out / "volumes").glob("syn-*.nii.gz")))
     assert 0 < done_before < 10, "the kill should land mid-run"
     subprocess.run(cmd, env=env, check=True, capture_output=True)
