@@ -156,6 +156,8 @@ class ClassifierConfig:
     in_channels: int = 1                # CT is one channel (the reference's 3 only matters for its param count)
     dropout: float = 0.5                # 3D-SqueezeNet head dropout (reference: 0.5)
     head_init: str = "small"            # final conv init: "small" N(0, 0.01) or "kaiming" (reference; dead logits at 2 classes)
+    stem_stride: list[int] = field(default_factory=lambda: [1, 2, 2])   # first conv (z, y, x); reference (1, 2, 2)
+    n_real_train: int = 0               # cap on real nodule-free training bases (first N by id); 0 = all
 
 
 @dataclass

@@ -275,7 +275,10 @@ def build_cell_data(real: BaseSet, synthetic: BaseSet | None, diameter_vox: floa
     count_fn = _count_fn()
     sets = {}
     for split in SPLITS:
-        sets[split] = paired_dataset(real.split(split), diameter_vox, seed, injector, cfg, count_fn)
+        bases = real.split(split)
+        if split == "train" and cfg.classifier.n_real_train > 0:
+            bases = bases[: cfg.classifier.n_real_train]  # the scarce-real-data setting: first N in cohort order, every cell alike
+        sets[split] = paired_dataset(bases, diameter_vox, seed, injector, cfg, count_fn)
         check_classes(sets[split].labels, f"{real.origin}: split {split!r} (nodule-free bases: "
                                           f"{len(real.split(split))})")
     keep = balanced_indices(sets["test"].labels, _rng(seed, "balance"), f"{real.origin}: split 'test'")
@@ -309,7 +312,7 @@ def _is_main() -> bool:
 def _make_model(cfg: Config, seed: int) -> SqueezeNet3D:
     torch.manual_seed(seed)  # paper §4.2: the seed initialises the classifier
     return SqueezeNet3D(in_channels=cfg.classifier.in_channels, num_classes=2, dropout=cfg.classifier.dropout,
-                        head_init=cfg.classifier.head_init)
+                        head_init=cfg.classifier.head_init, stem_stride=tuple(cfg.classifier.stem_stride))
 
 
 def _cell_dir(out: Path, key: str, regime: str, size: float, seed: int) -> Path:

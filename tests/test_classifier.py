@@ -118,6 +118,15 @@ def _cfg(**over):
     return load_profile("smoke", **base)
 
 
+def test_real_train_cap_takes_the_first_bases_and_leaves_val_test_alone():
+    cfg = _cfg(**{"classifier.n_real_train": 3})
+    data = build_cell_data(_bases((8, 4, 4)), None, 6.0, 0, SphereInjector(), cfg)
+    assert len(data.train) == 6 and data.train.labels.sum() == 3   # 3 bases, each clean and injected
+    assert len(data.val) == 8
+    full = build_cell_data(_bases((8, 4, 4)), None, 6.0, 0, SphereInjector(), _cfg())
+    assert data.train.ids == full.train.ids[:6]
+
+
 # ------------------------------------------------------------------------------------------------ training loop
 def test_training_learns_and_resumes(tmp_root):
     cfg = _cfg(**{"classifier.lr": 1e-3, "classifier.patience": 10})

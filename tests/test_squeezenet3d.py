@@ -120,3 +120,14 @@ def test_head_init_options():
 def test_bypass_needs_matching_channels():
     with pytest.raises(ValueError, match="bypass"):
         Fire(64, 16, 64, 64, use_bypass=True)
+
+
+def test_isotropic_stem_stride_keeps_parameters_and_halves_depth():
+    ref, iso = SqueezeNet3D(1, 2), SqueezeNet3D(1, 2, stem_stride=(2, 2, 2))
+    assert count_parameters(iso) == count_parameters(ref)
+    assert iso.features[0].stride == (2, 2, 2)
+    x = torch.zeros(1, 1, 32, 32, 32)
+    assert iso.features[0](x).shape[2:] == (16, 16, 16) and ref.features[0](x).shape[2:] == (32, 16, 16)
+    assert iso.eval()(x).shape == (1, 2)
+    with pytest.raises(ValueError, match="stem_stride"):
+        SqueezeNet3D(1, 2, stem_stride=(0, 2, 2))
