@@ -366,9 +366,14 @@ def render_manifest(cfg: Config, written: dict[str, tuple[list[Path], float]]) -
              f"classifier {cfg.classifier.seeds} |", ""]
     stages = _stage_times(cfg)
     if stages:
-        lines += ["## Wall time per stage", "", "| notebook | status | wall time (s) |", "|---|---|---|"]
-        lines += [f"| {s['notebook']} | {s['status']} | {s['wall_s']:.0f} |" for s in stages]
-        lines.append("")
+        lines += ["## Wall time per stage", "",
+                  "From `runs/<profile>/notebooks/run_manifest.json` (`ctsgan reproduce`); the commit is the one each "
+                  "notebook ran at.", "",
+                  "| notebook | status | wall time (s) | commit |", "|---|---|---|---|"]
+        lines += [f"| {s['notebook']} | {s['status']} | {s['wall_s']:.0f} | {str(s.get('commit', ''))[:12]} |"
+                  for s in stages]
+        total = sum(s["wall_s"] for s in stages)
+        lines += [f"| **total** | | **{total:.0f}** ({total / 60:.1f} min) | |", ""]
     lines += ["## Files", "", "| label | files | made in (s) |", "|---|---|---|"]
     for label, (paths, secs) in written.items():
         lines.append(f"| {label} | {', '.join(f'[{p.name}]({p.name})' for p in paths)} | {secs:.1f} |")

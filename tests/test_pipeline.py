@@ -53,3 +53,20 @@ def test_reproduce_names_the_failing_notebook(two_notebooks):
     pipeline.reproduce("smoke", only=["01"], root=root, progress=False, nb_dir=root / "notebooks")
     data = json.loads((root / "runs" / "smoke" / "notebooks" / "run_manifest.json").read_text())
     assert [(n["notebook"], n["status"]) for n in data["notebooks"]] == [("01_a.ipynb", "ok"), ("02_b.ipynb", "failed")]
+
+
+def test_figures_manifest_lists_every_stage_with_its_commit_and_the_total(two_notebooks, monkeypatch):
+    from ctsgan_lib import figures
+    from ctsgan_lib.config import load_profile
+
+    root = two_notebooks
+    _notebook(root / "notebooks" / "02_b.ipynb", "x = 1")
+    path = pipeline.reproduce("demo", root=root, progress=False, nb_dir=root / "notebooks")
+    stages = json.loads(path.read_text())["notebooks"]
+    monkeypatch.setattr(figures, "_data_source", lambda cfg: "phantom cohort")
+    text = figures.render_manifest(load_profile("demo"), {})
+    rows = [line for line in text.splitlines() if line.startswith("| 0")]
+    assert [r.split("|")[1].strip() for r in rows] == ["01_a.ipynb", "02_b.ipynb"]
+    assert all(stages[0]["commit"][:12] in r for r in rows)
+    total = sum(s["wall_s"] for s in stages)
+    assert f"**{total:.0f}**" in text and "profile | demo (volumes 64³, 400 patients)" in text
