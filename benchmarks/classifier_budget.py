@@ -1,0 +1,72 @@
+"""How many optimisation steps does the demo classifier need to leave chance? (issue [classifier])
+
+The demo grid gives each training 3 epochs of 120 real (or 240 synthetic) volumes at Adam lr 1e-4: 45–90 steps of
+batch 8, what 2 CPU cores allow for 54 trainings in about 40 minutes. This script takes one cell of that grid (the
+real-only regime, one size, one seed) on the same data the grid uses (``data/demo/debiased``, the trained injector
+under ``runs/demo/nodules/injector``) and trains it with a larger step budget, recording test accuracy and AUC. It
+answers whether the grid's chance-level result is the budget or the pipeline.
+
+Needs the demo data and injector (``ctsgan reproduce --profile demo --only 01 02``).
+
+    .venv/bin/python benchmarks/classifier_budget.py --size 8 --epochs 12 --lr 1e-4 1e-3 \
+        --out benchmarks/results/cpu/classifier_budget.jsonl
+"""
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+
+import torch
+
+from ctsgan_lib.config import load_profile
+from ctsgan_lib.experiments import build_cell_data, load_injector, load_real_base
+from ctsgan_lib.experiments import _make_model  # the grid's own model factory (seeded init, profile's stem stride)
+from ctsgan_lib.eval.classification import evaluate
+from ctsgan_lib.train.classifier_loop import train_classifier
+from ctsgan_lib.utils.hardware import hardware_info, hardware_label
+from ctsgan_lib.utils.logs import append_jsonl
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--profile", default="demo")
+    ap.add_argument("--size", type=float, default=8.0, help="nodule diameter in voxels (one of the grid's sizes)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--epochs", type=int, default=12)
+    ap.add_argument("--lr", type=float, nargs="+", default=[1e-4, 1e-3])
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--out", default="benchmarks/results/cpu/classifier_budget.jsonl")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+
+    base = load_profile(args.profile)
+    real = load_real_base(base, progress=False)
+    injector = load_injector(base)
+    for lr in args.lr:
+        cfg = load_profile(args.profile, **{"classifier.lr": lr, "classifier.patience": args.epochs})
+        data = build_cell_data(real, None, args.size, args.seed, injector, cfg)
+        model = _make_model(cfg, args.seed)
+        t0 = time.perf_counter()
+        with tempfile.TemporaryDirectory() as tmp:
+            summary = train_classifier(model, data.train, data.val, cfg, tmp, args.seed, args.epochs,
+                                       progress=False, desc=f"lr={lr:g}")
+        wall = time.perf_counter() - t0
+        metrics = evaluate(model, data.test, "cpu", cfg.classifier.batch)
+        steps = args.epochs * -(-len(data.train) // cfg.classifier.batch)
+        rec = {"bench": "classifier_budget", "profile": args.profile, "regime": "real", "size_vox": args.size,
+               "seed": args.seed, "lr": lr, "epochs": args.epochs, "steps": steps, "n_train": len(data.train),
+               "n_test": len(data.test), "stem_stride": cfg.classifier.stem_stride,
+               "best_epoch": summary.get("best_epoch"),
+               "history": [{k: round(v, 4) if isinstance(v, float) else v for k, v in h.items()}
+                           for h in summary.get("history", [])],
+               "test": {k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()},
+               "wall_s": round(wall, 1), "s_per_volume_pass": round(wall / (args.epochs * len(data.train)), 4),
+               "threads": args.threads, "hardware": hardware_label(), "hardware_info": hardware_info()}
+        append_jsonl(args.out, rec)
+        print(f"lr {lr:g}: {steps} steps, test accuracy {metrics['accuracy']:.3f}, AUC {metrics['auc']:.3f}, "
+              f"train loss {[h['train_loss'] for h in summary['history']]} ({wall:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()
