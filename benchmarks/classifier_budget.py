@@ -22,8 +22,7 @@ import torch
 from ctsgan_lib.config import load_profile
 from ctsgan_lib.experiments import build_cell_data, load_injector, load_real_base
 from ctsgan_lib.experiments import _make_model  # the grid's own model factory (seeded init, profile's stem stride)
-from ctsgan_lib.eval.classification import evaluate
-from ctsgan_lib.train.classifier_loop import train_classifier
+from ctsgan_lib.train.classifier_loop import evaluate, train_classifier
 from ctsgan_lib.utils.hardware import hardware_info, hardware_label
 from ctsgan_lib.utils.logs import append_jsonl
 
