@@ -486,7 +486,8 @@ def save_figure(fig: Figure, path_without_suffix: str | Path, caption: str | Non
         fig._ctsgan_caption = fig.text(0.5, -0.01, caption, ha="center", va="top", fontsize=7, color="0.3",
                                        wrap=True)
     png, pdf = base.with_name(base.name + ".png"), base.with_name(base.name + ".pdf")
-    meta_pdf = {"Creator": "ctsgan_lib.viz", "Subject": caption or ""}
+    # No CreationDate: regenerating an unchanged figure gives the same bytes (no churn in committed figures/).
+    meta_pdf = {"Creator": "ctsgan_lib.viz", "Subject": caption or "", "CreationDate": None}
     # Both are rendered to temporary files first; only when both succeed are they renamed into place.
     with atomic_path(png) as tmp_png, atomic_path(pdf) as tmp_pdf:
         fig.savefig(tmp_png, format="png", dpi=dpi, bbox_inches="tight",

@@ -277,3 +277,14 @@ def test_viewer_rejects_label_maps_as_labels():
         viz.VolumeViewer(_volume(), mode="interactive")
     viewer = viz.VolumeViewer([_volume(), _volume()], labels=["real", "CT-SGAN"])
     assert list(viewer.volumes) == ["real", "CT-SGAN"]
+
+
+def test_saving_an_unchanged_figure_again_gives_the_same_pdf_bytes(tmp_path):
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots()
+    ax.plot([0, 1, 4])
+    _, pdf_a = viz.save_figure(fig, tmp_path / "a", caption="profile=smoke")
+    _, pdf_b = viz.save_figure(fig, tmp_path / "b", caption="profile=smoke")
+    plt.close(fig)
+    assert pdf_a.read_bytes() == pdf_b.read_bytes() and b"CreationDate" not in pdf_a.read_bytes()
