@@ -86,6 +86,7 @@ class CTSGANConfig:
     chunk: int = 32                     # slices generated per chunk at inference
     bf16: bool = True                   # autocast on CUDA only
     d_steps: int = 1                    # Dslice+Dslab updates per Gslice+Rv update (WGAN-GP's n_critic)
+    position_input: bool = False        # feed Rv the normalised z position beside ε_i (not in the paper; docs/ctsgan.md)
 
 
 @dataclass

@@ -109,3 +109,19 @@ def test_discriminators_are_position_conditioned_and_per_sample():
         torch.testing.assert_close(d(x[:1], torch.tensor([0])), a[:1])
     slab = SlabDiscriminator(32, 8, ndf=4)
     assert not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in [*d.modules(), *slab.modules()])
+
+
+def test_position_input_tells_rv_the_slice_position_and_streams_identically():
+    gen = CTSGANGenerator(32, 8, 4, 8, 8, position_input=True).eval()
+    assert gen.rv.lstm.input_size == 5
+    pn = torch.zeros(1, 8)
+    sn = torch.zeros(1, gen.n_positions, 4)            # no slice noise at all: only the position can vary the codes
+    with torch.no_grad():
+        codes = gen.codes(pn, sn)[0, :, 8:]
+        whole = assemble_volume(gen(pn, sn))
+    assert (codes[1:] - codes[:-1]).abs().sum(1).min() > 0
+    torch.testing.assert_close(synthesize(gen, pn, sn, chunk=7), whole, rtol=1e-5, atol=1e-5)
+    # checkpoints written before the option existed (config dict without the key) build the paper's Rv
+    nets = build_ctsgan(32, {"patient_dim": 8, "slice_noise_dim": 4, "slice_code_dim": 8, "ngf": 8, "ndf": 8,
+                             "slab_len": 8})
+    assert nets["generator"].rv.lstm.input_size == 4 and not nets["generator"].position_input

@@ -120,14 +120,19 @@ class CTSGANGenerator(nn.Module):
         S.
     patient_dim, slice_noise_dim, slice_code_dim, ngf : int
         See :class:`~ctsgan_lib.config.CTSGANConfig`.
+    position_input : bool
+        Feed Rv the normalised slice position j / (S − 3) beside ε_j. Not in the paper (its Rv sees noise only and
+        must infer absolute z from its learned initial state); an option because CT anatomy depends on absolute z.
     """
 
-    def __init__(self, size: int, patient_dim: int, slice_noise_dim: int, slice_code_dim: int, ngf: int):
+    def __init__(self, size: int, patient_dim: int, slice_noise_dim: int, slice_code_dim: int, ngf: int,
+                 position_input: bool = False):
         super().__init__()
         self.size = size
         self.patient_dim = patient_dim
         self.slice_noise_dim = slice_noise_dim
-        self.rv = SliceRNN(slice_noise_dim, slice_code_dim)
+        self.position_input = bool(position_input)
+        self.rv = SliceRNN(slice_noise_dim + int(self.position_input), slice_code_dim)
         self.gslice = SliceGenerator(patient_dim + slice_code_dim, size, ngf)
 
     @property
@@ -145,6 +150,11 @@ class CTSGANGenerator(nn.Module):
 
     def codes(self, patient_noise: torch.Tensor, slice_noise: torch.Tensor) -> torch.Tensor:
         """Full codes (B, L, patient_dim + slice_code_dim): Rv's slice codes with the patient noise repeated."""
+        if self.position_input:
+            # positions past S − 3 (volumes deeper than S) continue the same scale beyond 1
+            z = torch.arange(slice_noise.shape[1], device=slice_noise.device, dtype=slice_noise.dtype)
+            z = (z / max(1, self.n_positions - 1))[None, :, None].expand(slice_noise.shape[0], -1, 1)
+            slice_noise = torch.cat([slice_noise, z], dim=2)
         slice_codes = self.rv(slice_noise)
         pn = patient_noise[:, None, :].expand(-1, slice_codes.shape[1], -1)
         return torch.cat([pn, slice_codes], dim=2)
@@ -259,8 +269,9 @@ def build_ctsgan(size: int, ct) -> dict[str, nn.Module]:
     dict
         ``{"generator": CTSGANGenerator (rv + gslice), "dslice": SliceDiscriminator, "dslab": SlabDiscriminator}``.
     """
-    g = (lambda k: ct[k]) if isinstance(ct, dict) else (lambda k: getattr(ct, k))
-    gen = CTSGANGenerator(size, g("patient_dim"), g("slice_noise_dim"), g("slice_code_dim"), g("ngf"))
+    g = (lambda k, d=None: ct.get(k, d)) if isinstance(ct, dict) else (lambda k, d=None: getattr(ct, k, d))
+    gen = CTSGANGenerator(size, g("patient_dim"), g("slice_noise_dim"), g("slice_code_dim"), g("ngf"),
+                          position_input=bool(g("position_input", False)))
     return {
         "generator": gen,
         "dslice": SliceDiscriminator(size, size - 2, g("ndf")),
