@@ -154,6 +154,7 @@ def reproduce(profile: str = "smoke", only: Iterable[str] | None = None, start: 
     try:
         for number, name, _ in selected:
             dst = out_dir / name
+            commit = git_commit(checkout_root())  # per notebook: the checkout may move on during a long run
             t0 = time.perf_counter()
             status, error = "ok", None
             print(f"[ctsgan reproduce] {name} (profile={profile})", flush=True)
@@ -165,7 +166,7 @@ def reproduce(profile: str = "smoke", only: Iterable[str] | None = None, start: 
                 status, error = "failed", f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1][:300]}"
             manifest["notebooks"].append({"number": number, "notebook": name, "status": status,
                                           "wall_s": round(time.perf_counter() - t0, 2), "error": error,
-                                          "executed": str(dst), "commit": manifest["commit"]})
+                                          "executed": str(dst), "commit": commit})
             manifest["notebooks"].sort(key=lambda n: n["number"])
             manifest["finished"] = datetime.now(timezone.utc).isoformat()
             atomic_write_text(manifest_path, json.dumps(manifest, indent=2))
