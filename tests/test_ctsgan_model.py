@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from ctsgan_lib.generation import (generate_volume_at, generate_volumes, synthesize, volume_noise, volume_seed)
-from ctsgan_lib.models.ctsgan import (CTSGANGenerator, SlabDiscriminator, SliceDiscriminator, assemble_volume,
-                                      build_ctsgan, init_weights, start_size)
+from ctsgan_lib.models.ctsgan import (CTSGANGenerator, PositionEncoding, SlabDiscriminator, SliceDiscriminator,
+                                      assemble_volume, build_ctsgan, init_weights, start_size)
 
 TINY = {"patient_dim": 8, "slice_noise_dim": 4, "slice_code_dim": 6, "ngf": 4, "ndf": 4, "slab_len": 4}
 
@@ -100,7 +100,7 @@ def test_discriminators_are_position_conditioned_and_per_sample():
     d = SliceDiscriminator(32, 30, ndf=4)
     init_weights(d)
     with torch.no_grad():
-        d.embed.weight.normal_()
+        d.position.embed.weight.normal_()
         x = torch.randn(2, 3, 32, 32)
         a = d(x, torch.tensor([0, 0]))
         b = d(x, torch.tensor([5, 29]))
@@ -125,3 +125,36 @@ def test_position_input_tells_rv_the_slice_position_and_streams_identically():
     nets = build_ctsgan(32, {"patient_dim": 8, "slice_noise_dim": 4, "slice_code_dim": 8, "ngf": 8, "ndf": 8,
                              "slab_len": 8})
     assert nets["generator"].rv.lstm.input_size == 4 and not nets["generator"].position_input
+
+
+def test_fourier_position_encoding_is_smooth_and_dslab_can_be_told_its_start():
+    torch.manual_seed(0)
+    e = PositionEncoding("fourier", 62, 16)(torch.arange(62))
+    step = (e[1:] - e[:-1]).norm(dim=1).mean()
+    far = (e[:31] - e[31:]).norm(dim=1).mean()
+    assert step < far / 4                                  # neighbours share, distant positions differ
+    with pytest.raises(ValueError, match="position encoding"):
+        PositionEncoding("sinus", 8, 4)
+    x = torch.randn(2, 3, 32, 32)
+    d = SliceDiscriminator(32, 30, ndf=4, position_encoding="fourier")
+    with torch.no_grad():
+        assert not torch.allclose(d(x, torch.tensor([0, 0])), d(x, torch.tensor([0, 29])))
+    slab, s = SlabDiscriminator(32, 8, ndf=4, n_positions=30), torch.randn(2, 1, 8, 32, 32)
+    with pytest.raises(ValueError, match="slab start"):
+        slab(s)
+    with torch.no_grad():
+        a, b = slab(s, torch.tensor([0, 0])), slab(s, torch.tensor([0, 22]))
+    assert a[0] == b[0] and a[1] != b[1]
+    assert SlabDiscriminator(32, 8, ndf=4).position is None    # the paper's Dslab: no position
+    nets = build_ctsgan(32, {**TINY, "dslice_position": "fourier", "dslab_position": True})
+    assert nets["dslice"].position.kind == "fourier" and nets["dslab"].position is not None
+    assert build_ctsgan(32, TINY)["dslice"].position.kind == "table"
+
+
+def test_dslice_checkpoints_from_before_the_position_module_still_load():
+    torch.manual_seed(0)
+    d = SliceDiscriminator(32, 30, ndf=4)
+    old = {("embed.weight" if k == "position.embed.weight" else k): v for k, v in d.state_dict().items()}
+    d2 = SliceDiscriminator(32, 30, ndf=4)
+    d2.load_state_dict(old)
+    assert torch.equal(d2.position.embed.weight, d.position.embed.weight)

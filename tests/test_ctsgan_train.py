@@ -213,3 +213,14 @@ def test_d_steps_gives_several_critic_updates_per_generator_update(tmp_root):
     ck = load_checkpoint(res["checkpoint"])
     steps = {name: {int(s["step"]) for s in opt["state"].values()} for name, opt in ck["optimizers"].items()}
     assert steps == {"d": {6}, "g": {2}}
+
+
+def test_position_conditioned_critics_train_and_checkpoint(tmp_root):
+    cfg = load_profile("smoke", **{**TINY, "ctsgan.iterations": 2, "ctsgan.dslice_position": "fourier",
+                                   "ctsgan.dslab_position": True})
+    res = ctsgan_loop.train_ctsgan(cfg, volumes_hu=_volumes(), progress=False)
+    ck = load_checkpoint(res["checkpoint"])
+    assert "position.proj.weight" in ck["models"]["dslice"] and "position.proj.weight" in ck["models"]["dslab"]
+    assert all(np.isfinite(float(r["loss_dslab"])) for r in _log(res["out_dir"] / "log.csv"))
+    with pytest.raises(ValueError, match="dslice_position"):
+        load_profile("smoke", **{"ctsgan.dslice_position": "sinus"})

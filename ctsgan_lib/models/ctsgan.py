@@ -194,11 +194,56 @@ def assemble_volume(slices3: torch.Tensor) -> torch.Tensor:
     return torch.cat([first, centre, last], dim=-3)
 
 
+class PositionEncoding(nn.Module):
+    """A learned embedding of slice positions for the projection critics.
+
+    ``"table"``: one free vector per position (``nn.Embedding``, Miyato & Koyama's class embedding). Each row learns
+    only when its position is sampled, i.e. about B·N / (S − 2) times per step.
+    ``"fourier"``: a linear map of smooth features of the normalised position z = j / (n − 1) ∈ [0, 1]
+    (z, sin πkz, cos πkz for k = 1..K). Neighbouring positions share their statistics, so the critic learns where in
+    the body a slice belongs from every sample, not from the few that hit one row.
+
+    Parameters
+    ----------
+    kind : {"table", "fourier"}
+    n_positions : int
+        Positions 0 .. n − 1 (the table's rows; the fourier scale).
+    dim : int
+        Output size (the critic's feature width).
+    n_freq : int
+        K, the number of frequencies of the fourier features.
+    """
+
+    KINDS = ("table", "fourier")
+
+    def __init__(self, kind: str, n_positions: int, dim: int, n_freq: int = 8):
+        super().__init__()
+        if kind not in self.KINDS:
+            raise ValueError(f"position encoding must be one of {self.KINDS}, got {kind!r}")
+        self.kind, self.n_positions, self.n_freq = kind, n_positions, n_freq
+        if kind == "table":
+            self.embed = nn.Embedding(n_positions, dim)
+            nn.init.normal_(self.embed.weight, std=0.02)
+        else:
+            self.proj = nn.Linear(1 + 2 * n_freq, dim)
+            self.register_buffer("freqs", math.pi * torch.arange(1, n_freq + 1, dtype=torch.float32),
+                                 persistent=False)
+
+    def forward(self, position: torch.Tensor) -> torch.Tensor:
+        """``position`` (M,) long → (M, dim)."""
+        if self.kind == "table":
+            return self.embed(position)
+        z = (position.float() / max(1, self.n_positions - 1))[:, None]
+        ang = z * self.freqs[None, :]
+        return self.proj(torch.cat([z, torch.sin(ang), torch.cos(ang)], dim=1))
+
+
 class SliceDiscriminator(nn.Module):
     """Dslice: a 2D conv critic over 3D slices, conditioned on the slice position by projection.
 
     Output = ψ(φ(x)) + ⟨embed(position), φ(x)⟩, where φ is the conv trunk with global mean pooling (mean, not
-    sum: logits stay O(1) at any S, which keeps the gradient penalty well scaled).
+    sum: logits stay O(1) at any S, which keeps the gradient penalty well scaled). ``embed`` is a
+    :class:`PositionEncoding` (``"table"``, the default and the paper-era projection critic, or ``"fourier"``).
 
     Parameters
     ----------
@@ -210,9 +255,12 @@ class SliceDiscriminator(nn.Module):
         Width of the first conv (MoCoGAN: 64), doubling per stage up to 8×.
     channels : int
         3.
+    position_encoding : {"table", "fourier"}
+        See :class:`PositionEncoding`.
     """
 
-    def __init__(self, size: int, n_positions: int, ndf: int = 64, channels: int = 3):
+    def __init__(self, size: int, n_positions: int, ndf: int = 64, channels: int = 3,
+                 position_encoding: str = "table"):
         super().__init__()
         s0 = start_size(size)
         n_down = int(round(math.log2(size // s0)))
@@ -222,14 +270,21 @@ class SliceDiscriminator(nn.Module):
             layers += [nn.Conv2d(cin, cout, 4, 2, 1), nn.LeakyReLU(0.2, True)]
         self.trunk = nn.Sequential(*layers)
         self.linear = nn.Linear(widths[-1], 1)
-        self.embed = nn.Embedding(n_positions, widths[-1])
-        nn.init.normal_(self.embed.weight, std=0.02)
+        self.position = PositionEncoding(position_encoding, n_positions, widths[-1])
         self.n_positions = n_positions
+        self._register_load_state_dict_pre_hook(self._rename_old_embedding)
+
+    @staticmethod
+    def _rename_old_embedding(state_dict, prefix, *args):
+        """Checkpoints written before :class:`PositionEncoding` existed kept the table at ``embed.weight``."""
+        old = prefix + "embed.weight"
+        if old in state_dict:
+            state_dict[prefix + "position.embed.weight"] = state_dict.pop(old)
 
     def forward(self, x: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
         """``x`` (M, 3, S, S), ``position`` (M,) long in [0, S−2) → logits (M,)."""
         h = self.trunk(x).mean(dim=(2, 3))
-        return self.linear(h).squeeze(1) + (self.embed(position) * h).sum(1)
+        return self.linear(h).squeeze(1) + (self.position(position) * h).sum(1)
 
 
 class SlabDiscriminator(nn.Module):
@@ -237,9 +292,12 @@ class SlabDiscriminator(nn.Module):
 
     In-plane stride 2 at every stage (as MoCoGAN's video discriminator); along z stride 2 while the slab is still at
     least 8 slices deep, so any T >= 2 works. Global mean pooling then a linear head.
+
+    With ``n_positions`` set (not in the paper), Dslab is also told where its slab starts, by the same projection as
+    Dslice with a ``"fourier"`` :class:`PositionEncoding`: a slab of mid-chest slices then scores low at the apex.
     """
 
-    def __init__(self, size: int, slab_len: int, ndf: int = 64):
+    def __init__(self, size: int, slab_len: int, ndf: int = 64, n_positions: int | None = None):
         super().__init__()
         s0 = start_size(size)
         n_down = int(round(math.log2(size // s0)))
@@ -255,10 +313,17 @@ class SlabDiscriminator(nn.Module):
         self.trunk = nn.Sequential(*layers)
         self.linear = nn.Linear(widths[-1], 1)
         self.slab_len = slab_len
+        self.position = None if n_positions is None else PositionEncoding("fourier", n_positions, widths[-1])
 
-    def forward(self, slab: torch.Tensor) -> torch.Tensor:
-        """``slab`` (B, 1, T, S, S) → logits (B,)."""
-        return self.linear(self.trunk(slab).mean(dim=(2, 3, 4))).squeeze(1)
+    def forward(self, slab: torch.Tensor, start: torch.Tensor | None = None) -> torch.Tensor:
+        """``slab`` (B, 1, T, S, S), ``start`` (B,) long first position (used when position-conditioned) → (B,)."""
+        h = self.trunk(slab).mean(dim=(2, 3, 4))
+        out = self.linear(h).squeeze(1)
+        if self.position is not None:
+            if start is None:
+                raise ValueError("this Dslab is position-conditioned: pass the slab start positions")
+            out = out + (self.position(start) * h).sum(1)
+        return out
 
 
 def build_ctsgan(size: int, ct) -> dict[str, nn.Module]:
@@ -274,8 +339,9 @@ def build_ctsgan(size: int, ct) -> dict[str, nn.Module]:
                           position_input=bool(g("position_input", False)))
     return {
         "generator": gen,
-        "dslice": SliceDiscriminator(size, size - 2, g("ndf")),
-        "dslab": SlabDiscriminator(size, g("slab_len"), g("ndf")),
+        "dslice": SliceDiscriminator(size, size - 2, g("ndf"), position_encoding=g("dslice_position", "table")),
+        "dslab": SlabDiscriminator(size, g("slab_len"), g("ndf"),
+                                   n_positions=(size - 2) if g("dslab_position", False) else None),
     }
 
 
@@ -295,5 +361,5 @@ def init_weights(module: nn.Module) -> None:
             nn.init.zeros_(m.bias)
 
 
-__all__ = ["SliceRNN", "SliceGenerator", "CTSGANGenerator", "SliceDiscriminator", "SlabDiscriminator",
+__all__ = ["PositionEncoding", "SliceRNN", "SliceGenerator", "CTSGANGenerator", "SliceDiscriminator", "SlabDiscriminator",
            "assemble_volume", "build_ctsgan", "init_weights", "start_size"]

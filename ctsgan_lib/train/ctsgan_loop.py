@@ -51,7 +51,13 @@ def _slab_batch(gen, data: VolumeDataset, ct, batch: int, device: str, amp, with
         fake3 = gen(patient_noise, slice_noise, slab_pos).float()              # (B, T, 3, S, S)
     fake_slab = fake3[:, :, 1][:, None]                                        # (B, 1, T, S, S)
     fake_slices = _gather_positions(fake3, offsets)                            # (B·N, 3, S, S)
-    return real_slices, real_slab, positions, fake_slices, fake_slab
+    # slab starts: only a position-conditioned Dslab (ctsgan.dslab_position) reads them
+    return real_slices, real_slab, positions, fake_slices, fake_slab, start.to(device)
+
+
+def _slab_conditioned(dslab: torch.nn.Module) -> bool:
+    """Whether Dslab takes the slab start (``ctsgan.dslab_position``); sees through the DDP wrapper."""
+    return getattr(getattr(dslab, "module", dslab), "position", None) is not None
 
 
 def ctsgan_step(nets: dict[str, torch.nn.Module], opts: dict[str, torch.optim.Optimizer], data: VolumeDataset,
@@ -68,16 +74,17 @@ def ctsgan_step(nets: dict[str, torch.nn.Module], opts: dict[str, torch.optim.Op
     # --- D steps (Eq. 2; the N-slice sum is averaged so Dslice's scale does not depend on N) ----------------------
     set_requires_grad([dslice, dslab], True)
     for k in range(n_d):
-        real_slices, real_slab, positions, fake_slices, fake_slab = _slab_batch(
+        real_slices, real_slab, positions, fake_slices, fake_slab, start = _slab_batch(
             gen, data, ct, batch, device, amp, with_grad=k == n_d - 1)       # the last fakes feed the G step
+        slab_cond = (start,) if _slab_conditioned(dslab) else ()
         opts["d"].zero_grad(set_to_none=True)
         with amp:
             l_dslice = losses.d_loss(kind, dslice(real_slices, positions), dslice(fake_slices.detach(), positions))
-            l_dslab = losses.d_loss(kind, dslab(real_slab), dslab(fake_slab.detach()))
+            l_dslab = losses.d_loss(kind, dslab(real_slab, *slab_cond), dslab(fake_slab.detach(), *slab_cond))
             gp_slice = gp_slab = torch.zeros((), device=device)
             if kind == "wgan-gp":
                 gp_slice = losses.gradient_penalty(dslice, real_slices, fake_slices, positions)
-                gp_slab = losses.gradient_penalty(dslab, real_slab, fake_slab)
+                gp_slab = losses.gradient_penalty(dslab, real_slab, fake_slab, *slab_cond)
         loss_d = l_dslice + l_dslab + ct.gp_weight * (gp_slice + gp_slab)
         loss_d.backward()
         D.all_reduce_grads(list(dslice.parameters()) + list(dslab.parameters()), ctx)
@@ -88,7 +95,7 @@ def ctsgan_step(nets: dict[str, torch.nn.Module], opts: dict[str, torch.optim.Op
     opts["g"].zero_grad(set_to_none=True)
     with amp:
         l_g_slice = losses.g_loss(kind, dslice(fake_slices, positions))
-        l_g_slab = losses.g_loss(kind, dslab(fake_slab))
+        l_g_slab = losses.g_loss(kind, dslab(fake_slab, *slab_cond))
     loss_g = l_g_slice + l_g_slab
     loss_g.backward()
     D.all_reduce_grads(gen.parameters(), ctx)
