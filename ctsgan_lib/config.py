@@ -87,6 +87,8 @@ class CTSGANConfig:
     bf16: bool = True                   # autocast on CUDA only
     d_steps: int = 1                    # Dslice+Dslab updates per Gslice+Rv update (WGAN-GP's n_critic)
     position_input: bool = False        # feed Rv the normalised z position beside ε_i (not in the paper; docs/ctsgan.md)
+    dslice_position: str = "table"      # Dslice's position embedding: table (one row per position) | fourier (smooth)
+    dslab_position: bool = False        # tell Dslab where its slab starts (not in the paper; docs/ctsgan.md)
 
 
 @dataclass
@@ -159,6 +161,7 @@ class ClassifierConfig:
     head_init: str = "small"            # final conv init: "small" N(0, 0.01) or "kaiming" (reference; dead logits at 2 classes)
     stem_stride: list[int] = field(default_factory=lambda: [1, 2, 2])   # first conv (z, y, x); reference (1, 2, 2)
     n_real_train: int = 0               # cap on real nodule-free training bases (first N by id); 0 = all
+    workers: int = 1                    # grid cells run in this many processes (CPU; torch threads split between them)
 
 
 @dataclass
@@ -359,6 +362,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError("data.hu_min must be below data.hu_max")
     if cfg.ctsgan.loss not in ("wgan-gp", "js") or cfg.gan3d.loss not in ("wgan-gp", "js"):
         raise ConfigError("ctsgan.loss and gan3d.loss must be 'wgan-gp' or 'js'")
+    if cfg.ctsgan.dslice_position not in ("table", "fourier"):
+        raise ConfigError(f"ctsgan.dslice_position must be 'table' or 'fourier', got {cfg.ctsgan.dslice_position!r}")
     if cfg.ctsgan.slab_len > d.size - 2:
         raise ConfigError(f"ctsgan.slab_len ({cfg.ctsgan.slab_len}) must be <= data.size - 2 ({d.size - 2})")
     if cfg.ctsgan.n_slices > cfg.ctsgan.slab_len:

@@ -302,6 +302,12 @@ def cell_key(cfg: Config) -> str:
     return hashlib.sha1(blob.encode()).hexdigest()[:12]
 
 
+def _distributed_run() -> bool:
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized()
+
+
 def _is_main() -> bool:
     """Rank 0 under torchrun (only it writes result lines); True without torch.distributed."""
     import torch.distributed as dist
@@ -408,7 +414,6 @@ def run_grid(cfg: Config, out: str | Path | None = None, progress: bool = True, 
     results = out / RESULTS
     need_syn = any(r in ("synthetic", "pretrain_finetune") for r in regimes)
     dkey = data_key(cfg, real, synthetic, injector, need_syn)
-    ckey = f"{key}-{dkey}"  # checkpoint folders: a config or data change never reuses old weights
     done = _done(results, "grid", key, dkey)
     todo = [(d, s) for d in sizes for s in seeds if any((r, d, s) not in done for r in regimes)]
     if not todo:
@@ -417,8 +422,57 @@ def run_grid(cfg: Config, out: str | Path | None = None, progress: bool = True, 
     if need_syn and synthetic is None:
         synthetic = load_synthetic_base(cfg, progress=progress)
     injector = injector if injector is not None else load_injector(cfg)
-    inj = injector_tag(injector)
-    for d, seed in tqdm(todo, desc="classifier grid", disable=not progress):
+    job = _GridJob(cfg, regimes, real, synthetic if need_syn else None, injector, out, key, dkey, device)
+    workers = max(1, min(int(getattr(ccfg, "workers", 1)), len(todo)))
+    if not _is_main() or _distributed_run():
+        workers = 1  # under torchrun the ranks already split the work
+    bar = tqdm(total=len(todo), desc="classifier grid", disable=not progress)
+    if workers == 1:
+        for d, seed in todo:
+            for rec in job.run_cell(d, seed, done, progress):
+                if _is_main():
+                    append_jsonl(results, rec)
+            bar.update()
+    else:
+        # independent (size, seed) cells in parallel processes, the cores split between them: on a small CPU this
+        # beats one process with all threads (single-threaded data building, small 3D convs scale poorly)
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+
+        threads = max(1, torch.get_num_threads() // workers)
+        with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_init_grid_worker,
+                                 initargs=(job, threads)) as pool:
+            futures = [pool.submit(_grid_worker_cell, d, seed, done) for d, seed in todo]
+            for fut in as_completed(futures):
+                for rec in fut.result():  # a failed cell raises here, after the finished ones were written
+                    append_jsonl(results, rec)
+                bar.update()
+    bar.close()
+    return results
+
+
+@dataclass
+class _GridJob:
+    """Everything one (size, seed) cell of the grid needs; pickled once into each worker process."""
+
+    cfg: Config
+    regimes: list
+    real: "BaseSet"
+    synthetic: "BaseSet | None"
+    injector: Any
+    out: Path
+    key: str
+    dkey: str
+    device: str
+
+    def run_cell(self, d: float, seed: int, done: set, progress: bool) -> list[dict]:
+        """Train and test every regime of cell (d, seed) not yet in ``done``; returns their result records."""
+        cfg, ccfg, regimes, out = self.cfg, self.cfg.classifier, self.regimes, self.out
+        real, synthetic, injector, device = self.real, self.synthetic, self.injector, self.device
+        # checkpoint folders carry config and data keys: a config or data change never reuses old weights
+        key, dkey, ckey = self.key, self.dkey, f"{self.key}-{self.dkey}"
+        need_syn, inj = synthetic is not None, injector_tag(injector)
+        records: list[dict] = []
         t_data = time.perf_counter()
         data = build_cell_data(real, synthetic if need_syn else None, d, seed, injector, cfg)
         t_data = time.perf_counter() - t_data
@@ -464,10 +518,22 @@ def run_grid(cfg: Config, out: str | Path | None = None, progress: bool = True, 
                           selection={k: summary.get(k) for k in ("best_epoch", "best_val_loss", "epochs_run",
                                                                   "stopped_early")},
                           data=info, wall_s=round(time.perf_counter() - t0, 2))
-            if _is_main():
-                append_jsonl(results, rec)
+            records.append(rec)
             done.add((regime, d, seed))
-    return results
+        return records
+
+
+_WORKER_JOB: _GridJob | None = None
+
+
+def _init_grid_worker(job: _GridJob, threads: int) -> None:
+    global _WORKER_JOB
+    torch.set_num_threads(threads)
+    _WORKER_JOB = job
+
+
+def _grid_worker_cell(d: float, seed: int, done: set) -> list[dict]:
+    return _WORKER_JOB.run_cell(d, seed, set(done), progress=False)
 
 
 # ------------------------------------------------------------------------------------------------ shortcut control
