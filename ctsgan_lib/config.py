@@ -87,7 +87,8 @@ class CTSGANConfig:
     bf16: bool = True                   # autocast on CUDA only
     d_steps: int = 1                    # Dslice+Dslab updates per Gslice+Rv update (WGAN-GP's n_critic)
     position_input: bool = False        # feed Rv the normalised z position beside ε_i (not in the paper; docs/ctsgan.md)
-    dslice_position: str = "table"      # Dslice's position embedding: table (one row per position) | fourier (smooth)
+    dslice_position: str = "fourier"    # Dslice's position embedding: fourier (smooth) | table (one row per position,
+                                        # what checkpoints from before 2026-11-26 used; docs/ctsgan.md)
     dslab_position: bool = False        # tell Dslab where its slab starts (not in the paper; docs/ctsgan.md)
 
 
