@@ -18,6 +18,10 @@ stated), trained with::
     G4   --set ctsgan.dslice_position=fourier --set ctsgan.dslab_position=true
     G1   as G4 with --set ctsgan.d_steps=1 --set ctsgan.iterations=6000
 
+The demo comparison (64³, ``data/demo/nodule_free``): the checkpoints of the demo run committed before 2026-11-26
+(1000 iterations, table embedding, paper Dslab; kept outside the repository) against the current demo run
+(1500 iterations, fourier embedding, position-aware Dslab), labelled with ``--labels``.
+
 Then::
 
     .venv/bin/python benchmarks/ctsgan_zstructure.py --profile smoke --cohort /tmp/zexp/data/smoke/cohort \
@@ -60,6 +64,7 @@ def main() -> None:
     ap.add_argument("--profile", default="smoke")
     ap.add_argument("--cohort", required=True, help="the cohort the checkpoints were trained on")
     ap.add_argument("--checkpoints", nargs="+", required=True)
+    ap.add_argument("--labels", nargs="+", default=None, help="one per checkpoint (default: its run folder's name)")
     ap.add_argument("--n", type=int, default=16, help="volumes per checkpoint (and real training volumes)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--show", type=int, default=3, help="volumes drawn per row")
@@ -74,16 +79,20 @@ def main() -> None:
     real = np.stack([hu_to_model(np.asarray(cohort.read(i)[0], np.float32), cfg.data.hu_min, cfg.data.hu_max)
                      for i in ids])
     rows = [("real", real, z_structure(real, real))]
-    append_jsonl(args.out, {"bench": "ctsgan_zstructure", "run": "real", "cohort": str(args.cohort),
+    append_jsonl(args.out, {"bench": "ctsgan_zstructure", "run": "real", "profile": args.profile,
+                            "cohort": str(args.cohort),
                             "n": len(ids), **rows[0][2], "hardware": hardware_label()})
-    for ck in map(Path, args.checkpoints):
+    labels = args.labels or [Path(c).parent.name for c in args.checkpoints]
+    if len(labels) != len(args.checkpoints):
+        ap.error(f"{len(labels)} labels for {len(args.checkpoints)} checkpoints")
+    for ck, name in zip(map(Path, args.checkpoints), labels):
         meta = load_checkpoint(ck, map_location="cpu")
         ct = (meta.get("config") or {}).get("ctsgan", {})
         vols = _generate(ck, args.n, args.seed)
         stats = z_structure(vols, real)
-        label = f"{ck.parent.name} step {meta['step']}"
+        label = f"{name} step {meta['step']}"
         rows.append((label, vols, stats))
-        append_jsonl(args.out, {"bench": "ctsgan_zstructure", "run": ck.parent.name, "checkpoint": str(ck),
+        append_jsonl(args.out, {"bench": "ctsgan_zstructure", "run": name, "checkpoint": str(ck),
                                 "step": int(meta["step"]), "n": args.n, "seed": args.seed,
                                 "options": {k: ct.get(k) for k in ("dslice_position", "dslab_position", "d_steps",
                                                                    "position_input")},
