@@ -428,10 +428,9 @@ def run_grid(cfg: Config, out: str | Path | None = None, progress: bool = True, 
         workers = 1  # under torchrun the ranks already split the work
     bar = tqdm(total=len(todo), desc="classifier grid", disable=not progress)
     if workers == 1:
+        emit = (lambda rec: append_jsonl(results, rec)) if _is_main() else (lambda rec: None)
         for d, seed in todo:
-            for rec in job.run_cell(d, seed, done, progress):
-                if _is_main():
-                    append_jsonl(results, rec)
+            job.run_cell(d, seed, done, progress, emit)  # each regime's line is written as soon as it finishes
             bar.update()
     else:
         # independent (size, seed) cells in parallel processes, the cores split between them: on a small CPU this
@@ -465,8 +464,10 @@ class _GridJob:
     dkey: str
     device: str
 
-    def run_cell(self, d: float, seed: int, done: set, progress: bool) -> list[dict]:
-        """Train and test every regime of cell (d, seed) not yet in ``done``; returns their result records."""
+    def run_cell(self, d: float, seed: int, done: set, progress: bool,
+                 emit: Callable[[dict], None] | None = None) -> list[dict]:
+        """Train and test every regime of cell (d, seed) not yet in ``done``; returns their result records, and
+        hands each to ``emit`` as soon as its regime finishes (so an interrupted cell keeps its finished regimes)."""
         cfg, ccfg, regimes, out = self.cfg, self.cfg.classifier, self.regimes, self.out
         real, synthetic, injector, device = self.real, self.synthetic, self.injector, self.device
         # checkpoint folders carry config and data keys: a config or data change never reuses old weights
@@ -520,6 +521,8 @@ class _GridJob:
                           data=info, wall_s=round(time.perf_counter() - t0, 2))
             records.append(rec)
             done.add((regime, d, seed))
+            if emit is not None:
+                emit(rec)
         return records
 
 

@@ -414,3 +414,27 @@ def test_grid_cells_in_worker_processes_match_the_sequential_run(tmp_root):
 
 def _cell(r: dict) -> tuple:
     return r["regime"], r["size_vox"], r["seed"]
+
+
+def test_an_interrupted_cell_keeps_its_finished_regimes(tmp_root, monkeypatch):
+    import ctsgan_lib.experiments as X
+
+    real, syn, inj = _bases((4, 2, 2)), _syn(3), SphereInjector()
+    train = X.train_classifier
+
+    def stop_at_finetune(*a, desc="", **kw):
+        if desc.startswith("finetune"):
+            raise KeyboardInterrupt
+        return train(*a, desc=desc, **kw)
+
+    monkeypatch.setattr(X, "train_classifier", stop_at_finetune)
+    with pytest.raises(KeyboardInterrupt):
+        run_grid(_cfg(), tmp_root / "g", progress=False, real=real, synthetic=syn, injector=inj, device="cpu",
+                 sizes=[4.0])
+    assert {_cell(r) for r in read_jsonl(tmp_root / "g" / "results.jsonl")} == {("real", 4.0, 0),
+                                                                               ("synthetic", 4.0, 0)}
+    monkeypatch.setattr(X, "train_classifier", train)
+    run_grid(_cfg(), tmp_root / "g", progress=False, real=real, synthetic=syn, injector=inj, device="cpu",
+             sizes=[4.0])                                   # the rerun trains only the missing regime
+    assert [_cell(r)[0] for r in read_jsonl(tmp_root / "g" / "results.jsonl")] == ["real", "synthetic",
+                                                                                   "pretrain_finetune"]
