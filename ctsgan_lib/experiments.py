@@ -312,7 +312,7 @@ def _is_main() -> bool:
     """Rank 0 under torchrun (only it writes result lines); True without torch.distributed."""
     import torch.distributed as dist
 
-    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+    return not _distributed_run() or dist.get_rank() == 0
 
 
 def _make_model(cfg: Config, seed: int) -> SqueezeNet3D:
@@ -424,7 +424,7 @@ def run_grid(cfg: Config, out: str | Path | None = None, progress: bool = True, 
     injector = injector if injector is not None else load_injector(cfg)
     job = _GridJob(cfg, regimes, real, synthetic if need_syn else None, injector, out, key, dkey, device)
     workers = max(1, min(int(getattr(ccfg, "workers", 1)), len(todo)))
-    if not _is_main() or _distributed_run():
+    if _distributed_run():
         workers = 1  # under torchrun the ranks already split the work
     bar = tqdm(total=len(todo), desc="classifier grid", disable=not progress)
     if workers == 1:

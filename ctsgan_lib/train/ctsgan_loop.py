@@ -70,13 +70,14 @@ def ctsgan_step(nets: dict[str, torch.nn.Module], opts: dict[str, torch.optim.Op
     gen, dslice, dslab = nets["generator"], nets["dslice"], nets["dslab"]
     kind, amp = ct.loss, autocast(device, ct.bf16)
     n_d = max(1, int(getattr(ct, "d_steps", 1)))
+    slab_conditioned = _slab_conditioned(dslab)
 
     # --- D steps (Eq. 2; the N-slice sum is averaged so Dslice's scale does not depend on N) ----------------------
     set_requires_grad([dslice, dslab], True)
     for k in range(n_d):
         real_slices, real_slab, positions, fake_slices, fake_slab, start = _slab_batch(
             gen, data, ct, batch, device, amp, with_grad=k == n_d - 1)       # the last fakes feed the G step
-        slab_cond = (start,) if _slab_conditioned(dslab) else ()
+        slab_cond = (start,) if slab_conditioned else ()
         opts["d"].zero_grad(set_to_none=True)
         with amp:
             l_dslice = losses.d_loss(kind, dslice(real_slices, positions), dslice(fake_slices.detach(), positions))
