@@ -224,3 +224,21 @@ def test_position_conditioned_critics_train_and_checkpoint(tmp_root):
     assert all(np.isfinite(float(r["loss_dslab"])) for r in _log(res["out_dir"] / "log.csv"))
     with pytest.raises(ValueError, match="dslice_position"):
         load_profile("smoke", **{"ctsgan.dslice_position": "sinus"})
+
+
+def test_backend_choice_and_gpu_sharing(monkeypatch):
+    """NCCL with more ranks than GPUs is refused up front; gloo may share a GPU; ranks wrap onto visible GPUs."""
+    from ctsgan_lib.train import distributed as D
+
+    monkeypatch.delenv(D.BACKEND_ENV, raising=False)
+    assert D.choose_backend("cpu", 4, n_gpus=0) == "gloo"
+    assert D.choose_backend("cuda", 2, n_gpus=2) == "nccl"
+    with pytest.raises(CTSGANError, match=r"2 processes per node but 1 GPU.*CTSGAN_DIST_BACKEND=gloo"):
+        D.choose_backend("cuda", 2, n_gpus=1)
+    monkeypatch.setenv(D.BACKEND_ENV, "gloo")
+    assert D.choose_backend("cuda", 2, n_gpus=1) == "gloo"
+    monkeypatch.setenv(D.BACKEND_ENV, "mpi")
+    with pytest.raises(CTSGANError, match="choose nccl or gloo"):
+        D.choose_backend("cuda", 1, n_gpus=1)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert [D.cuda_device_for(r) for r in range(4)] == ["cuda:0", "cuda:1", "cuda:0", "cuda:1"]

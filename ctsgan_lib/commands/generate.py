@@ -53,8 +53,9 @@ def run(args: argparse.Namespace) -> int:
     if dist is not None and args.shard is None:   # torchrun: one shard per process/GPU
         rank, world, local = dist
         shard = (rank, world)
-        if device.startswith("cuda"):
-            device = f"cuda:{local}"
+        if device == "cuda":   # one GPU per process; processes beyond the GPU count share them
+            from ..train.distributed import cuda_device_for
+            device = cuda_device_for(local)
     folder = generate_cohort(args.checkpoint, args.n, args.seed, out, inject_fraction=args.inject_fraction,
                              nodule_diameters_vox=args.nodule_diameters, injector=args.injector, shard=shard,
                              batch=args.batch, device=device, dicom=args.dicom, compress=not args.no_compress,

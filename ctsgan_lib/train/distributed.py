@@ -18,6 +18,8 @@ from typing import Any, Iterable
 import torch
 import torch.distributed as dist
 
+from ..errors import CTSGANError
+
 
 @dataclass
 class DistContext:
@@ -37,10 +39,44 @@ class DistContext:
         return self.rank == 0
 
 
+BACKEND_ENV = "CTSGAN_DIST_BACKEND"
+
+
+def cuda_device_for(local_rank: int) -> str:
+    """``cuda:<local_rank>``, wrapped onto the visible GPUs when ranks outnumber them.
+
+    Several ranks may share a GPU for generation shards (no collectives) or for gloo training; NCCL refuses it, which
+    :func:`choose_backend` reports before the group is created.
+    """
+    n = torch.cuda.device_count()
+    return f"cuda:{local_rank % n}" if n else f"cuda:{local_rank}"
+
+
+def choose_backend(device: str, local_world: int, n_gpus: int | None = None) -> str:
+    """The process-group backend: ``$CTSGAN_DIST_BACKEND`` if set, else NCCL for CUDA devices and gloo otherwise.
+
+    Raises
+    ------
+    CTSGANError
+        An unknown backend name, or NCCL with more ranks on this node than GPUs (NCCL cannot put two ranks on one
+        GPU; gloo can, slowly: use it for multi-process checks on a single GPU).
+    """
+    env = os.environ.get(BACKEND_ENV, "").strip().lower()
+    if env and env not in ("nccl", "gloo"):
+        raise CTSGANError(f"{BACKEND_ENV}={env!r}: choose nccl or gloo")
+    backend = env or ("nccl" if device.startswith("cuda") else "gloo")
+    n_gpus = torch.cuda.device_count() if n_gpus is None else n_gpus
+    if backend == "nccl" and local_world > n_gpus:
+        raise CTSGANError(f"{local_world} processes per node but {n_gpus} GPU(s) visible: NCCL needs one GPU per "
+                          f"process. Launch with --nproc_per_node {max(n_gpus, 1)}, or set {BACKEND_ENV}=gloo to "
+                          f"share GPUs between processes (slower; for checks).")
+    return backend
+
+
 def init_from_env(device: str) -> DistContext:
     """Join the process group when launched by ``torchrun`` (``WORLD_SIZE`` > 1); otherwise a single-process context.
 
-    Backend: NCCL for CUDA devices, gloo otherwise.
+    Backend: :func:`choose_backend` (NCCL for CUDA devices, gloo otherwise, ``$CTSGAN_DIST_BACKEND`` to override).
     """
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
@@ -49,9 +85,10 @@ def init_from_env(device: str) -> DistContext:
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     owns = False
     if not dist.is_initialized():
-        backend = "nccl" if device.startswith("cuda") else "gloo"
-        if backend == "nccl":
-            torch.cuda.set_device(local_rank)
+        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", str(world)))
+        backend = choose_backend(device, local_world)
+        if device.startswith("cuda"):
+            torch.cuda.set_device(cuda_device_for(local_rank))
         dist.init_process_group(backend=backend)
         owns = True
     return DistContext(rank=rank, world_size=world, local_rank=local_rank, owns_group=owns)
@@ -143,5 +180,5 @@ def barrier(ctx: DistContext) -> None:
         dist.barrier()
 
 
-__all__ = ["DistContext", "init_from_env", "shutdown", "broadcast_module", "all_reduce_grads", "average_buffers",
+__all__ = ["DistContext", "BACKEND_ENV", "cuda_device_for", "choose_backend", "init_from_env", "shutdown", "broadcast_module", "all_reduce_grads", "average_buffers",
            "all_reduce_max", "gather_objects", "params_fingerprint", "check_in_sync", "barrier"]

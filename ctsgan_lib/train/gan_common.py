@@ -33,10 +33,11 @@ class TrainingDivergedError(CTSGANError):
 
 
 def resolve_device(device: str | torch.device | None, ctx: D.DistContext | None = None) -> str:
-    """``None`` → CUDA when present else CPU; under torchrun each rank takes ``cuda:<local_rank>``."""
+    """``None`` → CUDA when present else CPU; under torchrun each rank takes ``cuda:<local_rank>`` (wrapped onto the
+    visible GPUs when ranks outnumber them, see :func:`distributed.cuda_device_for`)."""
     dev = str(device) if device is not None else default_device()
     if dev == "cuda" and ctx is not None and ctx.enabled:
-        dev = f"cuda:{ctx.local_rank}"
+        dev = D.cuda_device_for(ctx.local_rank)
     if dev.startswith("cuda") and not torch.cuda.is_available():
         raise CTSGANError(f"device {dev!r} requested but CUDA is not available")
     return dev
