@@ -113,7 +113,7 @@ def volume_noise(generator: CTSGANGenerator, seed: int, index: int, n_positions:
 
 @torch.no_grad()
 def synthesize(generator: CTSGANGenerator, patient_noise: torch.Tensor, slice_noise: torch.Tensor,
-               chunk: int | None = None) -> torch.Tensor:
+               chunk: int | None = None, to_cpu: bool = True) -> torch.Tensor:
     """Model-space volumes from explicit noise, streaming Gslice over chunks of positions.
 
     Parameters
@@ -125,10 +125,12 @@ def synthesize(generator: CTSGANGenerator, patient_noise: torch.Tensor, slice_no
         L = depth − 2 positions; L may exceed the training S − 2.
     chunk : int, optional
         Positions per Gslice call (default: the checkpoint's ``ctsgan.chunk``).
+    to_cpu : bool
+        Return the volumes on the CPU (default) or leave them on the generator's device.
 
     Returns
     -------
-    Tensor (B, L + 2, S, S) float32 on the CPU, in [-1, 1].
+    Tensor (B, L + 2, S, S) float32, in [-1, 1].
     """
     from .train.gan_common import autocast
 
@@ -138,17 +140,18 @@ def synthesize(generator: CTSGANGenerator, patient_noise: torch.Tensor, slice_no
     codes = generator.codes(patient_noise.to(dev), slice_noise.to(dev))   # (B, L, D): small
     b, n_pos, _ = codes.shape
     s = generator.size
-    out = torch.empty(b, n_pos + 2, s, s, dtype=torch.float32)
+    # assembled where it is generated: only the slices kept cross to the host, once (a third of Gslice's output)
+    out = torch.empty(b, n_pos + 2, s, s, dtype=torch.float32, device=dev)
     for p0 in range(0, n_pos, chunk):
         with autocast(str(dev), bool(meta.get("bf16", False))):      # bf16 on CUDA only; CPU stays float32
-            sl = generator.slices(codes[:, p0:p0 + chunk]).float().cpu()    # (B, k, 3, S, S)
+            sl = generator.slices(codes[:, p0:p0 + chunk])                   # (B, k, 3, S, S)
         k = sl.shape[1]
         out[:, p0 + 1:p0 + 1 + k] = sl[:, :, 1]                         # centre channels: slices 1..L
         if p0 == 0:
             out[:, 0] = sl[:, 0, 0]                                     # first end slice
         if p0 + k == n_pos:
             out[:, n_pos + 1] = sl[:, -1, 2]                            # last end slice
-    return out
+    return out.cpu() if to_cpu else out
 
 
 def generate_volumes(generator_or_ckpt, n: int, seed: int, batch: int = 1, device: str | torch.device = "cpu",
@@ -193,9 +196,10 @@ def generate_volumes(generator_or_ckpt, n: int, seed: int, batch: int = 1, devic
             noise = [volume_noise(gen, seed, i, depth - 2) for i in padded]
             pn = torch.stack([a for a, _ in noise])
             sn = torch.stack([b for _, b in noise])
-            vols = synthesize(gen, pn, sn, chunk)[:len(idx)]
-            for v in vols:
-                hu = model_to_hu(v.numpy(), meta["hu_min"], meta["hu_max"]).astype(np.float32)
+            vols = synthesize(gen, pn, sn, chunk, to_cpu=False)[:len(idx)]
+            # HU on the generator's device, then one host copy per call (same float32 arithmetic as numpy's)
+            hu_all = model_to_hu(vols, meta["hu_min"], meta["hu_max"]).cpu().numpy()
+            for hu in hu_all:
                 yield hu, tuple(float(x) for x in meta["spacing_mm"])
     finally:
         gen.train(was_training)

@@ -107,6 +107,8 @@ def generation_throughput(cfg, size: int, n_volumes: int, batch: int, device: st
 
         gen.gslice.to(memory_format=torch.channels_last)
     bf16 = bool(cfg.ctsgan.bf16 and device.startswith("cuda"))
+    # what load_generator gives `ctsgan generate`: the profile's autocast setting and chunk travel in .meta
+    gen.meta = {**getattr(gen, "meta", {}), "bf16": bool(cfg.ctsgan.bf16), "chunk": chunk}
 
     def run():
         # generate_volumes is lazy: consume it (this includes the HU conversion, as ``ctsgan generate`` does)
