@@ -199,14 +199,35 @@ def place_nodules(lung_mask: np.ndarray, diameters_vox: Sequence[float], rng: np
     return centers, len(diameters_vox) - len(centers)
 
 
-def _place(lung_mask, diameters_vox, rng, existing=(), max_tries: int = 200, gap_vox: float = 1.0) -> dict:
-    """:func:`place_nodules` keyed by request index (so callers know which diameters were placed)."""
+def lung_edt(lung: np.ndarray) -> np.ndarray:
+    """``scipy.ndimage.distance_transform_edt(lung)``, computed on the lung's bounding box only.
+
+    The box is widened by one background voxel on every side that does not touch the array's edge. The result is
+    exactly the full transform: a background voxel outside the box, clamped onto the box, lands on that background
+    margin and is no farther from any lung voxel. The lungs fill a fraction of a chest CT's field, so this is 2-3×
+    less work at 224³ (the transform was a third of an injected volume's CPU time).
+    """
     from scipy.ndimage import distance_transform_edt
 
+    lung = np.asarray(lung, dtype=bool)
+    out = np.zeros(lung.shape, dtype=np.float64)
+    if not lung.any():
+        return out
+    box = []
+    for axis in range(lung.ndim):
+        hit = np.flatnonzero(lung.any(axis=tuple(a for a in range(lung.ndim) if a != axis)))
+        box.append(slice(max(int(hit[0]) - 1, 0), min(int(hit[-1]) + 2, lung.shape[axis])))
+    box = tuple(box)
+    out[box] = distance_transform_edt(lung[box])
+    return out
+
+
+def _place(lung_mask, diameters_vox, rng, existing=(), max_tries: int = 200, gap_vox: float = 1.0) -> dict:
+    """:func:`place_nodules` keyed by request index (so callers know which diameters were placed)."""
     lung = np.asarray(lung_mask, dtype=bool)
     if lung.ndim != 3:
         raise CTSGANError(f"lung mask must be 3D, got shape {lung.shape}")
-    edt = distance_transform_edt(lung)
+    edt = lung_edt(lung)
     placed: list[tuple[np.ndarray, float]] = []
     for e in existing:
         if isinstance(e, dict):

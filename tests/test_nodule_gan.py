@@ -217,3 +217,27 @@ def test_bad_inputs_are_clear_errors(tmp_path, trained):
     hu = np.full((32, 32, 32), -850.0, np.float32)
     with pytest.raises(CTSGANError, match="mask_size"):
         trained["injector"].inject(hu, [12.0], np.random.default_rng(0), lung=hu < 0)
+
+
+def test_lung_edt_on_the_bounding_box_equals_the_full_transform():
+    """The cropped distance transform is exact: blobs inside, touching the edges, filling the array, or absent."""
+    from scipy.ndimage import distance_transform_edt
+
+    from ctsgan_lib.nodules import lung_edt
+
+    rng = np.random.default_rng(0)
+    masks = []
+    for _ in range(20):
+        shape = tuple(int(v) for v in rng.integers(6, 28, 3))
+        zz, yy, xx = np.ogrid[:shape[0], :shape[1], :shape[2]]
+        m = np.zeros(shape, bool)
+        for _ in range(int(rng.integers(1, 4))):
+            c, r = [int(rng.integers(0, s)) for s in shape], int(rng.integers(1, 8))
+            m |= (zz - c[0]) ** 2 + (yy - c[1]) ** 2 + (xx - c[2]) ** 2 <= r * r
+        masks.append(m)
+    masks += [np.zeros((5, 6, 7), bool), np.ones((5, 6, 7), bool)]
+    edge = np.zeros((8, 9, 10), bool)
+    edge[0, 2:5, 3:6] = True                          # touches the first z face: no margin may be added there
+    masks.append(edge)
+    for m in masks:
+        np.testing.assert_array_equal(lung_edt(m), distance_transform_edt(m))

@@ -115,3 +115,38 @@ def test_preprocess_anisotropic_scan_maps_points(ph):
     c_in = np.argwhere(lab == P.LABELS["heart"]).mean(0)
     c_out = np.argwhere(lab_c == P.LABELS["heart"]).mean(0)
     np.testing.assert_allclose(Q.map_points(c_in, info)[0], c_out, atol=0.8)
+
+
+def test_fill_holes_per_slice_equals_the_slice_loop():
+    from scipy import ndimage as ndi
+
+    from ctsgan_lib.data.preprocess import fill_holes_per_slice
+
+    rng = np.random.default_rng(1)
+    for _ in range(25):
+        m = rng.random(tuple(int(v) for v in rng.integers(1, 20, 3))) < rng.uniform(0.2, 0.8)
+        ref = m.copy()
+        for k in range(ref.shape[0]):
+            ref[k] = ndi.binary_fill_holes(ref[k])
+        np.testing.assert_array_equal(fill_holes_per_slice(m), ref)
+
+
+def test_closing_on_the_grown_bounding_box_equals_the_whole_array():
+    """lung_mask closes only around the mask; the result must be the whole-array closing, edges included."""
+    from scipy import ndimage as ndi
+
+    from ctsgan_lib.data.preprocess import _ball, _grown_bbox
+
+    rng = np.random.default_rng(2)
+    for _ in range(15):
+        shape = tuple(int(v) for v in rng.integers(8, 24, 3))
+        m = rng.random(shape) < 0.04
+        m[tuple(int(rng.integers(0, s)) for s in shape)] = True          # never empty
+        r = np.array([int(v) for v in rng.integers(1, 4, 3)])
+        pad = r.max()
+        padded = np.pad(m, pad)
+        whole = ndi.binary_closing(padded, structure=_ball(r))
+        box = _grown_bbox(padded, 2 * r + 1)
+        cropped = np.zeros_like(padded)
+        cropped[box] = ndi.binary_closing(padded[box], structure=_ball(r))
+        np.testing.assert_array_equal(cropped, whole)
