@@ -84,7 +84,7 @@ class CTSGANConfig:
     sample_every: int = 10
     log_every: int = 1
     chunk: int = 32                     # slices generated per chunk at inference
-    bf16: bool = True                   # autocast on CUDA only
+    bf16: bool = False                  # CUDA autocast: less memory, 14 % slower than TF32 on an H200 (performance.md)
     d_steps: int = 1                    # Dslice+Dslab updates per Gslice+Rv update (WGAN-GP's n_critic)
     position_input: bool = False        # feed Rv the normalised z position beside ε_i (not in the paper; docs/ctsgan.md)
     dslice_position: str = "fourier"    # Dslice's position embedding: fourier (smooth) | table (one row per position,
@@ -109,7 +109,7 @@ class GAN3DConfig:
     betas: tuple[float, float] = (0.5, 0.999)
     ckpt_every: int = 10
     sample_every: int = 10
-    bf16: bool = True                   # autocast on CUDA only
+    bf16: bool = False                  # CUDA autocast: less memory, 20 % slower than TF32 on an H200 (performance.md)
 
 
 @dataclass
