@@ -48,7 +48,7 @@ def main() -> None:
             rows.append(generation_throughput(cfg, args.size, args.gen_volumes, cfg.generate.batch, args.device,
                                               max(2, args.repeats // 2), channels_last=layout))
         for r in rows:
-            rec = {**r, **setting, **record_meta(cfg, args.device, run_id)}
+            rec = {**r, **setting, "device": args.device, **record_meta(cfg, args.device, run_id)}
             append_jsonl(args.out, rec)
             what = r["model"] + (" channels-last" if r.get("channels_last") else "")
             rate = r.get("steps_per_s") or r.get("volumes_per_s")

@@ -308,6 +308,8 @@ def targets_report(memory_records: list[dict], throughput_records: list[dict]) -
         out.append(f"- CT-SGAN step at 224³, batch {c224['batch']}: {gib:.2f} GiB ({how}); 16 GB GPU target: "
                    f"**{'met' if gib < 14.9 else 'missed'}**.")
     gen224 = [r for r in throughput_records if r.get("bench") == "generate" and r["size"] == 224]
+    for r in gen224:   # records written by other scripts (benchmarks/gpu_autotune.py) name the device in hardware
+        r.setdefault("device", r.get("hardware", {}).get("device", "cpu"))
     cpu = min((r for r in gen224 if r["device"] == "cpu"), key=lambda r: r["s_per_volume"], default=None)
     if cpu:
         threads = cpu["hardware"].get("torch_threads")
