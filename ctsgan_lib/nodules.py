@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from .data.intensity import hu_to_model, model_to_hu
+from .data.preprocess import grown_bbox
 from .errors import CTSGANError
 from .models.nodule_cgan import NoduleGenerator
 from .train.checkpoint import latest_checkpoint, load_checkpoint, load_state_strict
@@ -213,11 +214,7 @@ def lung_edt(lung: np.ndarray) -> np.ndarray:
     out = np.zeros(lung.shape, dtype=np.float64)
     if not lung.any():
         return out
-    box = []
-    for axis in range(lung.ndim):
-        hit = np.flatnonzero(lung.any(axis=tuple(a for a in range(lung.ndim) if a != axis)))
-        box.append(slice(max(int(hit[0]) - 1, 0), min(int(hit[-1]) + 2, lung.shape[axis])))
-    box = tuple(box)
+    box = grown_bbox(lung, [1] * lung.ndim)
     out[box] = distance_transform_edt(lung[box])
     return out
 

@@ -135,7 +135,7 @@ def test_closing_on_the_grown_bounding_box_equals_the_whole_array():
     """lung_mask closes only around the mask; the result must be the whole-array closing, edges included."""
     from scipy import ndimage as ndi
 
-    from ctsgan_lib.data.preprocess import _ball, _grown_bbox
+    from ctsgan_lib.data.preprocess import _ball, grown_bbox
 
     rng = np.random.default_rng(2)
     for _ in range(15):
@@ -146,7 +146,7 @@ def test_closing_on_the_grown_bounding_box_equals_the_whole_array():
         pad = r.max()
         padded = np.pad(m, pad)
         whole = ndi.binary_closing(padded, structure=_ball(r))
-        box = _grown_bbox(padded, 2 * r + 1)
+        box = grown_bbox(padded, 2 * r + 1)
         cropped = np.zeros_like(padded)
         cropped[box] = ndi.binary_closing(padded[box], structure=_ball(r))
         np.testing.assert_array_equal(cropped, whole)

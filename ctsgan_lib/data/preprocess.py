@@ -128,7 +128,7 @@ def body_bbox(hu: np.ndarray, threshold_hu: float = -500, spacing_mm: Sequence[f
                  for s, k, n_full in zip(sl, stride, hu.shape))
 
 
-def _grown_bbox(mask: np.ndarray, margin: Sequence[int]) -> tuple[slice, ...]:
+def grown_bbox(mask: np.ndarray, margin: Sequence[int]) -> tuple[slice, ...]:
     """Bounding box of a non-empty mask, grown by ``margin`` voxels per axis and clipped to the array."""
     box = []
     for axis, m in enumerate(margin):
@@ -142,7 +142,7 @@ def fill_holes_per_slice(mask: np.ndarray) -> np.ndarray:
 
     The background is labelled with 4-connectivity inside each slice and none across slices (a component lives in
     one slice); the components that do not touch their slice's border are the holes. Same result as the slice loop
-    (tested), about 7× faster at 224³, where the loop was two thirds of the lung mask's time.
+    (tested), about 2× faster at 224³.
     """
     mask = np.asarray(mask, dtype=bool)
     structure = np.zeros((3, 3, 3), bool)
@@ -210,7 +210,7 @@ def lung_mask(hu: np.ndarray, spacing_mm: Sequence[float] | None = None, thresho
         padded = np.pad(mask, pad)
         # closing on the mask's bounding box + 2r + 1 only: exactly the whole-array result (the dilation reaches r
         # past the box, the erosion reads r further), a few times less work when the lungs fill part of the field
-        box = _grown_bbox(padded, 2 * r + 1)
+        box = grown_bbox(padded, 2 * r + 1)
         closed = np.zeros_like(padded)
         closed[box] = ndi.binary_closing(padded[box], structure=_ball(r))
         mask = closed[pad:-pad, pad:-pad, pad:-pad]
