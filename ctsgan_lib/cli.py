@@ -8,6 +8,8 @@ returning an exit code). Errors caused by user input (:class:`~ctsgan_lib.errors
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
 import importlib
 import importlib.util
 import sys
@@ -34,7 +36,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: OS errors that come from the user's disk or folders, not from a bug: one line, exit 2.
+_USER_OS_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR, errno.EISDIR,
+                   errno.ENAMETOOLONG, errno.EEXIST}
+
+
+def _readable_streams() -> None:
+    """Never crash on printing: a C/POSIX locale (``LC_ALL=C PYTHONUTF8=0``) cannot encode ``³`` or a non-ASCII path."""
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(AttributeError, ValueError):
+            stream.reconfigure(errors="backslashreplace")
+
+
 def main(argv: list[str] | None = None) -> int:
+    _readable_streams()
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
@@ -44,6 +59,12 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except (CTSGANError, ConfigError) as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        if exc.errno not in _USER_OS_ERRORS:
+            raise
+        where = exc.filename or "writing the output"  # e.g. a full disk raised by a write or fsync
+        print(f"error: {where}: {exc.strerror or exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -12,7 +12,9 @@ Example
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -352,22 +354,112 @@ def parse_overrides(items: list[str] | None) -> dict[str, str]:
     return out
 
 
+#: Fields that may be 0 (every other integer field must be >= 1); the comment in the dataclass says what 0 means.
+_ZERO_OK = {"seed", "generate.seed", "fidelity.volumes_per_source", "fidelity.max_slices", "fidelity.pooled_volumes",
+            "fidelity.seed", "classifier.n_real_train", "classifier.patience", "classifier.finetune_epochs",
+            "nodules.eraser_pairs_per_scan", "classifier.seeds"}
+#: Largest phantom grid we render (voxels per side): 512³ float32 is 0.5 GiB per array, and a render holds several.
+MAX_PHANTOM_SIZE = 512
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+_CHOICES = {
+    "ctsgan.loss": ("wgan-gp", "js"), "gan3d.loss": ("wgan-gp", "js"), "ctsgan.dslice_position": ("table", "fourier"),
+    "classifier.head_init": ("small", "kaiming"), "fidelity.views": ("axial", "coronal", "sagittal"),
+    "classifier.regimes": ("real", "synthetic", "pretrain_finetune"),
+}
+#: (low, high, low_inclusive, high_inclusive) for float fields (and every element of float lists).
+_FLOAT_RANGES = {
+    "data.lidc_fraction": (0.0, 1.0, True, True), "data.split_fractions": (0.0, 1.0, True, True),
+    "data.phantom_spacing_mm": (0.0, math.inf, False, False), "generate.inject_fraction": (0.0, 1.0, True, True),
+    "fidelity.privacy_percentile": (0.0, 100.0, False, True), "classifier.dropout": (0.0, 1.0, True, False),
+    "bench.max_gib": (0.0, math.inf, True, False),
+}
+_POSITIVE_FLOATS = ("lr", "lr_g", "lr_d", "diameters_vox", "sizes")
+_NONNEG_FLOATS = ("l1_inside", "l1_outside", "gp_weight")
+
+
+def _interval(lo: float, hi: float, lo_inc: bool, hi_inc: bool) -> str:
+    if hi == math.inf:
+        return f"a number {'>=' if lo_inc else '>'} {lo:g}"
+    return f"a number in {'[' if lo_inc else '('}{lo:g}, {hi:g}{']' if hi_inc else ')'}"
+
+
+def _check_field(key: str, name: str, value: Any) -> None:
+    """Type and range of one field (``key`` is its dotted name)."""
+    items = list(value) if isinstance(value, (list, tuple)) else [value]
+    if key in _CHOICES:
+        allowed = _CHOICES[key]
+        bad = [v for v in items if v not in allowed]
+        if bad or (isinstance(value, (list, tuple)) and not value):
+            raise ConfigError(f"{key}: must be {'one or more of' if isinstance(value, (list, tuple)) else 'one of'} "
+                              f"{', '.join(allowed)} (got {value!r})")
+        return
+    for v in items:
+        if isinstance(v, bool) or isinstance(v, str):
+            continue
+        if isinstance(v, int):
+            low = 0 if key in _ZERO_OK else 1
+            if v < low:
+                raise ConfigError(f"{key}: must be an integer >= {low} (got {value!r})")
+        elif isinstance(v, float):
+            if not math.isfinite(v):
+                raise ConfigError(f"{key}: must be a finite number (got {value!r})")
+            rng = _FLOAT_RANGES.get(key)
+            if rng is None and name in _POSITIVE_FLOATS:
+                rng = (0.0, math.inf, False, False)
+            if rng is None and name in _NONNEG_FLOATS:
+                rng = (0.0, math.inf, True, False)
+            if rng is not None:
+                lo, hi, lo_inc, hi_inc = rng
+                if not ((v > lo or (lo_inc and v == lo)) and (v < hi or (hi_inc and v == hi))):
+                    raise ConfigError(f"{key}: must be {_interval(*rng)} (got {value!r})")
+
+
+def _walk(section: Any, prefix: str) -> None:
+    for f in dataclasses.fields(section):
+        value = getattr(section, f.name)
+        key = f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(value):
+            _walk(value, key + ".")
+        else:
+            _check_field(key, f.name, value)
+
+
 def validate(cfg: Config) -> None:
-    """Cross-field checks that a typo in a profile would otherwise turn into a confusing crash later."""
+    """Type, range and cross-field checks of every field, before anything is read or written.
+
+    Raises
+    ------
+    ConfigError
+        ``<key>: <what is allowed> (got <value>)``; the CLI prints it as one line and exits 2.
+    """
+    if not isinstance(cfg.profile, str) or not _NAME_RE.match(cfg.profile):
+        # the profile names the folders data/<profile> and runs/<profile>: a path here would write elsewhere
+        raise ConfigError(f"profile: must be a plain name (letters, digits, '_', '-'), not a path (got {cfg.profile!r})")
+    _walk(cfg, "")
     d = cfg.data
     if d.size < 16 or d.size % 2:
-        raise ConfigError(f"data.size must be an even number >= 16, got {d.size}")
-    if abs(sum(d.split_fractions) - 1.0) > 1e-6:
-        raise ConfigError(f"data.split_fractions must sum to 1, got {d.split_fractions}")
-    if not d.hu_min < d.hu_max:
-        raise ConfigError("data.hu_min must be below data.hu_max")
-    if cfg.ctsgan.loss not in ("wgan-gp", "js") or cfg.gan3d.loss not in ("wgan-gp", "js"):
-        raise ConfigError("ctsgan.loss and gan3d.loss must be 'wgan-gp' or 'js'")
-    if cfg.ctsgan.dslice_position not in ("table", "fourier"):
-        raise ConfigError(f"ctsgan.dslice_position must be 'table' or 'fourier', got {cfg.ctsgan.dslice_position!r}")
+        raise ConfigError(f"data.size: must be an even number >= 16 (got {d.size})")
+    if not 16 <= d.phantom_size <= MAX_PHANTOM_SIZE:
+        raise ConfigError(f"data.phantom_size: must be an integer in [16, {MAX_PHANTOM_SIZE}] (got {d.phantom_size})")
+    if len(d.split_fractions) != 3 or abs(sum(d.split_fractions) - 1.0) > 1e-6 or d.split_fractions[0] <= 0:
+        raise ConfigError(f"data.split_fractions: must be three numbers (train, val, test) in [0, 1] summing to 1, "
+                          f"train > 0 (got {list(d.split_fractions)})")
+    if not (math.isfinite(d.hu_min) and math.isfinite(d.hu_max)) or not d.hu_min < d.hu_max:
+        raise ConfigError(f"data.hu_min: must be below data.hu_max (got {d.hu_min:g} and {d.hu_max:g})")
     if cfg.ctsgan.slab_len > d.size - 2:
-        raise ConfigError(f"ctsgan.slab_len ({cfg.ctsgan.slab_len}) must be <= data.size - 2 ({d.size - 2})")
+        raise ConfigError(f"ctsgan.slab_len: must be <= data.size - 2 ({d.size - 2}) (got {cfg.ctsgan.slab_len})")
     if cfg.ctsgan.n_slices > cfg.ctsgan.slab_len:
-        raise ConfigError("ctsgan.n_slices must be <= ctsgan.slab_len")
+        raise ConfigError(f"ctsgan.n_slices: must be <= ctsgan.slab_len ({cfg.ctsgan.slab_len}) "
+                          f"(got {cfg.ctsgan.n_slices})")
     if cfg.nodules.mask_size >= cfg.nodules.voi_size:
-        raise ConfigError("nodules.mask_size must be smaller than nodules.voi_size")
+        raise ConfigError(f"nodules.mask_size: must be smaller than nodules.voi_size ({cfg.nodules.voi_size}) "
+                          f"(got {cfg.nodules.mask_size})")
+    for key, betas in (("nodules.betas", cfg.nodules.betas), ("ctsgan.betas", cfg.ctsgan.betas),
+                       ("gan3d.betas", cfg.gan3d.betas), ("classifier.betas", cfg.classifier.betas)):
+        if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
+            raise ConfigError(f"{key}: must be two numbers in [0, 1) (got {list(betas)})")
+    if len(cfg.classifier.stem_stride) != 3:
+        raise ConfigError(f"classifier.stem_stride: must be three integers >= 1 (got {cfg.classifier.stem_stride})")
+    sha = cfg.fidelity.weights_sha256
+    if sha and not re.fullmatch(r"[0-9a-fA-F]{64}", sha):
+        raise ConfigError(f"fidelity.weights_sha256: must be empty or 64 hex digits (got {sha[:20]!r})")

@@ -24,8 +24,12 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.output)
     if not (out.name.endswith(".nii") or out.name.endswith(".nii.gz")):
         raise CTSGANError(f"{out}: output must end in .nii or .nii.gz")
+    if out.is_dir() or out.is_symlink():
+        raise CTSGANError(f"{out}: is a folder or a symbolic link; --overwrite replaces files only")
     if out.exists() and not args.overwrite:
         raise CTSGANError(f"{out}: already exists (use --overwrite to replace it)")
+    if out.parent.exists() and not out.parent.is_dir():
+        raise CTSGANError(f"{out.parent}: is not a folder")
     hu, spacing_mm, info = read_volume(args.input)  # every check happens before anything is written
     write_nifti(out, hu, spacing_mm, info["origin_mm"])
     dz, dy, dx = spacing_mm

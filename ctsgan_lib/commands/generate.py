@@ -36,16 +36,54 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default=None, help="cpu | cuda (default: cuda when available)")
     p.add_argument("--no-compress", action="store_true", help="write .nii (fast to read) instead of .nii.gz")
     p.add_argument("--profile", default="", help="profile name recorded in the cohort settings")
+    p.add_argument("--allow-foreign", action="store_true",
+                   help="write into an --out folder that holds other files (they are never deleted)")
     p.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> int:
-    from ..synthetic import (distributed_shard, generate_cohort, merge_shards, parse_shard, wait_for_shards)
-    from ..utils.hardware import default_device
+def check_args(args: argparse.Namespace) -> None:
+    """Every argument is checked before anything is loaded or written (one-line errors, exit 2)."""
+    import math
 
+    from ..errors import CTSGANError
+
+    if args.merge is not None and args.merge < 1:
+        raise CTSGANError(f"--merge: must be a shard count >= 1 (got {args.merge})")
+    if args.n < 1:
+        raise CTSGANError(f"--n: must be >= 1 (got {args.n})")
+    if args.seed < 0:
+        raise CTSGANError(f"--seed: must be >= 0 (got {args.seed})")
+    if args.batch < 1:
+        raise CTSGANError(f"--batch: must be >= 1 (got {args.batch})")
+    if not (math.isfinite(args.inject_fraction) and 0.0 <= args.inject_fraction <= 1.0):
+        raise CTSGANError(f"--inject-fraction: must be in [0, 1] (got {args.inject_fraction})")
+    if args.nodule_diameters and not all(math.isfinite(d) and d > 0 for d in args.nodule_diameters):
+        raise CTSGANError(f"--nodule-diameters: must be positive numbers (got {args.nodule_diameters})")
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise CTSGANError(f"--out {out}: exists and is not a folder")
+    if args.device is not None:
+        import torch
+
+        if args.device.split(":")[0] not in ("cpu", "cuda", "mps"):
+            raise CTSGANError(f"--device: must be cpu or cuda[:N] (got {args.device!r})")
+        if args.device.startswith("cuda") and not torch.cuda.is_available():
+            raise CTSGANError(f"--device {args.device}: no CUDA GPU is available here (use --device cpu)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..synthetic import (distributed_shard, generate_cohort, merge_shards, parse_shard, shard_dir,
+                             wait_for_shards)
+    from ..utils.hardware import default_device
+    from ..utils.lock import folder_lock
+    from ..utils.paths import claim_output_folder, undo_new_folder
+
+    check_args(args)
     out = Path(args.out)
     if args.merge:
-        print(f"merged: {merge_shards(out, args.merge)}")
+        claim_output_folder(out, "generate", allow_foreign=args.allow_foreign)
+        with folder_lock(out, "generate"):
+            print(f"merged: {merge_shards(out, args.merge)}")
         return 0
     device = args.device or default_device()
     shard = parse_shard(args.shard)
@@ -56,10 +94,14 @@ def run(args: argparse.Namespace) -> int:
         if device == "cuda":   # one GPU per process; processes beyond the GPU count share them
             from ..train.distributed import cuda_device_for
             device = cuda_device_for(local)
-    folder = generate_cohort(args.checkpoint, args.n, args.seed, out, inject_fraction=args.inject_fraction,
-                             nodule_diameters_vox=args.nodule_diameters, injector=args.injector, shard=shard,
-                             batch=args.batch, device=device, dicom=args.dicom, compress=not args.no_compress,
-                             profile=args.profile)
+    # the folder must be new, empty or one `generate` wrote (never a real cohort); one writer per shard folder
+    with undo_new_folder(out):
+        claim_output_folder(out, "generate", allow_foreign=args.allow_foreign)
+        with folder_lock(shard_dir(out, *shard), "generate"):
+            folder = generate_cohort(args.checkpoint, args.n, args.seed, out,
+                                     inject_fraction=args.inject_fraction, nodule_diameters_vox=args.nodule_diameters,
+                                     injector=args.injector, shard=shard, batch=args.batch, device=device,
+                                     dicom=args.dicom, compress=not args.no_compress, profile=args.profile)
     if dist is not None and args.shard is None:
         if shard[0] == 0:
             wait_for_shards(out, shard[1])

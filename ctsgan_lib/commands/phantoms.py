@@ -3,9 +3,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from pathlib import Path
 
+from ..config import MAX_PHANTOM_SIZE
 from ..errors import CTSGANError
+from ..utils.lock import folder_lock
+from ..utils.paths import claim_output_folder, undo_new_folder
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -22,25 +26,45 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-nodules", action="store_true", help="render lidc-like patients without nodules")
     p.add_argument("--workers", type=int, default=1, help="processes (default 1)")
     p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--allow-foreign", action="store_true",
+                   help="write into an --out folder that holds other files (they are never deleted)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from ..data import phantom
-    from ..data.io import write_nifti
-    from ..utils.atomic import atomic_write_text
 
     if args.domain not in phantom.DOMAINS:
         raise CTSGANError(f"--domain: unknown domain {args.domain!r}; choose one of {', '.join(phantom.DOMAINS)}")
     if args.n < 1 or args.size < 16:
         raise CTSGANError(f"--n must be >= 1 and --size >= 16 (got {args.n}, {args.size})")
+    if args.size > MAX_PHANTOM_SIZE:
+        raise CTSGANError(f"--size: must be <= {MAX_PHANTOM_SIZE} voxels per side (got {args.size}; a {args.size}³ "
+                          f"phantom needs at least {_render_gib(args.size):.0f} GiB of memory)")
+    if args.seed < 0 or args.workers < 1:
+        raise CTSGANError(f"--seed must be >= 0 and --workers >= 1 (got {args.seed}, {args.workers})")
     spacing = args.spacing if args.spacing is not None else round(352.0 / args.size, 4)
-    if spacing <= 0:
-        raise CTSGANError(f"--spacing must be positive, got {spacing}")
+    if not math.isfinite(spacing) or spacing <= 0:
+        raise CTSGANError(f"--spacing: must be a positive number of mm (got {spacing})")
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise CTSGANError(f"{out}: exists and is not a folder")
-    out.mkdir(parents=True, exist_ok=True)
+    with undo_new_folder(out):
+        claim_output_folder(out, "phantoms", allow_foreign=args.allow_foreign)
+        with folder_lock(out, "phantoms"):  # a second `phantoms` on the same folder is refused
+            return _write(args, out, spacing)
+
+
+def _render_gib(size: int) -> float:
+    """Lower bound of one phantom render's memory: one float32 array of size³ (it holds several)."""
+    return 4 * size ** 3 / 2 ** 30
+
+
+def _write(args: argparse.Namespace, out: Path, spacing: float) -> int:
+    from ..data import phantom
+    from ..data.io import write_nifti
+    from ..utils.atomic import atomic_write_text
+
     rows = []
     seeds = [args.seed + i for i in range(args.n)]
     params = [phantom.sample_params(s, args.domain, args.size, spacing,

@@ -19,6 +19,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                         ".nii/.nii.gz) | lidc-nlst (DIR/LIDC-IDRI and DIR/NLST, see data/README.md)")
     p.add_argument("--in", dest="in_dir", metavar="DIR", help="input folder (real-data sources)")
     p.add_argument("--out", dest="out_dir", metavar="DIR", help="cohort folder (default data/<profile>/cohort)")
+    p.add_argument("--allow-foreign", action="store_true",
+                   help="write into an --out folder that holds other files (they are never deleted)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     add_profile_args(p)
     p.set_defaults(func=run)
@@ -27,7 +29,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..data.cohort import Cohort, build_cohort
 
-    cfg = config_from_args(args)
+    cfg = config_from_args(args)  # validated before anything is written
+    if args.allow_foreign:
+        from pathlib import Path
+
+        from ..utils.paths import claim_output_folder
+
+        claim_output_folder(Path(args.out_dir) if args.out_dir else cfg.data_dir / "cohort", "prepare",
+                            allow_foreign=True)
     out = build_cohort(cfg, source=args.source, in_dir=args.in_dir, out_dir=args.out_dir,
                        progress=not args.no_progress)
     cohort = Cohort(out)

@@ -22,7 +22,8 @@ import numpy as np
 import pandas as pd
 
 from ..errors import CTSGANError, InputFileError
-from ..utils.atomic import atomic_write_text, clean_partials, file_sha256
+from ..utils.atomic import atomic_write_bytes, clean_partials, file_sha256
+from ..utils.paths import check_relative, owned_file, resolve_inside
 from .io import read_nifti, write_nifti
 
 MANIFEST_COLUMNS = ["id", "source", "domain", "split", "has_nodule", "nodules", "spacing_mm", "shape", "path",
@@ -31,6 +32,8 @@ SPLITS = ("train", "val", "test")
 _JSON_COLUMNS = ("nodules", "spacing_mm", "shape")
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 FAILURE_COLUMNS = ["item", "problem"]
+#: What a cohort writer names its volume files (``volumes/<id>[_label].nii[.gz]``): the only files it ever deletes.
+_OWN_FILE_RE = re.compile(r"volumes/(?P<id>[A-Za-z0-9][A-Za-z0-9._-]*?)(_label)?\.nii(\.gz)?")
 
 
 def _decode(df: pd.DataFrame, manifest: Path) -> pd.DataFrame:
@@ -41,16 +44,23 @@ def _decode(df: pd.DataFrame, manifest: Path) -> pd.DataFrame:
         for rid, text in zip(df["id"], df[col]):
             try:
                 val = json.loads(text) if text not in ("", None) else ([] if col == "nodules" else None)
-            except json.JSONDecodeError:
+            except (json.JSONDecodeError, RecursionError):
                 raise InputFileError(manifest, f"row {rid!r}: column {col!r} is not valid JSON ({text[:40]!r})") from None
+            if col == "nodules" and not (isinstance(val, list) and all(isinstance(n, dict) for n in val)):
+                raise InputFileError(manifest, f"row {rid!r}: column 'nodules' must be a JSON list of objects")
             if col != "nodules" and val is not None:
+                if not (isinstance(val, list) and len(val) == 3 and all(
+                        isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v) and v > 0
+                        for v in val)):
+                    raise InputFileError(manifest, f"row {rid!r}: column {col!r} must be three positive numbers "
+                                                   f"({text[:40]!r})")
                 val = tuple(val)
             out.append(val)
         df[col] = pd.Series(out, index=df.index, dtype=object)
-    try:
-        df["has_nodule"] = df["has_nodule"].astype(int)
-    except ValueError:
-        raise InputFileError(manifest, "column 'has_nodule' must hold 0/1") from None
+    bad = ~df["has_nodule"].isin(["0", "1"])
+    if bad.any():
+        raise InputFileError(manifest, f"row {df['id'][bad].iloc[0]!r}: column 'has_nodule' must hold 0/1")
+    df["has_nodule"] = df["has_nodule"].astype(int)
     return df
 
 
@@ -94,6 +104,14 @@ def read_manifest(path: str | Path) -> pd.DataFrame:
     dups = sorted(df["id"][df["id"].duplicated()].unique())
     if dups:
         raise InputFileError(path, f"duplicate ids in column 'id': {', '.join(dups[:5])}")
+    for i, row in enumerate(df[["id", "path", "label_path"]].itertuples(index=False)):
+        if not _ID_RE.match(row.id):
+            raise InputFileError(path, f"row {i + 1}: id {row.id[:40]!r} is not a cohort id (letters, digits, '.', "
+                                       "'_', '-')")
+        # a path in a manifest may only name a file inside the cohort (checked again, symlinks resolved, on read)
+        check_relative(row.path, f"{path}: row {row.id!r}: column 'path'")
+        if row.label_path:
+            check_relative(row.label_path, f"{path}: row {row.id!r}: column 'label_path'")
     return _decode(df, path).reset_index(drop=True)
 
 
@@ -149,8 +167,8 @@ class Cohort:
             raise CTSGANError(f"{self.root / 'manifest.csv'}: no volume with id {rid!r}") from None
 
     def path(self, rid: str) -> Path:
-        """Absolute path of the volume file of ``rid``."""
-        return self.root / self.row(rid)["path"]
+        """Absolute path of the volume file of ``rid`` (refused when it leaves the cohort folder)."""
+        return resolve_inside(self.root, self.row(rid)["path"], f"{self.root / 'manifest.csv'}: row {rid!r}")
 
     def read(self, rid: str) -> tuple[np.ndarray, tuple[float, float, float]]:
         """(hu float32 (z, y, x), spacing_mm) of ``rid``."""
@@ -162,7 +180,7 @@ class Cohort:
         rel = self.row(rid)["label_path"]
         if not rel:
             return None
-        lab, _, _ = read_nifti(self.root / rel)
+        lab, _, _ = read_nifti(resolve_inside(self.root, rel, f"{self.root / 'manifest.csv'}: row {rid!r}"))
         return np.rint(lab).astype(np.uint8)
 
     def verify(self, rid: str) -> bool:
@@ -263,6 +281,10 @@ class CohortWriter:
                  settings: Mapping[str, Any] | None = None, flush_every: int = 8):
         self.root = Path(root)
         self.volumes = self.root / "volumes"
+        if self.volumes.is_symlink() or (self.volumes.exists() and not self.volumes.is_dir()):
+            # writing (and pruning) through a link would touch files outside the cohort
+            raise CTSGANError(f"{self.volumes}: is a symbolic link or not a folder; a cohort keeps its volumes in a "
+                              "real folder inside it")
         self.volumes.mkdir(parents=True, exist_ok=True)
         clean_partials(self.volumes)
         clean_partials(self.root)
@@ -273,16 +295,31 @@ class CohortWriter:
         self._rows: dict[str, dict] = {}
         self._failures: list[dict] = []
         self._pending = 0
+        #: ids whose files this writer may delete: rows of its own previous manifest and rows it writes
+        self._owned_ids: set[str] = set()
         manifest = self.root / "manifest.csv"
         settings_file = self.root / "cohort.json"
+        old_text = None
         if manifest.is_file():
-            old_settings = json.loads(settings_file.read_text()) if settings_file.is_file() else None
+            old_settings = None
+            if settings_file.is_file():
+                old_text = settings_file.read_text(encoding="utf-8")
+                try:
+                    old_settings = json.loads(old_text)
+                except ValueError:
+                    raise InputFileError(settings_file, "not valid JSON; delete it to rebuild the cohort") from None
+            df = read_manifest(manifest)
+            self._owned_ids.update(df["id"])
             if self.settings is None or old_settings == self.settings:
-                df = read_manifest(manifest)
                 for rec in df.to_dict(orient="records"):
                     self._rows[rec["id"]] = rec
+        elif settings_file.is_file():
+            old_text = settings_file.read_text(encoding="utf-8", errors="replace")
+        self._written_manifest = manifest.read_text(encoding="utf-8") if manifest.is_file() else None
         if self.settings is not None:
-            atomic_write_text(settings_file, json.dumps(self.settings, indent=2, sort_keys=True))
+            text = json.dumps(self.settings, indent=2, sort_keys=True)
+            if text != old_text:  # unchanged settings are not rewritten (a finished cohort may be read-only)
+                atomic_write_bytes(settings_file, text.encode("utf-8"))
 
     # -- state ------------------------------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -301,10 +338,10 @@ class CohortWriter:
         row = self._rows.get(rid)
         if row is None:
             return False
-        p = self.root / row["path"]
-        if not p.is_file() or file_sha256(p) != row["checksum"]:
+        p = owned_file(self.root, row["path"], _OWN_FILE_RE)
+        if p is None or file_sha256(p) != row["checksum"]:
             return False
-        return not row.get("label_path") or (self.root / row["label_path"]).is_file()
+        return not row.get("label_path") or owned_file(self.root, row["label_path"], _OWN_FILE_RE) is not None
 
     def frame(self) -> pd.DataFrame:
         """The manifest as a (decoded) DataFrame, sorted by id."""
@@ -358,28 +395,48 @@ class CohortWriter:
             "path": f"volumes/{rid}{ext}", "label_path": label_rel, "checksum": file_sha256(vol_path),
         })
         self._rows[rid] = row
+        self._owned_ids.add(rid)
         self._pending += 1
         if self._pending >= self.flush_every:
             self.flush()
         return row
 
+    def _deletable(self, rel: str, rid: str) -> Path | None:
+        """``rel`` when it is this writer's own file of ``rid`` (its naming, inside ``volumes/``, no symlink)."""
+        m = _OWN_FILE_RE.fullmatch(str(rel))
+        if m is None or m.group("id") != rid or rid not in self._owned_ids:
+            return None
+        return owned_file(self.root, rel, _OWN_FILE_RE)
+
     def remove(self, rid: str) -> None:
-        """Drop a row and its files (e.g. a patient no longer in the source)."""
+        """Drop a row and its files (e.g. a patient no longer in the source).
+
+        Only files this writer made are deleted: ``volumes/<rid>[_label].nii[.gz]`` of a row of its own manifest,
+        never through a symlink; anything else a row names is left alone.
+        """
         row = self._rows.pop(rid, None)
         if row:
             for key in ("path", "label_path"):
                 if row.get(key):
-                    (self.root / row[key]).unlink(missing_ok=True)
+                    p = self._deletable(row[key], rid)
+                    if p is not None:
+                        p.unlink(missing_ok=True)
             self._pending += 1
 
     def prune(self) -> int:
-        """Delete files in ``volumes/`` that no row references (left by an earlier build with other settings)."""
+        """Delete volume files of this writer's earlier rows that no current row references.
+
+        Candidates are ``volumes/<id>[_label].nii[.gz]`` for ids of the previous manifest (e.g. a build with other
+        settings) and of rows written here; other files in ``volumes/`` are never touched.
+        """
         keep = {Path(r[k]).name for r in self._rows.values() for k in ("path", "label_path") if r.get(k)}
         n = 0
-        for p in self.volumes.iterdir():
-            if p.is_file() and p.name not in keep:
-                p.unlink()
-                n += 1
+        for p in sorted(self.volumes.iterdir()):
+            m = _OWN_FILE_RE.fullmatch(f"volumes/{p.name}")
+            if p.name in keep or m is None or self._deletable(f"volumes/{p.name}", m.group("id")) is None:
+                continue
+            p.unlink()
+            n += 1
         return n
 
     def set_splits(self, splits: Mapping[str, str] | pd.Series) -> None:
@@ -412,12 +469,15 @@ class CohortWriter:
         df = self.frame()
         text = pd.DataFrame([_encode(r) for r in df.to_dict(orient="records")],
                             columns=df.columns).to_csv(index=False)
-        atomic_write_text(self.root / "manifest.csv", text)
+        if text != self._written_manifest:  # an unchanged manifest is not rewritten (finished, read-only cohort)
+            atomic_write_bytes(self.root / "manifest.csv", text.encode("utf-8"))
+            self._written_manifest = text
         fail_path = self.root / "failures.csv"
         if self._failures:
-            atomic_write_text(fail_path, pd.DataFrame(self._failures, columns=FAILURE_COLUMNS).to_csv(index=False))
-        else:
-            fail_path.unlink(missing_ok=True)  # a stale report from an earlier run would mislead
+            atomic_write_bytes(fail_path, pd.DataFrame(self._failures, columns=FAILURE_COLUMNS).to_csv(index=False)
+                               .encode("utf-8"))
+        elif fail_path.is_file() and not fail_path.is_symlink():
+            fail_path.unlink()  # a stale report from an earlier run would mislead
         self._pending = 0
 
     def close(self) -> None:

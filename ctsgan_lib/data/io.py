@@ -37,6 +37,39 @@ IGNORED_FILES = (".*", "*.xml", "*.XML", "DICOMDIR", "*.json", "*.txt", "*.md", 
 AXIS_COS_MIN = 0.9998
 #: Description written into every file this project writes (no identifying text).
 DERIVED_DESCRIPTION = "ctsgan_lib synthetic/derived"
+#: HU a cohort or converted file can hold (int16); values outside are refused, never clipped silently.
+HU_STORABLE = (-32768.0, 32767.0)
+
+
+def check_hu_range(path: Path, hu: np.ndarray, how: str) -> None:
+    """Refuse HU the int16 files cannot hold: clipping would change the data while the summary showed otherwise."""
+    lo, hi = float(np.min(hu)), float(np.max(hu))
+    if lo < HU_STORABLE[0] or hi > HU_STORABLE[1]:
+        raise InputFileError(path, f"HU range {lo:.0f}..{hi:.0f} exceeds the int16 range -32768..32767 the output "
+                                   f"stores ({how}); refusing to clip it")
+
+
+def _numbers(f: Path, ds: Any, tag: str, n: int) -> list[float]:
+    """The ``n`` values of a numeric DICOM attribute, all finite, or a one-line error naming the file and tag."""
+    try:
+        vals = [float(v) for v in getattr(ds, tag)]
+    except (TypeError, ValueError):
+        raise InputFileError(f, f"{tag} is not {n} numbers ({str(getattr(ds, tag, ''))[:40]!r})") from None
+    if len(vals) != n or not all(np.isfinite(vals)):
+        raise InputFileError(f, f"{tag} must be {n} finite numbers, got {vals}")
+    return vals
+
+
+def _missing_decoder(ds: Any, exc: Exception) -> str | None:
+    """A clear message when pydicom has no plugin for the pixel data's compression, else None."""
+    ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    if ts is None or not getattr(ts, "is_compressed", False):
+        return None
+    text = str(exc)
+    if "missing" in text or "plugin" in text or "decoder" in text.lower():
+        return (f"no decoder for its compressed pixel data ({ts.name}); install pydicom's plugins: "
+                f"pip install pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg")
+    return None
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -95,6 +128,33 @@ def _check_series(folder: Path, headers: list[tuple[Path, Any]]) -> None:
                 raise InputFileError(f, f"missing {tag}: cannot place the slice in space")
         if int(getattr(ds, "NumberOfFrames", 1) or 1) > 1:
             raise InputFileError(f, "multi-frame (enhanced) DICOM is not supported; export classic single-frame slices")
+        _numbers(f, ds, "ImagePositionPatient", 3)
+        _numbers(f, ds, "ImageOrientationPatient", 6)
+        ps = _numbers(f, ds, "PixelSpacing", 2)
+        if min(ps) <= 0:
+            raise InputFileError(f, f"PixelSpacing {ps} mm: spacing must be positive (a negative value would mirror "
+                                    "the image)")
+        spp = int(getattr(ds, "SamplesPerPixel", 1) or 1)
+        if spp != 1:
+            raise InputFileError(f, f"{spp} samples per pixel ({getattr(ds, 'PhotometricInterpretation', '')}): a colour "
+                                    "image, not a grey-level CT slice")
+        slope = getattr(ds, "RescaleSlope", None)
+        if slope not in (None, ""):
+            try:
+                slope_f = float(slope)
+            except (TypeError, ValueError):
+                slope_f = float("nan")
+            if not np.isfinite(slope_f) or slope_f == 0:
+                raise InputFileError(f, f"RescaleSlope {slope!s} cannot map stored values to HU (must be a non-zero "
+                                        "number)")
+        intercept = getattr(ds, "RescaleIntercept", None)
+        if intercept not in (None, ""):
+            try:
+                ok = np.isfinite(float(intercept))
+            except (TypeError, ValueError):
+                ok = False
+            if not ok:
+                raise InputFileError(f, f"RescaleIntercept {intercept!s} is not a finite number")
     uids = sorted({str(getattr(ds, "SeriesInstanceUID", "")) for _, ds in headers})
     if len(uids) > 1:
         raise InputFileError(folder, f"mixed series: {len(uids)} SeriesInstanceUIDs in one folder "
@@ -200,16 +260,20 @@ def read_dicom_series(folder: str | Path, ignore: Sequence[str] = IGNORED_FILES,
     native = np.empty((n, rows, cols), dtype=np.float32)
     for k, i in enumerate(order):
         f = headers[i][0]
+        ds = None
         try:
             ds = pydicom.dcmread(f)
             arr = ds.pixel_array
         except Exception as exc:
-            raise InputFileError(f, f"truncated or corrupt pixel data ({type(exc).__name__})") from None
+            raise InputFileError(f, _missing_decoder(ds, exc) if ds is not None and _missing_decoder(ds, exc) else
+                                 f"truncated or corrupt pixel data ({type(exc).__name__})") from None
         if arr.shape != (rows, cols):
             raise InputFileError(f, f"pixel data shape {arr.shape} does not match Rows x Columns {(rows, cols)}")
-        slope = float(getattr(ds, "RescaleSlope", 1) or 1)
-        intercept = float(getattr(ds, "RescaleIntercept", 0) or 0)
+        # absent tags mean identity; a present slope of 0 was refused by _check_series (never read as 1)
+        slope = float(ds.RescaleSlope) if getattr(ds, "RescaleSlope", None) not in (None, "") else 1.0
+        intercept = float(ds.RescaleIntercept) if getattr(ds, "RescaleIntercept", None) not in (None, "") else 0.0
         native[k] = arr.astype(np.float32) * np.float32(slope) + np.float32(intercept)
+        check_hu_range(f, native[k], f"stored values x RescaleSlope {slope:g} + RescaleIntercept {intercept:g}")
 
     # native axes (slice, row, col) point along LPS axes (ax_s, ax_r, ax_c) with signs (+1 slice: sorted along
     # the normal). Permute to (z, y, x) = LPS axes (2, 1, 0) and flip every axis that points the negative way.
@@ -421,11 +485,26 @@ def read_nifti(path: str | Path, max_voxels: int = MAX_VOXELS) -> tuple[np.ndarr
         raise InputFileError(path, f"4D image {shape} (a time series?); expected one 3D volume")
     if len(shape) != 3:
         raise InputFileError(path, f"expected a 3D volume, got shape {tuple(img.shape)}")
-    if int(np.prod(shape, dtype=np.int64)) > max_voxels:
-        raise InputFileError(path, f"declared size {shape} is too large (limit {max_voxels} voxels)")
+    if min(shape) < 1 or int(np.prod(shape, dtype=np.int64)) > max_voxels:
+        raise InputFileError(path, f"declared size {shape} is too large or empty (limit {max_voxels} voxels)")
+    dtype = img.get_data_dtype()
+    if dtype.fields is not None or int(img.header.get("datatype", 0)) in (128, 2304):
+        raise InputFileError(path, f"RGB/colour data ({dtype}); expected one grey-level CT volume")
+    if dtype.kind == "c":
+        raise InputFileError(path, f"complex data ({dtype}); expected real HU values (take the magnitude first)")
+    if dtype.kind not in "uif":
+        raise InputFileError(path, f"data type {dtype} is not a number type")
     affine = np.asarray(img.affine, dtype=float)
     if not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-9:
         raise InputFileError(path, "degenerate affine (zero determinant or non-finite): voxel geometry unknown")
+    for axis, vec in zip("ijk", affine[:3, :3].T):
+        unit = vec / np.linalg.norm(vec)
+        if np.max(np.abs(unit)) < AXIS_COS_MIN:
+            # reorienting to RAS+ would drop the rotation/shear and place every voxel wrongly, like oblique DICOM
+            raise InputFileError(path, f"oblique or sheared voxel axes (voxel axis {axis} points along "
+                                       f"{np.round(unit, 4).tolist()}, not a patient axis); resample it to an "
+                                       "axis-aligned grid first")
+    _check_declared_bytes(path, img, shape, dtype)
     if len(img.shape) > 3:
         img = nib.Nifti1Image(np.asarray(img.dataobj).reshape(shape), img.affine, img.header)
     try:
@@ -435,11 +514,48 @@ def read_nifti(path: str | Path, max_voxels: int = MAX_VOXELS) -> tuple[np.ndarr
         raise InputFileError(path, f"truncated or corrupt image data ({type(exc).__name__})") from None
     if not np.all(np.isfinite(data)):
         raise InputFileError(path, f"{int((~np.isfinite(data)).sum())} voxels are NaN or Inf")
+    slope, inter = img.header.get_slope_inter()
+    check_hu_range(path, data, f"data x scl_slope {slope if slope is not None else 1:g} + scl_inter "
+                               f"{inter if inter is not None else 0:g}")
     zooms = np.sqrt((canon.affine[:3, :3] ** 2).sum(axis=0))  # (dx, dy, dz) along RAS voxel axes
     # RAS (i → R, j → A, k → S) to our (z, y, x) with x → L, y → P: transpose and flip x and y.
     hu = np.ascontiguousarray(data.transpose(2, 1, 0)[:, ::-1, ::-1], dtype=np.float32)
     spacing_mm = (round(float(zooms[2]), 6), round(float(zooms[1]), 6), round(float(zooms[0]), 6))
     return hu, spacing_mm, np.asarray(canon.affine, dtype=float)
+
+
+def _check_declared_bytes(path: Path, img: Any, shape: tuple[int, ...], dtype: np.dtype) -> None:
+    """The file must hold the bytes its header declares, checked before anything is decompressed.
+
+    A tiny ``.nii.gz`` declaring 1000³ voxels would otherwise make nibabel allocate gigabytes before failing. For
+    gzip the trailer's ISIZE gives the uncompressed size (modulo 2³²); when it does not suffice (multi-member files,
+    sizes above 4 GiB) the stream is decompressed in chunks and counted, never held.
+    """
+    import gzip
+    import zlib
+
+    need = int(img.header.get_data_offset()) + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    if not path.name.lower().endswith(".gz"):
+        have = path.stat().st_size
+    else:
+        with open(path, "rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            if fh.tell() < 18:
+                raise InputFileError(path, "truncated gzip stream")
+            fh.seek(-4, os.SEEK_END)
+            isize = int.from_bytes(fh.read(4), "little")
+        if need < 2 ** 32 and isize >= need:
+            return
+        have = 0
+        try:
+            with gzip.open(path, "rb") as gz:
+                while have < need and (block := gz.read(1 << 20)):
+                    have += len(block)
+        except (OSError, EOFError, zlib.error):
+            pass  # counted up to the damage; the comparison below names the shortfall
+    if have < need:
+        raise InputFileError(path, f"truncated: the header declares {shape} {dtype} voxels ({need} bytes) but the "
+                                   f"file holds {have} bytes of data")
 
 
 def nifti_affine(shape_zyx: Sequence[int], spacing_mm: Sequence[float],

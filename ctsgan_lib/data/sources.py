@@ -24,6 +24,8 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from ..errors import CTSGANError, InputFileError
+from ..utils.lock import folder_lock
+from ..utils.paths import claim_output_folder, undo_new_folder
 from .cohort import CohortWriter
 from .io import IGNORED_FILES, _is_ignored, lps_to_index, read_dicom_series, read_nifti
 
@@ -188,9 +190,16 @@ def dicom_scans(in_dir: Path) -> list[RawScan]:
 
 
 def nifti_scans(in_dir: Path) -> list[RawScan]:
-    """Every ``*.nii`` / ``*.nii.gz`` under ``in_dir`` is one scan (source ``nifti``, domain ``unknown``)."""
+    """Every ``*.nii`` / ``*.nii.gz`` under ``in_dir`` is one scan (source ``nifti``, domain ``unknown``).
+
+    A label map beside its scan (``<name>_label.nii[.gz]`` next to ``<name>.nii[.gz]``, the layout ``ctsgan phantoms``
+    and cohorts write) is not a CT scan and is skipped.
+    """
     files = sorted(p for p in in_dir.rglob("*") if p.is_file() and not p.name.startswith(".")
                    and (p.name.endswith(".nii") or p.name.endswith(".nii.gz")))
+    names = {str(f) for f in files}
+    files = [f for f in files if not (re.search(r"_label\.nii(\.gz)?$", f.name) and any(
+        re.sub(r"_label(\.nii(\.gz)?)$", ext, str(f)) in names for ext in (r"\1", ".nii", ".nii.gz")))]
     scans = []
     for f in files:
         rel = str(f.relative_to(in_dir))
@@ -404,9 +413,14 @@ def build_real(cfg, scans: list[RawScan], problems: list[tuple[str, str]], write
 
 
 def build_from_source(cfg, source: str, in_dir: str | Path | None, out: Path, progress: bool = True) -> Path:
-    """Implementation of :func:`ctsgan_lib.data.cohort.build_cohort`."""
+    """Implementation of :func:`ctsgan_lib.data.cohort.build_cohort`.
+
+    The cohort folder is locked for the whole build (a second ``prepare`` on it is refused), must not overlap the
+    input folder, and must be new, empty or a cohort ``prepare`` wrote (see :mod:`ctsgan_lib.utils.paths`).
+    """
     if source not in SOURCES:
         raise CTSGANError(f"unknown source {source!r}; choose one of {', '.join(SOURCES)}")
+    out = Path(out)
     in_path = None
     if source != "phantom":
         if in_dir is None:
@@ -414,6 +428,20 @@ def build_from_source(cfg, source: str, in_dir: str | Path | None, out: Path, pr
         in_path = Path(in_dir).expanduser().resolve()
         if not in_path.is_dir():
             raise InputFileError(in_path, "input folder not found")
+        out_path = out.expanduser().resolve()
+        if out_path.is_relative_to(in_path) or in_path.is_relative_to(out_path):
+            # a rerun would import its own outputs, and a cohort rebuild could replace the source scans
+            raise CTSGANError(f"--out {out} and --in {in_dir} overlap; write the cohort outside the input folder")
+    if out.exists() and not out.is_dir():
+        raise CTSGANError(f"{out}: exists and is not a folder")
+    with undo_new_folder(out):
+        claim_output_folder(out, "prepare")
+        with folder_lock(out, "prepare"):
+            claim_output_folder(out, "prepare")  # again under the lock: the folder may have changed hands meanwhile
+            return _build_locked(cfg, source, in_path, out, progress)
+
+
+def _build_locked(cfg, source: str, in_path: Path | None, out: Path, progress: bool) -> Path:
     writer = CohortWriter(out, compress=cfg.data.compress, settings=_settings(cfg, source, in_path))
     if source == "phantom":
         build_phantom(cfg, writer, progress)
@@ -431,7 +459,8 @@ def build_from_source(cfg, source: str, in_dir: str | Path | None, out: Path, pr
         # nothing usable: leave only the failure report, no manifest a later stage could mistake for a cohort
         writer.flush()
         for name in ("manifest.csv", "cohort.json"):
-            (out / name).unlink(missing_ok=True)
+            if not (out / name).is_symlink():
+                (out / name).unlink(missing_ok=True)
         with contextlib.suppress(OSError):
             (out / "volumes").rmdir()
         first = writer.failures[0] if writer.failures else {"item": str(in_path), "problem": "nothing found"}

@@ -102,8 +102,9 @@ def load_checkpoint(path: str | Path, kind: str | None = None, map_location: str
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
         raise CheckpointError(f"{path}: not a readable torch checkpoint ({type(exc).__name__}: "
                               f"{str(exc).splitlines()[0][:160] if str(exc) else ''})") from None
-    if not isinstance(ck, dict) or "models" not in ck or "kind" not in ck:
-        raise CheckpointError(f"{path}: not a ctsgan_lib checkpoint (missing 'kind'/'models')")
+    if (not isinstance(ck, dict) or not isinstance(ck.get("models"), dict) or not isinstance(ck.get("kind"), str)
+            or not isinstance(ck.get("config"), dict) or not isinstance(ck.get("step", 0), int)):
+        raise CheckpointError(f"{path}: not a ctsgan_lib checkpoint (needs 'kind', 'step', 'config' and 'models')")
     if kind is not None and ck["kind"] != kind:
         raise CheckpointError(f"{path}: checkpoint is a {ck['kind']!r} model, expected {kind!r}")
     return ck
