@@ -99,7 +99,8 @@ def load_checkpoint(path: str | Path, kind: str | None = None, map_location: str
         raise CheckpointError(f"{path}: refused to load: the file holds objects other than tensors and plain "
                               f"containers (possibly code); only weights_only checkpoints are accepted ({first[:160]})"
                               ) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, IndexError, KeyError, TypeError,
+            AttributeError) as exc:  # a text file or other bytes trip the unpickler in many ways
         raise CheckpointError(f"{path}: not a readable torch checkpoint ({type(exc).__name__}: "
                               f"{str(exc).splitlines()[0][:160] if str(exc) else ''})") from None
     if (not isinstance(ck, dict) or not isinstance(ck.get("models"), dict) or not isinstance(ck.get("kind"), str)
