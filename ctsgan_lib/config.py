@@ -274,7 +274,10 @@ def _coerce(value: Any, current: Any, where: str) -> Any:
             raise ConfigError(f"{where}: expected a number, got {value!r}") from None
     if isinstance(current, (list, tuple)):
         if isinstance(value, str):
-            value = yaml.safe_load(value if value.strip().startswith("[") else f"[{value}]")
+            try:
+                value = yaml.safe_load(value if value.strip().startswith("[") else f"[{value}]")
+            except (yaml.YAMLError, RecursionError):
+                raise ConfigError(f"{where}: expected a list like [1, 2], got {value[:40]!r}") from None
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{where}: expected a list, got {value!r}")
         if current:
@@ -322,11 +325,14 @@ def load_profile(name: str = "smoke", path: str | Path | None = None, **override
         path = CONFIG_DIR / f"{name}.yaml"
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except FileNotFoundError:
         raise ConfigError(f"{path}: profile file not found") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+        first = str(exc).replace("\n", " ")[:160]
+        raise ConfigError(f"{path}: not valid YAML ({first})") from None
+    except (UnicodeDecodeError, OSError, RecursionError) as exc:
+        raise ConfigError(f"{path}: cannot read the profile ({type(exc).__name__})") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: top level must be a mapping")
     cfg = Config(profile=name)
