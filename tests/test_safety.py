@@ -345,6 +345,8 @@ def test_11_jpeg_ls_series_decodes(tmp_path, capsys):
     from pydicom.data import get_testdata_file
 
     assert pydicom.dcmread(get_testdata_file("SC_rgb_jpeg_gdcm.dcm")).pixel_array.shape == (100, 100, 3)
+    j2k = pydicom.dcmread(get_testdata_file("JPEG2000.dcm"))  # and JPEG 2000 (openjpeg)
+    assert j2k.pixel_array.shape == (j2k.Rows, j2k.Columns)
 
 
 def test_11_missing_decoder_is_named(tmp_path):
