@@ -246,6 +246,22 @@ def test_8_the_lock_of_a_killed_writer_is_taken_over(tmp_path, capsys):
     assert all(Cohort(out).verify(r) for r in Cohort(out).ids())
 
 
+def test_8_generate_refuses_a_locked_shard_folder(tmp_path, capsys):
+    out = tmp_path / "syn"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom ctsgan_lib.utils.lock import folder_lock\n"
+                               "with folder_lock(sys.argv[1], 'generate'):\n    print('held', flush=True)\n"
+                               "    time.sleep(600)\n", str(out)], env=ENV, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        rc, err = _run(capsys, ["generate", "--checkpoint", _ckpt(tmp_path / "g.pt"), "--n", "1", "--out", out,
+                                "--inject-fraction", "0", "--device", "cpu", "--batch", "1"])
+        _refused(rc, err, str(out), f"in use by pid {holder.pid}", "`ctsgan generate`")
+        assert not (out / "manifest.csv").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+
+
 # ================================================================================= 9-12: silent wrong data
 def _nifti(path: Path, data, affine=None, **hdr) -> Path:
     img = nib.Nifti1Image(data, nifti_affine(data.shape[::-1], SPACING) if affine is None else affine)

@@ -534,8 +534,11 @@ def _check_declared_bytes(path: Path, img: Any, shape: tuple[int, ...], dtype: n
     import gzip
     import zlib
 
+    name = path.name.lower()
+    if not (name.endswith(".nii") or name.endswith(".nii.gz")):
+        return  # a .hdr/.img pair keeps its data in the other file; nibabel checks it on read
     need = int(img.header.get_data_offset()) + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-    if not path.name.lower().endswith(".gz"):
+    if not name.endswith(".gz"):
         have = path.stat().st_size
     else:
         with open(path, "rb") as fh:
