@@ -121,10 +121,11 @@ def test_3_input_folder_as_output_is_refused(tmp_path, capsys):
     for i in range(2):
         write_nifti(src / f"s{i}.nii.gz", VOL + i, SPACING)
     before = _tree(src)
-    rc, err = _run(capsys, ["prepare", "--source", "nifti", "--in", src, "--out", src, "--profile", "smoke",
-                            "--no-progress"])
-    _refused(rc, err, "overlap")
-    assert _tree(src) == before
+    for flags in ([], ["--allow-foreign"]):
+        rc, err = _run(capsys, ["prepare", "--source", "nifti", "--in", src, "--out", src, "--profile", "smoke",
+                                "--no-progress", *flags])
+        _refused(rc, err, "overlap")
+        assert _tree(src) == before and not list(src.glob(".*"))
 
 
 def _ckpt(path: Path) -> Path:

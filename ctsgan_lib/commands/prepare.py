@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from .common import add_profile_args, config_from_args
 
@@ -27,18 +28,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..data.cohort import Cohort, build_cohort
+    from ..data.cohort import Cohort
+    from ..data.sources import build_from_source
 
     cfg = config_from_args(args)  # validated before anything is written
-    if args.allow_foreign:
-        from pathlib import Path
-
-        from ..utils.paths import claim_output_folder
-
-        claim_output_folder(Path(args.out_dir) if args.out_dir else cfg.data_dir / "cohort", "prepare",
-                            allow_foreign=True)
-    out = build_cohort(cfg, source=args.source, in_dir=args.in_dir, out_dir=args.out_dir,
-                       progress=not args.no_progress)
+    out = build_from_source(cfg, args.source, args.in_dir,
+                            Path(args.out_dir) if args.out_dir else cfg.data_dir / "cohort",
+                            progress=not args.no_progress, allow_foreign=args.allow_foreign)
     cohort = Cohort(out)
     counts = cohort.manifest["split"].value_counts().to_dict()
     n_fail = 0

@@ -412,11 +412,13 @@ def build_real(cfg, scans: list[RawScan], problems: list[tuple[str, str]], write
     writer.flush()
 
 
-def build_from_source(cfg, source: str, in_dir: str | Path | None, out: Path, progress: bool = True) -> Path:
+def build_from_source(cfg, source: str, in_dir: str | Path | None, out: Path, progress: bool = True,
+                      allow_foreign: bool = False) -> Path:
     """Implementation of :func:`ctsgan_lib.data.cohort.build_cohort`.
 
     The cohort folder is locked for the whole build (a second ``prepare`` on it is refused), must not overlap the
-    input folder, and must be new, empty or a cohort ``prepare`` wrote (see :mod:`ctsgan_lib.utils.paths`).
+    input folder, and must be new, empty or a cohort ``prepare`` wrote; ``allow_foreign`` (``--allow-foreign``)
+    accepts unrelated files in it, which are never deleted (see :mod:`ctsgan_lib.utils.paths`).
     """
     if source not in SOURCES:
         raise CTSGANError(f"unknown source {source!r}; choose one of {', '.join(SOURCES)}")
@@ -435,7 +437,7 @@ def build_from_source(cfg, source: str, in_dir: str | Path | None, out: Path, pr
     if out.exists() and not out.is_dir():
         raise CTSGANError(f"{out}: exists and is not a folder")
     with undo_new_folder(out):
-        claim_output_folder(out, "prepare")
+        claim_output_folder(out, "prepare", allow_foreign=allow_foreign)
         with folder_lock(out, "prepare"):
             claim_output_folder(out, "prepare")  # again under the lock: the folder may have changed hands meanwhile
             return _build_locked(cfg, source, in_path, out, progress)
