@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import pandas as pd
@@ -16,12 +18,16 @@ import pytest
 import yaml
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
+from hypothesis.configuration import set_hypothesis_home_dir
 
 from ctsgan_lib.cli import main
 from ctsgan_lib.config import ConfigError, load_profile, parse_overrides
 from ctsgan_lib.data.cohort import MANIFEST_COLUMNS, Cohort, CohortWriter
 from ctsgan_lib.errors import CTSGANError
 from ctsgan_lib.utils.atomic import file_sha256
+
+# Hypothesis keeps caches in ./.hypothesis by default; tests never write into the checkout (Makefile: CTSGAN_ROOT)
+set_hypothesis_home_dir(Path(os.environ.get("CTSGAN_ROOT") or tempfile.gettempdir()) / ".hypothesis")
 
 FAST = 25
 SLOW = 400

@@ -33,7 +33,12 @@ _JSON_COLUMNS = ("nodules", "spacing_mm", "shape")
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 FAILURE_COLUMNS = ["item", "problem"]
 #: What a cohort writer names its volume files (``volumes/<id>[_label].nii[.gz]``): the only files it ever deletes.
-_OWN_FILE_RE = re.compile(r"volumes/(?P<id>[A-Za-z0-9][A-Za-z0-9._-]*?)(_label)?\.nii(\.gz)?")
+_OWN_FILE_RE = re.compile(r"volumes/[A-Za-z0-9][A-Za-z0-9._-]*\.nii(\.gz)?")
+
+
+def _own_names(rid: str) -> set[str]:
+    """The file names :meth:`CohortWriter.write` gives the volume and label of ``rid``."""
+    return {f"{rid}{label}{ext}" for label in ("", "_label") for ext in (".nii", ".nii.gz")}
 
 
 def _decode(df: pd.DataFrame, manifest: Path) -> pd.DataFrame:
@@ -403,8 +408,8 @@ class CohortWriter:
 
     def _deletable(self, rel: str, rid: str) -> Path | None:
         """``rel`` when it is this writer's own file of ``rid`` (its naming, inside ``volumes/``, no symlink)."""
-        m = _OWN_FILE_RE.fullmatch(str(rel))
-        if m is None or m.group("id") != rid or rid not in self._owned_ids:
+        rel = str(rel)
+        if rid not in self._owned_ids or not rel.startswith("volumes/") or rel[len("volumes/"):] not in _own_names(rid):
             return None
         return owned_file(self.root, rel, _OWN_FILE_RE)
 
@@ -432,8 +437,9 @@ class CohortWriter:
         keep = {Path(r[k]).name for r in self._rows.values() for k in ("path", "label_path") if r.get(k)}
         n = 0
         for p in sorted(self.volumes.iterdir()):
-            m = _OWN_FILE_RE.fullmatch(f"volumes/{p.name}")
-            if p.name in keep or m is None or self._deletable(f"volumes/{p.name}", m.group("id")) is None:
+            stem = re.sub(r"\.nii(\.gz)?$", "", p.name)
+            owners = [rid for rid in (stem, stem.removesuffix("_label")) if rid in self._owned_ids]
+            if p.name in keep or not any(self._deletable(f"volumes/{p.name}", rid) for rid in owners):
                 continue
             p.unlink()
             n += 1

@@ -265,8 +265,8 @@ def read_dicom_series(folder: str | Path, ignore: Sequence[str] = IGNORED_FILES,
             ds = pydicom.dcmread(f)
             arr = ds.pixel_array
         except Exception as exc:
-            raise InputFileError(f, _missing_decoder(ds, exc) if ds is not None and _missing_decoder(ds, exc) else
-                                 f"truncated or corrupt pixel data ({type(exc).__name__})") from None
+            why = _missing_decoder(ds, exc) if ds is not None else None
+            raise InputFileError(f, why or f"truncated or corrupt pixel data ({type(exc).__name__})") from None
         if arr.shape != (rows, cols):
             raise InputFileError(f, f"pixel data shape {arr.shape} does not match Rows x Columns {(rows, cols)}")
         # absent tags mean identity; a present slope of 0 was refused by _check_series (never read as 1)
