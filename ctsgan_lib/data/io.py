@@ -26,7 +26,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..errors import InputFileError
-from ..utils.atomic import atomic_path
+from ..utils.atomic import atomic_path, umask_dir_mode
 
 #: Refuse volumes above this many voxels before reading pixel data (4 GiB as float32): a corrupt or hostile
 #: header must not make us allocate terabytes.
@@ -376,6 +376,7 @@ def write_dicom_series(folder: str | Path, hu: np.ndarray, spacing_mm: Sequence[
             ds.WindowCenter, ds.WindowWidth = -600, 1500
             ds.PixelData = np.ascontiguousarray(pix[k]).tobytes()
             pydicom.dcmwrite(tmp / f"slice_{k:04d}.dcm", ds, enforce_file_format=True)
+        os.chmod(tmp, umask_dir_mode())   # mkdtemp makes 0700; the series folder gets what the umask implies
         if folder.exists():
             old = folder.with_name(f".{folder.name}.old-{os.getpid()}")
             os.replace(folder, old)

@@ -14,21 +14,27 @@ from pathlib import Path
 from typing import Iterator
 
 
-def umask_file_mode() -> int:
-    """Mode of a new regular file under the current umask (``0o666 & ~umask``), e.g. 0o644 for umask 022.
-
-    Read from ``/proc/self/status`` where the kernel offers it; otherwise set and restore the umask (the only portable
-    way to read it).
-    """
+def current_umask() -> int:
+    """The process umask, read without changing it where the kernel offers it (``/proc/self/status``)."""
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
             if line.startswith("Umask:"):
-                return 0o666 & ~int(line.split()[1], 8)
+                return int(line.split()[1], 8)
     except (OSError, ValueError, IndexError):
         pass
-    mask = os.umask(0o022)
+    mask = os.umask(0o022)   # elsewhere the only portable way to read it is to set it and put it back
     os.umask(mask)
-    return 0o666 & ~mask
+    return mask
+
+
+def umask_file_mode() -> int:
+    """Mode of a new regular file under the current umask (``0o666 & ~umask``), e.g. 0o644 for umask 022."""
+    return 0o666 & ~current_umask()
+
+
+def umask_dir_mode() -> int:
+    """Mode of a new folder under the current umask (``0o777 & ~umask``), e.g. 0o755 for umask 022."""
+    return 0o777 & ~current_umask()
 
 
 @contextlib.contextmanager
