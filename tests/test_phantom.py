@@ -262,3 +262,12 @@ def test_cohort_writer_records_center_mm_with_origin(tmp_path):
     assert _label_at_world_mm(img, nod["center_mm"]) == 7
     data = np.asarray(img.dataobj)
     assert data[2, 3, 9] != 7 and data[9, 3, 2] != 7       # center_vox is not the file's (i, j, k)
+
+
+def test_progress_bar_counts_the_last_patient_when_the_consumer_stops_with_it(capsys):
+    """Issue 17: `prepare` zips its plan with this generator and stops after the last patient without resuming the
+    generator, so a bar counted after `yield` ended at 23/24 although all 24 were written."""
+    seeds = [0, 1]
+    got = [ph for _, ph in zip(seeds, P.generate_many(seeds, "nlst-like", size=16, spacing_mm=22.0, progress=True))]
+    assert len(got) == 2
+    assert "2/2" in capsys.readouterr().err

@@ -41,7 +41,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "under runs/<profile>/bench/.")
     bsub = p.add_subparsers(dest="bench_command", metavar="BENCH")
 
-    m = bsub.add_parser("memory", help="peak memory of one training step, per model and volume size")
+    m = bsub.add_parser("memory", help="peak memory of one training step, per model and volume size",
+                        description="Peak memory of one training step (D + G update) of CT-SGAN and the 3D GAN at "
+                                    "each volume size, each configuration in its own process, under a memory cap. "
+                                    "One JSON line per configuration, with hardware and load.")
     add_profile_args(m)
     m.add_argument("--sizes", type=int, nargs="+", default=None, help="volume sides S (default: bench.sizes)")
     m.add_argument("--models", nargs="+", default=["ctsgan", "gan3d"], help="models (default: ctsgan gan3d)")
@@ -57,19 +60,23 @@ def register(sub: argparse._SubParsersAction) -> None:
     m.add_argument("--out", default=None, help="JSON-lines file (default: runs/<P>/bench/memory.jsonl)")
     m.set_defaults(func=_memory)
 
-    t = bsub.add_parser("throughput", help="training steps/s, generation volumes/s, FID-extractor slices/s")
+    t = bsub.add_parser("throughput", help="training steps/s, generation volumes/s, FID-extractor slices/s",
+                        description="Training steps/s, generation volumes/s (with the time for the paper's 10,000 "
+                                    "volumes) and FID-extractor slices/s on this machine. One JSON line per "
+                                    "measurement, with hardware and load.")
     add_profile_args(t)
     t.add_argument("--size", type=int, default=None, help="training-step volume side (default: data.size)")
     t.add_argument("--gen-sizes", type=int, nargs="+", default=None,
                    help="generation volume sides (default: bench.gen_sizes)")
-    t.add_argument("--models", nargs="+", default=["ctsgan", "gan3d"])
+    t.add_argument("--models", nargs="+", default=["ctsgan", "gan3d"], help="models (default: ctsgan gan3d)")
     t.add_argument("--batch", type=int, default=None, help="training batch (default: bench.batch)")
     add_device_arg(t)
     add_progress_arg(t)
     t.add_argument("--repeats", type=int, default=None, help="timed repetitions (default: bench.repeats)")
     t.add_argument("--gen-volumes", type=int, default=None, help="volumes per timed generation call")
     t.add_argument("--fid-slices", type=int, default=None, help="slices per timed extractor call")
-    t.add_argument("--skip", nargs="+", default=[], choices=["train", "generate", "fid"])
+    t.add_argument("--skip", nargs="+", default=[], choices=["train", "generate", "fid"],
+                   help="measurements to leave out")
     t.add_argument("--channels-last", action="store_true",
                    help="also time generation with Gslice in channels-last memory format")
     t.add_argument("--out", default=None, help="JSON-lines file (default: runs/<P>/bench/throughput.jsonl)")
