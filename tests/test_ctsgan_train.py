@@ -58,6 +58,7 @@ def test_losses_move_and_run_folder_is_complete(tmp_root):
     assert ck["step"] == 6 and ck["extra"]["rng_ranks"]
 
 
+@pytest.mark.portable
 def test_kill_and_resume_equals_uninterrupted_run(tmp_root, monkeypatch):
     cfg = load_profile("smoke", **TINY)
     vols = _volumes()

@@ -9,6 +9,7 @@ from ctsgan_lib.data import lidc
 from ctsgan_lib.errors import InputFileError
 
 
+@pytest.mark.portable
 def test_committed_tables_cover_the_whole_database():
     nod, counts = lidc.load_nodule_table(), lidc.load_scan_counts()
     assert len(counts) == 1018 and counts["scan_id"].is_unique

@@ -51,6 +51,7 @@ def test_clean_tissue_values():
     assert -900 < np.median(lung) < -800 and lung.std() > 5          # gradient + texture, not a constant
 
 
+@pytest.mark.portable
 def test_deterministic(lidc_params):
     a = P.render_phantom(lidc_params)
     b = P.render_phantom(P.sample_params(4, "lidc-like", SIZE, SPACING))
