@@ -8,12 +8,13 @@ PROFILE ?= smoke
 # Tests and notebooks write their data/ and runs/ into a throwaway root, never into the checkout.
 TEST_ROOT ?= $(shell mktemp -d /tmp/ctsgan-test.XXXXXX)
 
-.PHONY: setup reproduce test test-slow test-browser lab figures clean help
+.PHONY: setup reproduce test test-portable test-slow test-browser lab figures clean help
 
 help:
 	@echo "make setup       create .venv and install ctsgan_lib[dev] + the 'ctsgan' Jupyter kernel"
 	@echo "make reproduce   run notebooks 01-08 on the embedded phantom data (PROFILE=smoke by default)"
 	@echo "make test        unit + integration tests and nbval over every notebook (< 15 min on 2 cores)"
+	@echo "make test-portable the tests marked 'portable' with numpy's SIMD dispatch and torch's vector kernels off"
 	@echo "make test-slow   the slower variants (paper-size step, long kill/resume)"
 	@echo "make test-browser JupyterLab driven by headless Chromium (needs Debian's chromium)"
 	@echo "make lab         JupyterLab on localhost with notebooks/ open"
@@ -35,6 +36,15 @@ reproduce: setup
 test: setup
 	CTSGAN_ROOT=$(TEST_ROOT) MPLBACKEND=Agg $(BIN)/python -m pytest -p no:cacheprovider -m "not slow and not browser" \
 		--nbval-lax --nbval-kernel-name ctsgan --durations=15 tests notebooks
+
+# The tests that compare with numbers committed from another machine, or with another run (resume, shards), rerun with
+# numpy's runtime SIMD dispatch switched off (every optional feature this CPU has, e.g. AVX2/AVX512F) and torch's
+# default (non-vectorised) kernels: they must pass on any x86-64/arm64 CPU, not only on the one they were written on.
+NPY_FEATURES = $(shell $(BIN)/python -c "from numpy._core._multiarray_umath import __cpu_features__ as f, 	__cpu_baseline__ as b, __cpu_dispatch__ as d; print(' '.join(k for k in d if f.get(k) and k not in b))" 2>/dev/null)
+
+test-portable: setup
+	@echo "NPY_DISABLE_CPU_FEATURES="$(NPY_FEATURES)" ATEN_CPU_CAPABILITY=default"
+	NPY_DISABLE_CPU_FEATURES="$(NPY_FEATURES)" ATEN_CPU_CAPABILITY=default CTSGAN_ROOT=$(TEST_ROOT) MPLBACKEND=Agg 		$(BIN)/python -m pytest -p no:cacheprovider -m "portable and not slow" tests
 
 test-slow: setup
 	CTSGAN_ROOT=$(TEST_ROOT) MPLBACKEND=Agg $(BIN)/python -m pytest -p no:cacheprovider -m slow tests

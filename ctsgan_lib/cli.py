@@ -14,6 +14,7 @@ import importlib
 import importlib.util
 import sys
 
+from . import __version__
 from .config import ConfigError
 from .errors import CTSGANError
 
@@ -27,6 +28,7 @@ COMMANDS = (
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ctsgan", description="CT-SGAN companion: data, training, generation, "
                                      "evaluation and figures. See README.md.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
         modname = f"{__package__}.commands.{name}"

@@ -50,6 +50,7 @@ from .train.checkpoint import file_sha256, latest_checkpoint
 from .train.classifier_loop import VolumeDataset, evaluate, train_classifier
 from .utils.hardware import default_device, git_commit, hardware_info, hardware_label
 from .utils.logs import append_jsonl, read_jsonl
+from .utils.paths import shareable_path
 
 REGIMES = ("real", "synthetic", "pretrain_finetune")
 SPLITS = ("train", "val", "test")
@@ -742,7 +743,8 @@ def caption(records: Sequence[dict], what: str) -> str:
     inj = r0["data"]["injector"]
     inj_s = Path(inj["checkpoint"]).name if inj.get("checkpoint") else inj.get("model", "?")
     syn = r0["data"].get("synthetic_source")
-    return (f"{what} | profile {r0['profile']} | real data {r0['data']['real_source']} "
+    syn = shareable_path(syn) if syn else syn   # footers are shared: no machine paths (issue 17)
+    return (f"{what} | profile {r0['profile']} | real data {shareable_path(r0['data']['real_source'])} "
             f"({'/'.join(r0['data'].get('real_sources') or [])})" + (f" | synthetic {syn}" if syn else "") +
             f" | injector {inj_s} | seeds {seeds} | hardware {'; '.join(hw)} | {comparability_note(records)}")
 
@@ -812,9 +814,12 @@ def plot_fig3b(table, path_base: str | Path, title: str = "", note: str = ""):
         fig.subplots_adjust(bottom=0.22)
     path_base = Path(path_base)
     paths = []
+    # the footer also goes into the file's metadata, as viz.save_figure does, so it can be read (and checked) as text
+    meta = {"png": {"Software": "ctsgan_lib.experiments", "Description": note},
+            "pdf": {"Creator": "ctsgan_lib.experiments", "Subject": note, "CreationDate": None}}
     for ext in ("png", "pdf"):
         p = path_base.with_suffix(f".{ext}")
         with atomic_path(p) as tmp:
-            fig.savefig(tmp, dpi=150, format=ext)
+            fig.savefig(tmp, dpi=150, format=ext, metadata=meta[ext])
         paths.append(p)
     return fig, paths

@@ -62,7 +62,7 @@ def load_generator(ckpt_path: str | Path, device: str | torch.device = "cpu") ->
     extra = ck.get("extra", {})
     meta = {"kind": ck["kind"], "spacing_mm": tuple(extra.get("spacing_mm", DEFAULT_META["spacing_mm"])),
             "hu_min": float(cfg["data"]["hu_min"]), "hu_max": float(cfg["data"]["hu_max"]), "size": size,
-            "step": int(ck["step"]), "checkpoint": str(ckpt_path)}
+            "step": int(ck["step"]), "checkpoint": str(ckpt_path), "profile": str(cfg.get("profile") or "")}
     if ck["kind"] == "ctsgan":
         gen = build_ctsgan(size, cfg["ctsgan"])["generator"]
         load_state_strict(gen.rv, ck["models"]["rv"], f"{ckpt_path} [rv]")

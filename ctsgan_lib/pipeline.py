@@ -15,6 +15,7 @@ from .config import checkout_root, load_profile, project_root
 from .errors import CTSGANError, MissingInputError
 from .utils.atomic import atomic_write_text
 from .utils.hardware import git_commit, hardware_info
+from .utils.paths import shareable_path
 
 #: The numbered notebooks, in order. Each entry: (number, file name, what it makes).
 NOTEBOOKS: tuple[tuple[str, str, str], ...] = (
@@ -122,6 +123,7 @@ def reproduce(profile: str = "smoke", only: Iterable[str] | None = None, start: 
         When a notebook fails; the message names it and its executed copy.
     """
     import papermill as pm
+    from traitlets.config import Config
 
     load_profile(profile)  # validate before spending minutes
     root = root or project_root()
@@ -133,7 +135,7 @@ def reproduce(profile: str = "smoke", only: Iterable[str] | None = None, start: 
         "profile": profile, "commit": git_commit(checkout_root()),
         "started": datetime.now(timezone.utc).isoformat(),
         "python": platform.python_version(), "packages": package_versions(), "hardware": hardware_info(),
-        "command": " ".join(sys.argv), "notebooks": [],
+        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]), "notebooks": [],
     }
     selected = select_notebooks(only, start)
     rerun = {name for _, name, _ in selected}
@@ -147,10 +149,13 @@ def reproduce(profile: str = "smoke", only: Iterable[str] | None = None, start: 
         src = nb_dir / name
         if not src.is_file():
             raise CTSGANError(f"{src}: notebook not found")
-    env_root, env_viewer = os.environ.get("CTSGAN_ROOT"), os.environ.get("CTSGAN_VIEWER")
+    saved_env = {k: os.environ.get(k) for k in ("CTSGAN_ROOT", "CTSGAN_VIEWER", "CTSGAN_PROGRESS")}
     os.environ["CTSGAN_ROOT"] = str(root)  # the kernels inherit it: every notebook writes under this root
     # Executed copies hold pictures, not live widgets, even when papermill is started from inside a lab kernel.
     os.environ["CTSGAN_VIEWER"] = "static"
+    # ... and text progress bars (ctsgan_lib/__init__.py), whose final state survives in the saved notebook once
+    # nbclient folds their carriage returns (coalesce_streams below)
+    os.environ["CTSGAN_PROGRESS"] = "text"
     try:
         for number, name, _ in selected:
             dst = out_dir / name
@@ -161,19 +166,23 @@ def reproduce(profile: str = "smoke", only: Iterable[str] | None = None, start: 
             try:
                 pm.execute_notebook(str(nb_dir / name), str(dst), parameters={"profile": profile,
                                     **(parameters or {})}, cwd=str(nb_dir), kernel_name=kernel,
-                                    progress_bar=progress, log_output=False, request_save_on_cell_execute=True)
+                                    progress_bar=progress, log_output=False, request_save_on_cell_execute=True,
+                                    coalesce_streams=True,
+                                    # CurveZMQ keys for the kernel's sockets (the ctsgan kernelspec declares support):
+                                    # no "Kernel is running over TCP without encryption" warning in every run
+                                    config=Config({"KernelManager": {"transport_encryption": "auto"}}))
             except Exception as exc:  # papermill raises PapermillExecutionError with the cell's traceback
                 status, error = "failed", f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1][:300]}"
             manifest["notebooks"].append({"number": number, "notebook": name, "status": status,
                                           "wall_s": round(time.perf_counter() - t0, 2), "error": error,
-                                          "executed": str(dst), "commit": commit})
+                                          "executed": shareable_path(dst), "commit": commit})
             manifest["notebooks"].sort(key=lambda n: n["number"])
             manifest["finished"] = datetime.now(timezone.utc).isoformat()
             atomic_write_text(manifest_path, json.dumps(manifest, indent=2))
             if status != "ok":
                 raise CTSGANError(f"notebook {name} failed ({error}); executed copy: {dst}")
     finally:
-        for key, old in (("CTSGAN_ROOT", env_root), ("CTSGAN_VIEWER", env_viewer)):
+        for key, old in saved_env.items():
             if old is None:
                 os.environ.pop(key, None)
             else:

@@ -190,7 +190,8 @@ def generate_cohort(checkpoint: str | Path, n: int, seed: int, out: str | Path, 
     compress : bool
         ``.nii.gz`` or ``.nii``.
     profile : str
-        Recorded in ``cohort.json``.
+        Recorded in ``cohort.json`` and the DICOM SeriesDescription; default: the profile the checkpoint was trained
+        with.
 
     Returns
     -------
@@ -210,6 +211,7 @@ def generate_cohort(checkpoint: str | Path, n: int, seed: int, out: str | Path, 
         raise CTSGANError(f"{checkpoint}: checkpoint not found")
     gen = load_generator(checkpoint, device)
     kind = gen.meta["kind"]
+    profile = profile or gen.meta.get("profile") or "unrecorded"   # checkpoints record the profile they ran under
     spacing = tuple(float(s) for s in gen.meta["spacing_mm"])
     inj = None
     if inject_fraction > 0:
@@ -288,7 +290,7 @@ def _write_one(writer: CohortWriter, plan: VolumePlan, hu: np.ndarray, spacing_m
         from .data.io import write_dicom_series
 
         write_dicom_series(writer.root / "dicom" / rid, hu, spacing_mm, patient_id=rid, overwrite=True,
-                           series_description=f"{kind.upper()} synthetic CT ({profile or 'custom'} profile)",
+                           series_description=f"{kind.upper()} synthetic CT ({profile} profile)",
                            derived=True)
 
 

@@ -151,6 +151,7 @@ def test_ratio_bound_and_table_when_the_3d_gan_does_not_fit():
 # Throughput bench
 
 
+@pytest.mark.portable
 def test_throughput_cli_smoke(tmp_root, capsys):
     assert main(["bench", "throughput", "--size", "32", "--repeats", "1"]) == 0
     printed = capsys.readouterr().out
@@ -166,7 +167,12 @@ def test_throughput_cli_smoke(tmp_root, capsys):
     assert g["size"] == 32 and g["n_volumes"] == 2
     for key in ("volumes_per_s", "flops_per_volume", "achieved_flops_per_s", "time_10k_volumes_s"):
         assert _positive(g[key]), key
-    assert g["time_10k_volumes_s"] == pytest.approx(10_000 / g["volumes_per_s"], rel=1e-3)
+    # time_10k_volumes_s is rounded to 0.1 s and volumes_per_s to 1e-5 (bench/throughput.py), so the two can disagree
+    # by 0.05 s plus the relative error of the rounded rate (0.5e-5 / volumes_per_s). A fixed rel=1e-3 failed on
+    # fast machines, where the time is below 50 s (issue 17).
+    expected_s = 10_000 / g["volumes_per_s"]
+    assert g["time_10k_volumes_s"] == pytest.approx(expected_s, abs=0.05 + expected_s * 0.5e-5 / g["volumes_per_s"]
+                                                    + 1e-9)
     assert g["peak_fraction"] is None or 0 < g["peak_fraction"]
     (f,) = [r for r in recs if r["bench"] == "fid_extractor"]
     assert _positive(f["slices_per_s"])

@@ -151,6 +151,7 @@ def test_training_learns_and_resumes(tmp_root):
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), m2.state_dict().values()))
 
 
+@pytest.mark.portable
 def test_interrupted_training_resumes_exactly(tmp_root, monkeypatch):
     import ctsgan_lib.train.classifier_loop as loop
 

@@ -79,6 +79,7 @@ def test_streaming_matches_whole_volume_and_depth_can_exceed_size():
     assert hu.shape == (50, 32, 32) and hu.dtype == np.float32 and spacing == (1.0, 1.0, 1.0)
 
 
+@pytest.mark.portable
 def test_same_seed_same_volume_alone_batched_or_sharded():
     gen = _gen(32)
     vols = [v for v, _ in generate_volumes(gen, 5, seed=11, batch=2, chunk=8)]

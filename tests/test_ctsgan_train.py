@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
 import subprocess
 import sys
@@ -57,6 +58,7 @@ def test_losses_move_and_run_folder_is_complete(tmp_root):
     assert ck["step"] == 6 and ck["extra"]["rng_ranks"]
 
 
+@pytest.mark.portable
 def test_kill_and_resume_equals_uninterrupted_run(tmp_root, monkeypatch):
     cfg = load_profile("smoke", **TINY)
     vols = _volumes()
@@ -159,7 +161,7 @@ def test_cohort_input_filters_and_bad_volume(tmp_root):
         VolumeDataset(cohort_dir=root, size=32)
 
 
-def test_cli_train_refuses_to_clobber_then_resumes_and_generate_writes_cohort(tmp_root):
+def test_cli_train_resumes_by_default_like_nodules_train_and_generate_writes_cohort(tmp_root, capsys):
     from ctsgan_lib.cli import main
     from ctsgan_lib.data.cohort import Cohort, CohortWriter
 
@@ -169,16 +171,29 @@ def test_cli_train_refuses_to_clobber_then_resumes_and_generate_writes_cohort(tm
         w.write(f"p{i}", v, (1.0, 1.0, 1.0), split="train", source="phantom", domain="nlst-like")
     w.close()
     sets = [a for k, v in {**TINY, "ctsgan.iterations": 2}.items() for a in ("--set", f"{k}={v}")]
+    run = tmp_root / "runs" / "smoke" / "ctsgan"
     assert main(["train", "ctsgan", "--no-progress", *sets]) == 0
-    assert main(["train", "ctsgan", "--no-progress", *sets]) == 2            # would clobber: refused
+    log2 = (run / "log.csv").read_text()
+    # a rerun resumes from the newest checkpoint (issue 17: `nodules train` did, `train` exited 2): nothing to do here
+    assert main(["train", "ctsgan", "--no-progress", *sets]) == 0
+    assert (run / "log.csv").read_text() == log2 and "step 2" in capsys.readouterr().out
+    assert main(["train", "ctsgan", "--no-progress", *sets[:-2], "--set", "ctsgan.iterations=3"]) == 0
+    ckpt = run / "ckpt_000003.pt"
+    assert ckpt.is_file() and (run / "log.csv").read_text().startswith(log2)     # steps 1-2 kept, step 3 added
+    assert main(["train", "ctsgan", "--no-progress", "--fresh", *sets]) == 0     # --fresh starts over
+    assert not ckpt.exists() and (run / "ckpt_000002.pt").is_file()
     assert main(["train", "ctsgan", "--no-progress", "--resume", *sets[:-2], "--set", "ctsgan.iterations=3"]) == 0
-    ckpt = tmp_root / "runs" / "smoke" / "ctsgan" / "ckpt_000003.pt"
     assert ckpt.is_file()
+    capsys.readouterr()
     out = tmp_root / "synth"
     assert main(["generate", "--checkpoint", str(ckpt), "--n", "2", "--seed", "5", "--out", str(out),
-                 "--device", "cpu", "--inject-fraction", "0"]) == 0
+                 "--device", "cpu", "--inject-fraction", "0", "--no-progress"]) == 0
     c = Cohort(out)
     assert len(c) == 2
+    flagged = int((c.manifest["lung_flags"].astype(str) != "").sum())
+    assert f"2 volumes, {flagged} flagged by the lung check (never injected), 0 nodules in 0 volumes" in \
+        capsys.readouterr().out
+    assert json.loads((out / "cohort.json").read_text())["profile"] == "smoke"   # the checkpoint's, not ""
     hu, spacing = c.read(c.ids()[1])
     assert hu.shape == (32, 32, 32) and spacing == pytest.approx((1.0, 1.0, 1.0))
     assert main(["generate", "--checkpoint", str(tmp_root / "missing.pt"), "--n", "1", "--out", str(out)]) == 2

@@ -92,6 +92,7 @@ def feature_dir(tmp_path_factory):
     return tmp_path_factory.mktemp("features")
 
 
+@pytest.mark.portable
 def test_pair_fid_from_cache_equals_direct_torch_fidelity(two_volumes, runner, direct, feature_dir):
     cache = F.FeatureCache(feature_dir, runner, max_slices=8)
     cache.get(two_volumes, "phantom000"), cache.get(two_volumes, "phantom001")
@@ -106,6 +107,7 @@ def test_pair_fid_from_cache_equals_direct_torch_fidelity(two_volumes, runner, d
     assert ours > 1e-3  # not the degenerate random-network FID ≈ 0
 
 
+@pytest.mark.portable
 def test_inception_score_equals_direct_torch_fidelity(two_volumes, runner, direct, feature_dir):
     cache = F.FeatureCache(feature_dir, runner, max_slices=8)  # shares the FID test's cached features
     ours = F.is_from_logits(cache.get(two_volumes, "phantom000")[F.IS_LAYER], splits=2, seed=SEED)

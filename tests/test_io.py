@@ -289,3 +289,38 @@ def test_writers_leave_no_partial_output(tmp_path, volume):
     with pytest.raises(ValueError):
         write_dicom_series(tmp_path / "bad", volume[0], SPACING, series_description="x")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_dicom_export_carries_the_attributes_a_validator_requires(series):
+    """pydicom-level checks, run everywhere: every value valid for its VR, and the Type 1C/2 attributes dciodvfy asks
+    for present (issue 17). Type 2 may be empty; the dates stay empty on purpose (de-identification)."""
+    from pydicom import config
+
+    old = config.settings.reading_validation_mode
+    config.settings.reading_validation_mode = config.RAISE   # a value invalid for its VR raises while reading
+    try:
+        for f in sorted(series.iterdir()):
+            ds = pydicom.dcmread(f)
+            for elem in ds.iterall():
+                elem.value  # noqa: B018  (decoding validates)
+            assert ds.PatientIdentityRemoved == "YES" and ds.DeidentificationMethod
+            (code,) = ds.DeidentificationMethodCodeSequence
+            assert (code.CodeValue, code.CodingSchemeDesignator) == ("113100", "DCM")
+            for type2 in ("KVP", "AcquisitionNumber", "PositionReferenceIndicator", "StudyDate", "StudyTime"):
+                assert type2 in ds, type2
+            assert ds.BodyPartExamined == "CHEST" and "Laterality" not in ds   # unpaired: Laterality not required
+    finally:
+        config.settings.reading_validation_mode = old
+
+
+@pytest.mark.skipif(shutil.which("dciodvfy") is None,
+                    reason="dciodvfy not installed (Debian: apt-get install dicom3tools; .ci/run installs it)")
+def test_dicom_export_passes_dciodvfy(series):
+    import subprocess
+
+    for f in sorted(series.iterdir()):
+        res = subprocess.run(["dciodvfy", str(f)], capture_output=True, text=True)
+        report = res.stdout + res.stderr
+        errors = [line for line in report.splitlines() if line.startswith("Error")]
+        assert res.returncode == 0 and not errors, f"{f.name}:\n{report}"
+        assert "CTImage" in report                                   # it validated against the CT Image IOD

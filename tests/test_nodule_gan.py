@@ -149,6 +149,7 @@ def test_training_logs_and_the_loss_moves(trained):
     assert ck["step"] == 24 and ck["extra"]["n_train"] > 0
 
 
+@pytest.mark.portable
 def test_resume_continues_step_and_optimizer_state(tmp_path, trained):
     cfg = load_profile("smoke", **{"nodules.ckpt_every": 3, "nodules.iterations": 6})
     cohort_dir = trained["cohort"].root

@@ -35,6 +35,12 @@ def test_notebook_metadata_outputs_and_parameters(path):
                 for t in n.targets if isinstance(t, ast.Name)}
     assert isinstance(assigned.get("profile"), ast.Constant) and assigned["profile"].value == "smoke", \
         f"{path.name}: the parameters cell must default to profile = 'smoke'"
+    # papermill parses the cell line by line to inject parameters and to list them (`papermill --help-notebook`); a
+    # line it cannot parse prints "Unable to parse line ..." on every run (issue 17: a '=' inside a comment)
+    from papermill.translators import PythonTranslator
+
+    parsed = {p.name for p in PythonTranslator.inspect(params[0])}
+    assert parsed == set(assigned), f"{path.name}: papermill cannot parse {sorted(set(assigned) - parsed)}"
 
 
 @pytest.mark.parametrize("name", USES_VIEWER)

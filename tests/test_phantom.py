@@ -51,6 +51,7 @@ def test_clean_tissue_values():
     assert -900 < np.median(lung) < -800 and lung.std() > 5          # gradient + texture, not a constant
 
 
+@pytest.mark.portable
 def test_deterministic(lidc_params):
     a = P.render_phantom(lidc_params)
     b = P.render_phantom(P.sample_params(4, "lidc-like", SIZE, SPACING))
@@ -204,5 +205,70 @@ def test_cli_writes_readable_nifti(tmp_root):
         ref = P.make_patient(int(row["seed"]), "lidc-like", 32, 11.0)
         assert sp == pytest.approx((11.0, 11.0, 11.0))
         np.testing.assert_allclose(hu, np.clip(np.rint(ref.hu), -32768, 32767), atol=0.5)
-        assert json.loads(row["nodules"]) == ref.nodules
+        recorded = json.loads(row["nodules"])
+        assert [{k: v for k, v in n.items() if k != "center_mm"} for n in recorded] == ref.nodules
     assert main(["phantoms", "--n", "1", "--domain", "ct-like", "--out", str(out)]) == 2
+
+
+def _label_at_world_mm(img, center_mm) -> int:
+    """The label nibabel reads at a world position (RAS+ mm): the inverse affine gives the voxel index."""
+    ijk = np.linalg.inv(img.affine) @ np.array([*center_mm, 1.0])
+    return int(np.asarray(img.dataobj)[tuple(int(round(v)) for v in ijk[:3])])
+
+
+def test_center_mm_is_the_nodule_in_the_nifti_world_frame(tmp_root):
+    """Issue 17: center_vox is our (z, y, x) array order; a nibabel/ITK user needs the NIfTI's world frame.
+
+    Opened the way such a user would (nibabel, affine, no ctsgan_lib reader), the recorded centre holds a nodule
+    voxel (label 7).
+    """
+    import nibabel as nib
+    import pandas as pd
+
+    from ctsgan_lib.cli import main
+
+    assert P.LABELS["nodule"] == 7
+    out = tmp_root / "ph"
+    assert main(["phantoms", "--n", "2", "--size", "64", "--domain", "lidc-like", "--seed", "3",
+                 "--out", str(out)]) == 0
+    checked = 0
+    for _, row in pd.read_csv(out / "manifest.csv").iterrows():
+        lab = nib.load(out / row["label_path"])
+        for n in json.loads(row["nodules"]):
+            if n["diameter_vox"] < 2:      # sub-voxel nodules may not own their centre voxel after partial volume
+                continue
+            assert _label_at_world_mm(lab, n["center_mm"]) == 7, n
+            checked += 1
+    assert checked >= 2
+
+
+def test_cohort_writer_records_center_mm_with_origin(tmp_path):
+    """The cohort manifest (prepare, generate, debias all write through CohortWriter) with a non-zero origin."""
+    import nibabel as nib
+
+    from ctsgan_lib.data.cohort import Cohort, CohortWriter
+
+    hu = np.full((10, 12, 14), -1000.0)
+    label = np.zeros(hu.shape, np.uint8)
+    label[2, 3, 9] = 7                                  # asymmetric in every axis: a flip would miss it
+    w = CohortWriter(tmp_path / "c", compress=False)
+    w.write("p0", hu, (2.0, 1.5, 0.5), label=label, origin_mm=(-30.0, 12.0, 100.0), split="train",
+            source="phantom", domain="lidc-like", nodules=[{"center_vox": [2, 3, 9], "diameter_mm": 3.0}])
+    w.close()
+    c = Cohort(tmp_path / "c")
+    (nod,) = c.row("p0")["nodules"]
+    # LPS origin (-30, 12, 100) + (x 9 × 0.5, y 3 × 1.5, z 2 × 2) = LPS (-25.5, 16.5, 104) = RAS (25.5, -16.5, 104)
+    assert nod["center_mm"] == pytest.approx([25.5, -16.5, 104.0])
+    img = nib.load(tmp_path / "c" / c.row("p0")["label_path"])
+    assert _label_at_world_mm(img, nod["center_mm"]) == 7
+    data = np.asarray(img.dataobj)
+    assert data[2, 3, 9] != 7 and data[9, 3, 2] != 7       # center_vox is not the file's (i, j, k)
+
+
+def test_progress_bar_counts_the_last_patient_when_the_consumer_stops_with_it(capsys):
+    """Issue 17: `prepare` zips its plan with this generator and stops after the last patient without resuming the
+    generator, so a bar counted after `yield` ended at 23/24 although all 24 were written."""
+    seeds = [0, 1]
+    got = [ph for _, ph in zip(seeds, P.generate_many(seeds, "nlst-like", size=16, spacing_mm=22.0, progress=True))]
+    assert len(got) == 2
+    assert "2/2" in capsys.readouterr().err

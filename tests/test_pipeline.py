@@ -29,11 +29,23 @@ def two_notebooks(tmp_root, monkeypatch):
     return tmp_root
 
 
-def test_reproduce_runs_in_order_and_writes_manifest(two_notebooks):
+def test_reproduce_runs_in_order_and_writes_manifest(two_notebooks, capfd):
     root = two_notebooks
-    _notebook(root / "notebooks" / "02_b.ipynb", "assert profile == 'demo'")
+    _notebook(root / "notebooks" / "02_b.ipynb", "assert profile == 'demo'\n"
+              "import ctsgan_lib.config  # as every notebook does first\n"
+              "from tqdm.auto import tqdm\nfor _ in tqdm(range(3), desc='bar'):\n    pass")
     manifest = pipeline.reproduce("demo", root=root, progress=False, nb_dir=root / "notebooks")
     data = json.loads(manifest.read_text())
+    # shared outputs carry no machine paths (issue 17)
+    assert [n["executed"] for n in data["notebooks"]] == ["runs/demo/notebooks/01_a.ipynb",
+                                                          "runs/demo/notebooks/02_b.ipynb"]
+    assert str(root) not in manifest.read_text() and not data["command"].startswith("/")
+    # no kernel warning in the run's output; the executed notebook keeps the bar's final state as text, not a widget
+    # that static viewers show at 0%
+    assert "without encryption" not in capfd.readouterr().err
+    outputs = nbformat.read(root / "runs" / "demo" / "notebooks" / "02_b.ipynb", as_version=4).cells[-1].outputs
+    assert [o.output_type for o in outputs] == ["stream"] and "\r" not in outputs[0].text
+    assert "bar: 100%" in outputs[0].text and "3/3" in outputs[0].text
     assert [n["status"] for n in data["notebooks"]] == ["ok", "ok"]
     assert data["profile"] == "demo" and "torch" in data["packages"] and data["hardware"]["cpu_cores"]
     assert all(n["wall_s"] > 0 for n in data["notebooks"])

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import stat
 import subprocess
 import sys
 import tomllib
@@ -153,3 +155,45 @@ def test_cli_help_and_one_line_errors():
                          capture_output=True, text=True)
     assert bad.returncode == 2
     assert bad.stderr.strip().count("\n") == 0 and "unknown profile 'huge'" in bad.stderr
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027, 0o002])
+def test_atomic_writes_get_the_mode_the_umask_implies(tmp_path, umask):
+    """Issue 17: mkstemp's 0600 made cohorts, checkpoints and figures unreadable to colleagues on a shared server."""
+    import nibabel as nib
+
+    from ctsgan_lib.data.io import write_dicom_series, write_nifti
+    from ctsgan_lib.utils.atomic import atomic_write_bytes
+
+    old = os.umask(umask)
+    try:
+        plain = tmp_path / "plain.txt"
+        plain.write_text("x")                                         # what open() gives, the reference
+        atomic_write_text(tmp_path / "a.json", "{}")
+        atomic_write_bytes(tmp_path / "b.bin", b"\0")
+        save_checkpoint(tmp_path / "ckpt.pt", models={"net": torch.nn.Linear(2, 1)}, optimizers={}, step=1,
+                        config={}, kind="test")
+        write_nifti(tmp_path / "v.nii.gz", np.zeros((2, 3, 4)), (1.0, 1.0, 1.0))
+        series = write_dicom_series(tmp_path / "dcm", np.zeros((2, 4, 4)), (1.0, 1.0, 1.0), series_description="m")
+        ref = stat.S_IMODE(plain.stat().st_mode)
+        assert ref == 0o666 & ~umask
+        for name in ("a.json", "b.bin", "ckpt.pt", "v.nii.gz"):
+            assert stat.S_IMODE((tmp_path / name).stat().st_mode) == ref, name
+        assert stat.S_IMODE(series.stat().st_mode) == 0o777 & ~umask
+        assert all(stat.S_IMODE(f.stat().st_mode) == ref for f in series.iterdir())
+        assert nib.load(tmp_path / "v.nii.gz").shape == (4, 3, 2)     # still a complete, readable file
+    finally:
+        os.umask(old)
+
+
+def test_portable_settings_take_effect():
+    """`make test-portable` relies on numpy and torch honouring these variables; check that they do here."""
+    from numpy._core._multiarray_umath import __cpu_baseline__, __cpu_dispatch__, __cpu_features__
+
+    off = [k for k in __cpu_dispatch__ if __cpu_features__.get(k) and k not in __cpu_baseline__]
+    code = ("import json, torch; from numpy._core._multiarray_umath import __cpu_features__ as f; "
+            f"print(json.dumps([[k for k in {off!r} if f[k]], torch.backends.cpu.get_cpu_capability()]))")
+    env = {**os.environ, "NPY_DISABLE_CPU_FEATURES": " ".join(off), "ATEN_CPU_CAPABILITY": "default"}
+    still_on, capability = json.loads(subprocess.run([sys.executable, "-c", code], env=env, check=True,
+                                                     capture_output=True, text=True).stdout)
+    assert still_on == [] and capability == "DEFAULT"

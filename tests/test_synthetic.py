@@ -62,6 +62,7 @@ def test_shards_partition_the_run():
         parse_shard("4/4")
 
 
+@pytest.mark.portable
 def test_two_shards_equal_one_run(ctsgan_ckpt, tmp_path):
     kw = dict(n=6, seed=11, inject_fraction=0.0, batch=2, progress=False)
     single = generate_cohort(ctsgan_ckpt, out=tmp_path / "single", **kw)

@@ -279,6 +279,7 @@ def test_viewer_rejects_label_maps_as_labels():
     assert list(viewer.volumes) == ["real", "CT-SGAN"]
 
 
+@pytest.mark.portable
 def test_saving_an_unchanged_figure_again_gives_the_same_pdf_bytes(tmp_path):
     import matplotlib.pyplot as plt
 

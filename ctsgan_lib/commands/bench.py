@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 
 from ..errors import CTSGANError
-from .common import add_profile_args, config_from_args
+from .common import add_device_arg, add_profile_args, add_progress_arg, config_from_args
 
 
 def _device(value: str | None) -> str | None:
@@ -41,13 +41,17 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "under runs/<profile>/bench/.")
     bsub = p.add_subparsers(dest="bench_command", metavar="BENCH")
 
-    m = bsub.add_parser("memory", help="peak memory of one training step, per model and volume size")
+    m = bsub.add_parser("memory", help="peak memory of one training step, per model and volume size",
+                        description="Peak memory of one training step (D + G update) of CT-SGAN and the 3D GAN at "
+                                    "each volume size, each configuration in its own process, under a memory cap. "
+                                    "One JSON line per configuration, with hardware and load.")
     add_profile_args(m)
     m.add_argument("--sizes", type=int, nargs="+", default=None, help="volume sides S (default: bench.sizes)")
     m.add_argument("--models", nargs="+", default=["ctsgan", "gan3d"], help="models (default: ctsgan gan3d)")
     m.add_argument("--batch", type=int, default=None, help="volumes per step, same for every model "
                    "(default: bench.batch)")
-    m.add_argument("--device", default=None, help="cpu | cuda (default: cuda when available)")
+    add_device_arg(m)
+    add_progress_arg(m)
     m.add_argument("--max-gib", type=float, default=None, help="CPU memory cap per worker in GiB "
                    "(default: bench.max_gib, or 80%% of available memory)")
     m.add_argument("--timeout-s", type=float, default=None, help="per-configuration limit (default: bench.timeout_s)")
@@ -56,18 +60,23 @@ def register(sub: argparse._SubParsersAction) -> None:
     m.add_argument("--out", default=None, help="JSON-lines file (default: runs/<P>/bench/memory.jsonl)")
     m.set_defaults(func=_memory)
 
-    t = bsub.add_parser("throughput", help="training steps/s, generation volumes/s, FID-extractor slices/s")
+    t = bsub.add_parser("throughput", help="training steps/s, generation volumes/s, FID-extractor slices/s",
+                        description="Training steps/s, generation volumes/s (with the time for the paper's 10,000 "
+                                    "volumes) and FID-extractor slices/s on this machine. One JSON line per "
+                                    "measurement, with hardware and load.")
     add_profile_args(t)
     t.add_argument("--size", type=int, default=None, help="training-step volume side (default: data.size)")
     t.add_argument("--gen-sizes", type=int, nargs="+", default=None,
                    help="generation volume sides (default: bench.gen_sizes)")
-    t.add_argument("--models", nargs="+", default=["ctsgan", "gan3d"])
+    t.add_argument("--models", nargs="+", default=["ctsgan", "gan3d"], help="models (default: ctsgan gan3d)")
     t.add_argument("--batch", type=int, default=None, help="training batch (default: bench.batch)")
-    t.add_argument("--device", default=None, help="cpu | cuda (default: cuda when available)")
+    add_device_arg(t)
+    add_progress_arg(t)
     t.add_argument("--repeats", type=int, default=None, help="timed repetitions (default: bench.repeats)")
     t.add_argument("--gen-volumes", type=int, default=None, help="volumes per timed generation call")
     t.add_argument("--fid-slices", type=int, default=None, help="slices per timed extractor call")
-    t.add_argument("--skip", nargs="+", default=[], choices=["train", "generate", "fid"])
+    t.add_argument("--skip", nargs="+", default=[], choices=["train", "generate", "fid"],
+                   help="measurements to leave out")
     t.add_argument("--channels-last", action="store_true",
                    help="also time generation with Gslice in channels-last memory format")
     t.add_argument("--out", default=None, help="JSON-lines file (default: runs/<P>/bench/throughput.jsonl)")
@@ -88,7 +97,8 @@ def _memory(args: argparse.Namespace) -> int:
         raise CTSGANError("--batch must be >= 1")
     recs = run_memory_bench(cfg, sizes, models=args.models, batch=args.batch, device=_device(args.device),
                             max_gib=args.max_gib, timeout_s=args.timeout_s, out=args.out,
-                            include_configured=not args.no_configured, jobs_parallel=args.jobs)
+                            include_configured=not args.no_configured, jobs_parallel=args.jobs,
+                            progress=not args.no_progress)
     print()
     print(format_memory_table(recs))
     print(f"\nJSON lines appended to {args.out or cfg.runs_dir / 'bench' / 'memory.jsonl'}")
@@ -104,7 +114,7 @@ def _throughput(args: argparse.Namespace) -> int:
     recs = run_throughput_bench(cfg, size, gen_sizes=args.gen_sizes, models=args.models, batch=args.batch,
                                 device=_device(args.device), repeats=args.repeats, gen_volumes=args.gen_volumes,
                                 fid_slices=args.fid_slices, out=args.out, skip=args.skip,
-                                channels_last=args.channels_last)
+                                channels_last=args.channels_last, progress=not args.no_progress)
     print()
     print(format_throughput_tables(recs))
     print(f"\nJSON lines appended to {args.out or cfg.runs_dir / 'bench' / 'throughput.jsonl'}")

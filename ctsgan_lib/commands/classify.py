@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from .common import add_profile_args, config_from_args
+from .common import add_device_arg, add_profile_args, add_progress_arg, config_from_args
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -14,8 +14,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_profile_args(p)
     p.add_argument("--no-grid", action="store_true", help="skip the Fig 3b grid")
     p.add_argument("--no-shortcut", action="store_true", help="skip the device-shortcut control")
-    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    add_device_arg(p)
+    add_progress_arg(p)
     p.set_defaults(func=run)
 
 

@@ -7,7 +7,7 @@ ROWS = ("real", "ctsgan", "gan3d")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from .common import add_profile_args
+    from .common import add_device_arg, add_profile_args, add_progress_arg
 
     p = sub.add_parser(
         "fid", help="FID / Inception Score between two cohorts (Table 1 protocol), written as JSON lines",
@@ -29,7 +29,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="override fidelity.views (axial is the paper's)")
     p.add_argument("--weights", default=None, help="InceptionV3 weights file (override fidelity.weights_path)")
     p.add_argument("--tables", action="store_true", help="also write table1.csv/.md (and 2.5D, pooled) next to --out")
-    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    add_device_arg(p)
+    add_progress_arg(p)
     p.set_defaults(func=run)
 
 
@@ -67,7 +68,8 @@ def run(args: argparse.Namespace) -> int:
         raise CTSGANError("--row real compares two different patients of ONE cohort: pass the same folder twice")
     out = Path(args.out) if args.out else cfg.runs_dir / "fidelity" / "metrics.jsonl"
     records = run_fidelity(cfg, Source("real", real, str(args.real)), [Source(row, other, str(args.other))],
-                           out=out, device=args.device)
+                           out=out, device=args.device,
+                           progress=not args.no_progress)
     ex = records[0]
     print(f"extractor: {ex['extractor']} ({ex['weights_kind']}, sha256 {ex['weights_sha256'][:16]}…)"
           + ("" if ex["comparable_to_paper"] else " — NOT ImageNet features: not comparable to the paper"))

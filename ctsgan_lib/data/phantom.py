@@ -1183,9 +1183,12 @@ def generate_many(seeds: Iterable[int], domain: str | Sequence[str], size: int =
     bar = tqdm(total=len(jobs), desc="phantoms", disable=not progress)
     try:
         if workers <= 1 or len(jobs) <= 1:
+            # count before yielding: a consumer that stops after the last patient (zip) never resumes us, and the bar
+            # would end at 23/24 although all 24 were written (issue 17)
             for j in jobs:
-                yield _make_one(j)
+                ph = _make_one(j)
                 bar.update()
+                yield ph
         else:
             import multiprocessing as mp
             from concurrent.futures import ProcessPoolExecutor
@@ -1194,8 +1197,8 @@ def generate_many(seeds: Iterable[int], domain: str | Sequence[str], size: int =
             ctx = mp.get_context("spawn")
             with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_worker_init) as ex:
                 for ph in ex.map(_make_one, jobs, chunksize=1):
-                    yield ph
                     bar.update()
+                    yield ph
     finally:
         bar.close()
 

@@ -8,6 +8,8 @@ The rule (README, "Failure modes we test"):
   named the way it names them, never through a symlink (:func:`owned_file`);
 - an output folder that holds files the stage did not write is refused unless the user passes ``--allow-foreign``
   (:func:`claim_output_folder`); the folder then records its writer in ``.ctsgan-writer``.
+
+It also writes paths for text that people share (figure footers, tables, run manifests): :func:`shareable_path`.
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ import re
 from pathlib import Path, PurePosixPath
 from typing import Iterator
 
+from ..config import checkout_root, project_root
 from ..errors import CTSGANError
 from .atomic import atomic_write_bytes
 
@@ -176,3 +179,32 @@ def undo_new_folder(folder: str | Path) -> Iterator[None]:
                 with contextlib.suppress(OSError):
                     Path(dirpath).rmdir()  # only succeeds when empty
         raise
+
+
+def shareable_path(path: str | Path) -> str:
+    """``path`` relative to the project root (``CTSGAN_ROOT``) or the checkout, for text that people share.
+
+    A figure footer or run manifest that reads ``/home/alice/ctsgan/data/demo/debiased`` tells a colleague nothing
+    and leaks a machine layout; ``data/demo/debiased`` is what they can find in their own clone.
+
+    Parameters
+    ----------
+    path : str or Path
+        Any path; relative paths are returned unchanged (as POSIX text).
+
+    Returns
+    -------
+    str
+        Relative POSIX path when ``path`` lies under the project root or the checkout; otherwise ``.../<name>`` (the
+        last component only), so no absolute path of this machine is written.
+    """
+    p = Path(path)
+    if not p.is_absolute():
+        return p.as_posix()
+    p = p.resolve()
+    for base in (project_root(), checkout_root()):
+        try:
+            return p.relative_to(base.resolve()).as_posix() or "."
+        except ValueError:
+            continue
+    return f".../{p.name}"

@@ -112,6 +112,11 @@ def lab(tmp_path_factory):
     # No "get Jupyter news?" toast over the screenshots, no network fetch.
     (settings / "notification.jupyterlab-settings").write_text(json.dumps({"fetchNews": "false",
                                                                           "checkForUpdates": False}))
+    # The file browser lists what a user's notebooks/ holds: the broken copy opens by URL but is not listed, so the
+    # screenshot that becomes docs/img/lab.png shows the project's notebooks, not test files (issue 17).
+    (base / "config").mkdir()
+    (base / "config" / "jupyter_server_config.json").write_text(json.dumps({"ContentsManager": {"hide_globs": [
+        "__pycache__", "*.pyc", "*.pyo", ".DS_Store", "*~", "broken_*"]}}))
     env = {k: v for k, v in os.environ.items() if k not in ("MPLBACKEND", "CTSGAN_VIEWER", "JPY_SESSION_NAME")}
     env.update(CTSGAN_ROOT=str(base / "root"), JUPYTER_PATH=str(base / "kernel" / "share" / "jupyter"),
                JUPYTERLAB_SETTINGS_DIR=str(base / "settings"), JUPYTERLAB_WORKSPACES_DIR=str(base / "workspaces"),
@@ -304,6 +309,9 @@ def _record(rep: Report) -> None:
 
 
 def _to_docs(path: Path, name: str) -> None:
+    """With CTSGAN_UPDATE_DOC_SCREENSHOTS=1, copy a screenshot into docs/img/ (notebook 01's lab view is lab.png)."""
+    if name == "01_data_preparation_lab.png":
+        name = "lab.png"
     if os.environ.get("CTSGAN_UPDATE_DOC_SCREENSHOTS") == "1":
         (REPO / "docs" / "img").mkdir(parents=True, exist_ok=True)
         shutil.copyfile(path, REPO / "docs" / "img" / name)
