@@ -25,7 +25,7 @@ import pandas as pd
 from .config import Config
 from .data.cohort import Cohort, CohortWriter
 from .errors import CTSGANError
-from .train.checkpoint import file_sha256
+from .utils.atomic import file_sha256
 from .train.nodule_loop import LUNG_LABEL, NODULE_LABEL, lung_of
 
 SPLITS = ("train", "val", "test")

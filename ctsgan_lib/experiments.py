@@ -46,7 +46,8 @@ from .config import Config
 from .errors import CTSGANError, InputFileError, MissingInputError
 from .eval.classification import balanced_indices, check_classes
 from .models.squeezenet3d import SqueezeNet3D
-from .train.checkpoint import file_sha256, latest_checkpoint
+from .utils.atomic import file_sha256
+from .utils.checkpoint import latest_checkpoint
 from .train.classifier_loop import VolumeDataset, evaluate, train_classifier
 from .utils.hardware import default_device, git_commit, hardware_info, hardware_label
 from .utils.logs import append_jsonl, read_jsonl

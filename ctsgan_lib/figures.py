@@ -23,7 +23,7 @@ from .config import Config
 from .data.cohort import Cohort
 from .errors import MissingInputError
 from .pipeline import require_inputs
-from .train.checkpoint import latest_checkpoint
+from .utils.checkpoint import latest_checkpoint
 from .utils.atomic import atomic_write_text
 from .config import checkout_root
 from .utils.hardware import git_commit, hardware_label

@@ -25,7 +25,7 @@ from .data.intensity import model_to_hu
 from .errors import CTSGANError
 from .models.ctsgan import CTSGANGenerator, build_ctsgan
 from .models.gan3d import Generator3D, build_gan3d, upsample_volume
-from .train.checkpoint import load_checkpoint, load_state_strict
+from .utils.checkpoint import load_checkpoint, load_state_strict
 
 DEFAULT_META = {"spacing_mm": (1.0, 1.0, 1.0), "hu_min": -1000.0, "hu_max": 400.0, "chunk": 32}
 

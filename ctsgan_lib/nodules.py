@@ -26,7 +26,7 @@ from .data.intensity import hu_to_model, model_to_hu
 from .data.preprocess import grown_bbox
 from .errors import CTSGANError
 from .models.nodule_cgan import NoduleGenerator
-from .train.checkpoint import latest_checkpoint, load_checkpoint, load_state_strict
+from .utils.checkpoint import latest_checkpoint, load_checkpoint, load_state_strict
 
 SOLID_THRESHOLD_HU = -400.0   # a voxel brighter than this inside the lung counts as nodule (solid/part-solid core)
 

@@ -201,7 +201,7 @@ def generate_cohort(checkpoint: str | Path, n: int, seed: int, out: str | Path, 
     from tqdm.auto import tqdm
 
     from .generation import generate_gan3d_volumes, generate_volumes, load_generator
-    from .train.checkpoint import file_sha256
+    from .utils.atomic import file_sha256
 
     out = Path(out)
     i_shard, n_shards = shard

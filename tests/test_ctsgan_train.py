@@ -15,7 +15,7 @@ import torch
 from ctsgan_lib.config import load_profile
 from ctsgan_lib.errors import CTSGANError, InputFileError
 from ctsgan_lib.train import ctsgan_loop, losses
-from ctsgan_lib.train.checkpoint import load_checkpoint
+from ctsgan_lib.utils.checkpoint import load_checkpoint
 from ctsgan_lib.train.gan_common import TrainingDivergedError
 from ctsgan_lib.train.volumes import VolumeDataset
 

@@ -17,7 +17,7 @@ from ctsgan_lib.errors import CTSGANError
 from ctsgan_lib.models.ctsgan import build_ctsgan
 from ctsgan_lib.synthetic import (VolumePlan, finish_volume, generate_cohort, merge_shards, parse_shard,
                                   plan_volumes, shard_indices, summarize_cohort)
-from ctsgan_lib.train.checkpoint import save_checkpoint
+from ctsgan_lib.utils.checkpoint import save_checkpoint
 from killing import kill_when
 
 SPACING = (6.0, 6.0, 6.0)

@@ -28,7 +28,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..train.checkpoint import latest_checkpoint
+    from ..utils.checkpoint import latest_checkpoint
 
     cfg = config_from_args(args)
     out = args.out or cfg.runs_dir / args.model

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from ..errors import CTSGANError, InputFileError, MissingInputError
-from ..train.checkpoint import file_sha256
+from ..utils.atomic import file_sha256
 from ..utils.atomic import atomic_write_bytes, atomic_write_text
 
 EXTRACTOR_NAME = "inception-v3-compat"

@@ -24,7 +24,7 @@ from ..data.intensity import hu_to_unit
 from ..eval.classification import binary_metrics
 from ..utils.hardware import default_device
 from ..utils.logs import CSVLog
-from .checkpoint import latest_checkpoint, load_checkpoint, load_state_strict, save_checkpoint, set_rng_state
+from ..utils.checkpoint import latest_checkpoint, load_checkpoint, load_state_strict, save_checkpoint, set_rng_state
 
 KIND = "classifier"
 LOG_FIELDS = ("step", "train_loss", "val_loss", "val_accuracy", "val_auc", "lr", "wall_s")

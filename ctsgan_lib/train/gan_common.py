@@ -23,7 +23,7 @@ from ..utils.atomic import atomic_path, atomic_write_text, clean_partials
 from ..utils.hardware import default_device, git_commit, hardware_info
 from ..utils.logs import CSVLog
 from . import distributed as D
-from .checkpoint import latest_checkpoint, load_checkpoint, load_state_strict, save_checkpoint, set_rng_state
+from ..utils.checkpoint import latest_checkpoint, load_checkpoint, load_state_strict, save_checkpoint, set_rng_state
 
 CKPT_PATTERN = "ckpt_*.pt"
 
@@ -161,7 +161,7 @@ class GANRun:
     # ----- per step -------------------------------------------------------------------------------------------
     def save(self, step: int) -> None:
         """Atomic checkpoint of every network, optimizer, the step and every rank's RNG state."""
-        from .checkpoint import rng_state
+        from ..utils.checkpoint import rng_state
 
         D.check_in_sync(self.models.values(), self.ctx)
         rngs = D.gather_objects(rng_state(), self.ctx)

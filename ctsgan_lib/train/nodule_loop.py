@@ -26,7 +26,7 @@ from ..errors import CTSGANError
 from ..models.nodule_cgan import ROLES, NoduleGenerator, PatchDiscriminator3D, lsgan_d_loss, lsgan_g_loss, \
     multi_mask_l1
 from ..utils.logs import CSVLog
-from .checkpoint import latest_checkpoint, load_checkpoint, load_state_strict, save_checkpoint, set_rng_state
+from ..utils.checkpoint import latest_checkpoint, load_checkpoint, load_state_strict, save_checkpoint, set_rng_state
 
 NODULE_LABEL = 7   # ctsgan_lib.data.phantom.LABELS
 LUNG_LABEL = 3
