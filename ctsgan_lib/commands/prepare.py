@@ -25,7 +25,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..data.cohort import Cohort, build_cohort
+    from ..data.cohort import Cohort
+    from ..data.sources import build_cohort
 
     cfg = config_from_args(args)
     out = build_cohort(cfg, source=args.source, in_dir=args.in_dir, out_dir=args.out_dir,

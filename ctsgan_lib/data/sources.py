@@ -404,7 +404,7 @@ def build_real(cfg, scans: list[RawScan], problems: list[tuple[str, str]], write
 
 
 def build_from_source(cfg, source: str, in_dir: str | Path | None, out: Path, progress: bool = True) -> Path:
-    """Implementation of :func:`ctsgan_lib.data.cohort.build_cohort`."""
+    """Implementation of :func:`build_cohort`, with an explicit output folder."""
     if source not in SOURCES:
         raise CTSGANError(f"unknown source {source!r}; choose one of {', '.join(SOURCES)}")
     in_path = None
@@ -443,25 +443,35 @@ def build_from_source(cfg, source: str, in_dir: str | Path | None, out: Path, pr
     return out
 
 
-def native_phantom_noise(cfg, cohort, ids) -> "pd.DataFrame":
-    """:func:`~ctsgan_lib.data.cohort.noise_hu` of phantom patients re-rendered on their native grid.
+def build_cohort(cfg, source: str = "phantom", in_dir: str | Path | None = None, out_dir: str | Path | None = None,
+                 progress: bool = True) -> Path:
+    """Build (or resume) a preprocessed cohort from a source.
 
-    Resizing to the cohort cube (anti-aliased) averages much of the fine-grained noise away, so the scanner-domain
-    difference is clearest before preprocessing. Each patient is re-rendered from the ``seed`` in its manifest row
-    (deterministic), with the profile's phantom grid. Columns: ``id``, ``domain``, ``noise_hu``, ``grid``.
+    Parameters
+    ----------
+    cfg : Config
+        Uses ``cfg.data`` (size, HU window, patient count, phantom grid, compression, workers, split fractions) and
+        ``cfg.seed``.
+    source : str
+        ``phantom`` (embedded generator), ``dicom`` (a folder of series folders), ``nifti`` (a folder of NIfTI
+        files) or ``lidc-nlst`` (``DIR/LIDC-IDRI`` and ``DIR/NLST``).
+    in_dir : str or Path, optional
+        Input folder for the real-data sources.
+    out_dir : str or Path, optional
+        Default ``cfg.data_dir / "cohort"``.
+    progress : bool
+        tqdm progress bars.
+
+    Returns
+    -------
+    Path
+        The cohort folder. Patients already done (checksum matches) are skipped; scans that fail are listed in
+        ``failures.csv`` and left out.
+
+    Raises
+    ------
+    CTSGANError
+        Unknown source, missing input folder, or no scan could be prepared.
     """
-    import pandas as pd
-
-    from . import phantom
-    from .cohort import noise_hu
-
-    rows = []
-    grid = f"native {cfg.data.phantom_size}³ @ {cfg.data.phantom_spacing_mm:g} mm"
-    for rid in ids:
-        row = cohort.row(rid)
-        if row["source"] != "phantom" or str(row.get("seed", "")) == "":
-            raise CTSGANError(f"{rid}: not a phantom patient with a recorded seed")
-        ph = phantom.make_patient(int(row["seed"]), row["domain"], size=cfg.data.phantom_size,
-                                  spacing_mm=cfg.data.phantom_spacing_mm)
-        rows.append({"id": rid, "domain": row["domain"], "noise_hu": noise_hu(ph.hu, ph.labels), "grid": grid})
-    return pd.DataFrame(rows, columns=["id", "domain", "noise_hu", "grid"])
+    out = Path(out_dir) if out_dir is not None else cfg.data_dir / "cohort"
+    return build_from_source(cfg, source, in_dir, out, progress=progress)
