@@ -100,7 +100,7 @@ def _lung(hu: np.ndarray, label: np.ndarray | None) -> tuple[np.ndarray, bool]:
     A barely trained generator (smoke profile) can produce volumes without lungs; they get the central box so the
     grid still runs, and the number of such volumes is reported with every result.
     """
-    from .train.nodule_loop import lung_of
+    from .nodules.geometry import lung_of
 
     lung = np.asarray(lung_of(hu, label), dtype=bool)
     if lung.sum() < MIN_LUNG_VOXELS:
@@ -168,7 +168,7 @@ def load_synthetic_base(cfg: Config, root: str | Path | None = None, progress: b
 
 def load_injector(cfg: Config, device: str = "cpu"):
     """The newest nodule injector checkpoint under ``runs/<P>/nodules/injector``."""
-    from .nodules import NoduleInjector
+    from .nodules.inference import NoduleInjector
 
     folder = cfg.runs_dir / "nodules" / "injector"
     ck = latest_checkpoint(folder)

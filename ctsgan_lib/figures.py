@@ -228,7 +228,7 @@ def fig3a_debiasing(cfg: Config, out: Path) -> list[Path]:
     """Fig 3a: the debiasing scheme as a data-flow diagram, drawn from the actual cohort counts."""
     from matplotlib.figure import Figure
 
-    from .debias import domain_leakage
+    from .nodules.debias import domain_leakage
 
     require_inputs(cfg.data_dir / "debiased", made_by="02_nodule_gans.ipynb (or `ctsgan nodules debias`)")
     orig = Cohort(cfg.data_dir / "cohort").manifest

@@ -216,7 +216,7 @@ def generate_cohort(checkpoint: str | Path, n: int, seed: int, out: str | Path, 
         if injector is None:
             raise CTSGANError("nodule injection needs --injector (a checkpoint or runs/<P>/nodules/injector); "
                               "use --inject-fraction 0 for nodule-free volumes")
-        from .nodules import NoduleInjector
+        from .nodules.inference import NoduleInjector
 
         inj = NoduleInjector.from_checkpoint(injector, device)
     plans = plan_volumes(n, seed, inject_fraction, nodule_diameters_vox, float(np.prod(spacing) ** (1 / 3)),

@@ -101,8 +101,7 @@ def test_killed_run_resumes_to_the_complete_set(ctsgan_ckpt, tmp_path):
 def test_injection_lands_in_the_lung_at_requested_diameters(tmp_path):
     from ctsgan_lib.data.phantom import make_patient
     from ctsgan_lib.data.preprocess import lung_mask
-    from ctsgan_lib.nodules import NoduleInjector
-    from ctsgan_lib.train.nodule_loop import train_nodule_gan
+    from ctsgan_lib.nodules import NoduleInjector, train_nodule_gan
     from nodule_fixtures import make_cohort
 
     cohort, _ = make_cohort(tmp_path / "toy")
