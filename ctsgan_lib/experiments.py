@@ -48,7 +48,7 @@ from .eval.classification import balanced_indices, check_classes
 from .models.squeezenet3d import SqueezeNet3D
 from .utils.atomic import file_sha256
 from .utils.checkpoint import latest_checkpoint
-from .train.classifier_loop import VolumeDataset, evaluate, train_classifier
+from .train.classifier_loop import ClassifierDataset, evaluate, train_classifier
 from .utils.hardware import default_device, git_commit, hardware_info, hardware_label
 from .utils.logs import append_jsonl, read_jsonl
 
@@ -218,7 +218,7 @@ def inject_volume(base: BaseVolume, diameter_vox: float, seed: int, injector, ma
 
 def paired_dataset(bases: Sequence[BaseVolume], diameter_vox: float, seed: int, injector, cfg: Config,
                    count_fn: Callable | None = None, positive: Callable[[BaseVolume], bool] | None = None,
-                   negative: Callable[[BaseVolume], bool] | None = None) -> VolumeDataset:
+                   negative: Callable[[BaseVolume], bool] | None = None) -> ClassifierDataset:
     """Float16 [0, 1] dataset from bases: each base clean (label 0) and/or injected (label 1).
 
     ``positive``/``negative`` choose which bases appear in each role (default: every base in both, the paired design).
@@ -248,7 +248,7 @@ def paired_dataset(bases: Sequence[BaseVolume], diameter_vox: float, seed: int, 
             units.append(hu_to_unit(pos, hu_min, hu_max).astype(np.float16))
             labels.append(1)
             ids.append(f"{b.id}+nod")
-    ds = VolumeDataset(units, labels, ids)
+    ds = ClassifierDataset(units, labels, ids)
     ds.dropped_ids = dropped
     return ds
 
@@ -257,10 +257,10 @@ def paired_dataset(bases: Sequence[BaseVolume], diameter_vox: float, seed: int, 
 class CellData:
     """The datasets of one (size, seed) cell, shared by its three regimes."""
 
-    train: VolumeDataset
-    val: VolumeDataset
-    test: VolumeDataset
-    synthetic: VolumeDataset | None
+    train: ClassifierDataset
+    val: ClassifierDataset
+    test: ClassifierDataset
+    synthetic: ClassifierDataset | None
     dropped: dict[str, int] = field(default_factory=dict)   # bases whose lung cannot hold a nodule of this size
 
 
@@ -569,7 +569,7 @@ def shortcut_split(real: BaseSet, seed: int, fractions: Sequence[float] = (0.75,
 
 
 def shortcut_datasets(split: dict[str, list[BaseVolume]], diameter_vox: float, seed: int, injector, cfg: Config
-                      ) -> dict[str, VolumeDataset]:
+                      ) -> dict[str, ClassifierDataset]:
     """Training/validation sets of the biased and debiased conditions and the three test sets.
 
     - ``biased_*``: nodules in every lidc-like volume, none in nlst-like ones;
@@ -581,7 +581,7 @@ def shortcut_datasets(split: dict[str, list[BaseVolume]], diameter_vox: float, s
     count_fn = _count_fn()
     lidc = lambda b: b.domain == "lidc-like"  # noqa: E731
     nlst = lambda b: b.domain == "nlst-like"  # noqa: E731
-    sets: dict[str, VolumeDataset] = {}
+    sets: dict[str, ClassifierDataset] = {}
     for s in ("train", "val"):
         sets[f"biased_{s}"] = paired_dataset(split[s], diameter_vox, seed, injector, cfg, count_fn,
                                              positive=lidc, negative=nlst)

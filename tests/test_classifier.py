@@ -20,7 +20,7 @@ from ctsgan_lib.eval.classification import balanced_indices, binary_metrics, che
 from ctsgan_lib.experiments import (BaseSet, BaseVolume, build_cell_data, current_records, grid_table,
                                     regime_ordering, run_grid, run_shortcut_control, shortcut_table)
 from ctsgan_lib.models.squeezenet3d import SqueezeNet3D
-from ctsgan_lib.train.classifier_loop import VolumeDataset, evaluate, train_classifier
+from ctsgan_lib.train.classifier_loop import ClassifierDataset, evaluate, train_classifier
 from ctsgan_lib.utils.logs import read_jsonl
 
 S = 16  # tiny volumes keep the CPU budget (SqueezeNet works at any S)
@@ -317,7 +317,7 @@ def test_shortcut_control(tmp_root):
 
 
 # ------------------------------------------------------------------------------------------------ DDP
-def _ddp_worker(rank: int, world: int, port: int, out: str, data: VolumeDataset, cfg, q) -> None:
+def _ddp_worker(rank: int, world: int, port: int, out: str, data: ClassifierDataset, cfg, q) -> None:
     import os
 
     import torch.distributed as dist

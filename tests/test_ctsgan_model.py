@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from ctsgan_lib.generation import (generate_volume_at, generate_volumes, synthesize, volume_noise, volume_seed)
+from ctsgan_lib.models.ctsgan import synthesize
+from ctsgan_lib.synthesis import generate_volume_at, generate_volumes, volume_noise, volume_seed
 from ctsgan_lib.models.ctsgan import (CTSGANGenerator, PositionEncoding, SlabDiscriminator, SliceDiscriminator,
                                       assemble_volume, build_ctsgan, init_weights, start_size)
 

@@ -15,7 +15,7 @@ from ctsgan_lib.data.cohort import Cohort
 from ctsgan_lib.data.io import read_nifti
 from ctsgan_lib.errors import CTSGANError
 from ctsgan_lib.models.ctsgan import build_ctsgan
-from ctsgan_lib.synthetic import (VolumePlan, finish_volume, generate_cohort, merge_shards, parse_shard,
+from ctsgan_lib.synthesis import (VolumePlan, finish_volume, generate_cohort, merge_shards, parse_shard,
                                   plan_volumes, shard_indices, summarize_cohort)
 from ctsgan_lib.utils.checkpoint import save_checkpoint
 from killing import kill_when

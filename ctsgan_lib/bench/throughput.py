@@ -4,7 +4,7 @@ Everything runs on the current device, after one untimed warm-up, as the median 
 repetitions. Every JSON line records the hardware (``hardware_info``) and the machine load (``os.getloadavg``): on a
 shared CPU the numbers are only as good as the load next to them.
 
-Generation is timed through :func:`ctsgan_lib.generation.generate_volumes` (the same batching and slice chunking as
+Generation is timed through :func:`ctsgan_lib.synthesis.generate_volumes` (the same batching and slice chunking as
 ``ctsgan generate``) with freshly initialised networks: speed does not depend on the weights. Its analytic FLOP count
 (Rv + Gslice per volume, :mod:`ctsgan_lib.bench.flops`) turns volumes/s into a fraction of the device's peak, and on
 every device the time for the paper's 10,000 volumes is extrapolated (only the GPU figure is the paper-scale claim).
@@ -96,7 +96,7 @@ def generation_throughput(cfg, size: int, n_volumes: int, batch: int, device: st
         ``volumes_per_s``, FLOPs per volume, achieved FLOP/s, device peak and its assumption, ``peak_fraction``, and
         ``time_10k_volumes_s`` (extrapolated time for the paper's 10,000 volumes on this device).
     """
-    from ..generation import generate_volumes
+    from ..synthesis import generate_volumes
     from .flops import device_peak_flops
 
     chunk = chunk or cfg.ctsgan.chunk

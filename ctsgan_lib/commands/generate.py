@@ -40,7 +40,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..synthetic import (distributed_shard, generate_cohort, merge_shards, parse_shard, wait_for_shards)
+    from ..synthesis import (distributed_shard, generate_cohort, merge_shards, parse_shard, wait_for_shards)
     from ..utils.hardware import default_device
 
     out = Path(args.out)

@@ -25,6 +25,11 @@ import math
 import torch
 from torch import nn
 
+from ..utils.precision import autocast
+
+#: Generator metadata used when a module carries no ``.meta`` (one built in memory, not loaded from a checkpoint).
+DEFAULT_META = {"spacing_mm": (1.0, 1.0, 1.0), "hu_min": -1000.0, "hu_max": 400.0, "chunk": 32}
+
 
 def start_size(size: int) -> int:
     """Spatial size Gslice starts from: halve ``size`` while it stays even and above 7.
@@ -361,5 +366,52 @@ def init_weights(module: nn.Module) -> None:
             nn.init.zeros_(m.bias)
 
 
+def generator_meta(module: nn.Module) -> dict:
+    """The generator's ``.meta`` (set by :func:`ctsgan_lib.synthesis.load_generator`) over :data:`DEFAULT_META`."""
+    return {**DEFAULT_META, **getattr(module, "meta", {})}
+
+
+@torch.no_grad()
+def synthesize(generator: CTSGANGenerator, patient_noise: torch.Tensor, slice_noise: torch.Tensor,
+               chunk: int | None = None, to_cpu: bool = True) -> torch.Tensor:
+    """Model-space volumes from explicit noise, streaming Gslice over chunks of positions.
+
+    Parameters
+    ----------
+    generator : CTSGANGenerator
+        Used as is (call ``.eval()`` first for batch-independent BatchNorm).
+    patient_noise : Tensor (B, patient_dim)
+    slice_noise : Tensor (B, L, slice_noise_dim)
+        L = depth − 2 positions; L may exceed the training S − 2.
+    chunk : int, optional
+        Positions per Gslice call (default: the checkpoint's ``ctsgan.chunk``).
+    to_cpu : bool
+        Return the volumes on the CPU (default) or leave them on the generator's device.
+
+    Returns
+    -------
+    Tensor (B, L + 2, S, S) float32, in [-1, 1].
+    """
+    dev = next(generator.parameters()).device
+    meta = generator_meta(generator)
+    chunk = int(chunk or meta["chunk"])
+    codes = generator.codes(patient_noise.to(dev), slice_noise.to(dev))   # (B, L, D): small
+    b, n_pos, _ = codes.shape
+    s = generator.size
+    # assembled where it is generated: only the slices kept cross to the host, once (a third of Gslice's output)
+    out = torch.empty(b, n_pos + 2, s, s, dtype=torch.float32, device=dev)
+    for p0 in range(0, n_pos, chunk):
+        with autocast(str(dev), bool(meta.get("bf16", False))):      # bf16 on CUDA only; CPU stays float32
+            sl = generator.slices(codes[:, p0:p0 + chunk])                   # (B, k, 3, S, S)
+        k = sl.shape[1]
+        out[:, p0 + 1:p0 + 1 + k] = sl[:, :, 1]                         # centre channels: slices 1..L
+        if p0 == 0:
+            out[:, 0] = sl[:, 0, 0]                                     # first end slice
+        if p0 + k == n_pos:
+            out[:, n_pos + 1] = sl[:, -1, 2]                            # last end slice
+    return out.cpu() if to_cpu else out
+
+
+
 __all__ = ["PositionEncoding", "SliceRNN", "SliceGenerator", "CTSGANGenerator", "SliceDiscriminator", "SlabDiscriminator",
-           "assemble_volume", "build_ctsgan", "init_weights", "start_size"]
+           "assemble_volume", "build_ctsgan", "init_weights", "start_size", "DEFAULT_META", "generator_meta", "synthesize"]

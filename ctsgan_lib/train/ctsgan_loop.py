@@ -15,11 +15,12 @@ import torch
 
 from ..config import Config
 from ..errors import CTSGANError
-from ..models.ctsgan import build_ctsgan, init_weights
+from ..models.ctsgan import synthesize
+from ..utils.precision import autocast
 from . import distributed as D
 from . import losses
-from .gan_common import GANRun, autocast, orthogonal_views, resolve_device, seed_everything, set_requires_grad
-from .volumes import VolumeDataset, sample_slab_batch, training_cohort_dir
+from .gan_common import GANRun, build_gan, orthogonal_views, resolve_device, set_requires_grad
+from .volumes import VolumeDataset, sample_slab_batch, training_dataset
 
 LOSS_NAMES = ["loss_d", "loss_dslice", "loss_dslab", "gp_dslice", "gp_dslab", "loss_g", "loss_g_slice",
               "loss_g_slab"]
@@ -110,8 +111,6 @@ def ctsgan_step(nets: dict[str, torch.nn.Module], opts: dict[str, torch.optim.Op
 
 def sample_grid(gen, data: VolumeDataset, seed: int, n: int = 2, chunk: int = 32) -> torch.Tensor:
     """Axial/coronal/sagittal centre planes of one real and ``n`` generated volumes (fixed noise, eval mode)."""
-    from ..generation import synthesize
-
     g = torch.Generator().manual_seed(seed)
     was = gen.training
     gen.eval()
@@ -170,22 +169,10 @@ def train_ctsgan(cfg: Config, cohort_dir: str | Path | None = None, out_dir: str
         if ct.batch % ctx.world_size:
             raise CTSGANError(f"ctsgan.batch ({ct.batch}) must be divisible by the number of processes "
                               f"({ctx.world_size})")
-        if volumes_hu is not None:
-            data = VolumeDataset(volumes_hu, hu_min=cfg.data.hu_min, hu_max=cfg.data.hu_max, spacing_mm=spacing_mm,
-                                 size=cfg.data.size)
-        else:
-            data = VolumeDataset(cohort_dir=cohort_dir or training_cohort_dir(cfg), hu_min=cfg.data.hu_min,
-                                 hu_max=cfg.data.hu_max, size=cfg.data.size, progress=progress and ctx.is_main)
-        seed_everything(cfg.seed)                     # same initial weights on every rank (then broadcast anyway)
-        nets = build_ctsgan(cfg.data.size, ct)
-        for m in nets.values():
-            init_weights(m)
-            m.to(dev)
-            D.broadcast_module(m, ctx)
+        data = training_dataset(cfg, cohort_dir, volumes_hu, spacing_mm, progress=progress and ctx.is_main)
+        # seeded: same initial weights on every rank (then broadcast anyway)
+        nets, opts = build_gan("ctsgan", cfg.data.size, ct, dev, ctx, seed=cfg.seed)
         gen, dslice, dslab = nets["generator"], nets["dslice"], nets["dslab"]
-        opts = {"g": torch.optim.Adam(gen.parameters(), lr=ct.lr_g, betas=tuple(ct.betas)),
-                "d": torch.optim.Adam(list(dslice.parameters()) + list(dslab.parameters()), lr=ct.lr_d,
-                                      betas=tuple(ct.betas))}
         run = GANRun(kind="ctsgan", config=cfg.to_dict(), out_dir=out_dir or cfg.runs_dir / "ctsgan",
                      models={"rv": gen.rv, "gslice": gen.gslice, "dslice": dslice, "dslab": dslab},
                      optimizers=opts, iterations=ct.iterations, ckpt_every=ct.ckpt_every,

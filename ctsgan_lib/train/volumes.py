@@ -138,6 +138,17 @@ class VolumeDataset:
         return out
 
 
+def training_dataset(cfg, cohort_dir: str | Path | None = None, volumes_hu: np.ndarray | None = None,
+                     spacing_mm: Sequence[float] = (1.0, 1.0, 1.0), progress: bool = False) -> VolumeDataset:
+    """The GAN training set of a run: ``volumes_hu`` in memory when given, else the cohort ``cohort_dir``
+    (default :func:`training_cohort_dir`), in ``cfg.data``'s HU window and size."""
+    if volumes_hu is not None:
+        return VolumeDataset(volumes_hu, hu_min=cfg.data.hu_min, hu_max=cfg.data.hu_max, spacing_mm=spacing_mm,
+                             size=cfg.data.size)
+    return VolumeDataset(cohort_dir=cohort_dir or training_cohort_dir(cfg), hu_min=cfg.data.hu_min,
+                         hu_max=cfg.data.hu_max, size=cfg.data.size, progress=progress)
+
+
 def sample_slab_batch(n_volumes: int, batch: int, size: int, slab_len: int, n_slices: int
                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Draw (from the global torch RNG) volume indices, slab starts and N slice offsets inside each slab.
