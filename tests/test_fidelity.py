@@ -138,7 +138,7 @@ def test_fallback_extractor_separates_distributions(runner):
 
 
 def test_bare_random_network_is_degenerate_and_fallback_is_recorded(fallback, tmp_path):
-    net = I._seeded_inception(0, tmp_path)
+    net = I.seeded_inception(0, tmp_path)
     with torch.no_grad():
         feats = net(torch.from_numpy(F.volume_slices(chest(np.random.default_rng(1)), "axial", 2)))[0]
     assert float(feats.std()) < 1e-4  # why the fallback recalibrates BatchNorm

@@ -111,7 +111,7 @@ def _reference_shapes() -> dict[str, tuple[int, ...]]:
     global _REF_SHAPES
     if _REF_SHAPES is None:
         with tempfile.TemporaryDirectory() as tmp:
-            net = _seeded_inception(0, Path(tmp))
+            net = seeded_inception(0, Path(tmp))
         _REF_SHAPES = {k: tuple(v.shape) for k, v in net.state_dict().items()}
     return _REF_SHAPES
 
@@ -168,7 +168,7 @@ def verify_weights(path: str | Path, expected_sha256: str | None) -> str:
     return actual
 
 
-def _seeded_inception(seed: int, scratch: Path) -> torch.nn.Module:
+def seeded_inception(seed: int, scratch: Path) -> torch.nn.Module:
     """torch-fidelity's own ``FeatureExtractorInceptionV3``, with deterministic random init instead of a download.
 
     Its constructor always loads a weights file; we hand it an empty one and skip that one load, so the module is the
@@ -226,7 +226,7 @@ def build_fallback_weights(calibration: np.ndarray, seed: int, out_path: str | P
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
-        net = _seeded_inception(seed, Path(tmp))
+        net = seeded_inception(seed, Path(tmp))
     bns = [m for m in net.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
     for bn in bns:
         bn.reset_running_stats()
