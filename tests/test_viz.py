@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from matplotlib.figure import Figure
 from matplotlib.patches import Ellipse
 
 from ctsgan_lib import viz
@@ -172,7 +173,7 @@ def test_viewer_falls_back_to_static_without_a_front_end(no_frontend, monkeypatc
     assert viewer.mode_reason == "not running in a Jupyter kernel"
     viewer.show()
     (fig,) = shown
-    assert isinstance(fig, viz.Figure) and len(fig.axes) == 6
+    assert isinstance(fig, Figure) and len(fig.axes) == 6
     assert fig.axes[0].get_title() == "axial z=2" and np.all(fig.axes[0].images[0].get_array() == vol[2])
     assert viewer._widget is None                       # no widget was built
 

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from ..data.intensity import hu_to_model, model_to_hu
+from ..data.preprocess import lung_mask
 from ..errors import CTSGANError
 from ..utils.checkpoint import latest_checkpoint, load_checkpoint, load_state_strict
 from .geometry import (PlacementError, ball, centre_mask, extract_voi, nodule_blend_weight, paste_voi,
@@ -171,7 +172,6 @@ class NoduleInjector(_NoduleModel):
         for d in diameters_vox:
             self._check_diameter(float(d))
         if lung is None:
-            from .data.preprocess import lung_mask
             lung = lung_mask(hu)
         placed = place_nodules_indexed(lung, diameters_vox, rng, existing)
         centers = [placed[k] for k in sorted(placed)]
