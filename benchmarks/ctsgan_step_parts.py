@@ -31,7 +31,8 @@ def main() -> None:
     import torch
 
     from ctsgan_lib.config import load_profile
-    from ctsgan_lib.models.ctsgan import build_ctsgan, init_weights
+    from ctsgan_lib.models.ctsgan import build_ctsgan
+    from ctsgan_lib.models.dcgan import init_weights
     from ctsgan_lib.train import ctsgan_loop as L
     from ctsgan_lib.train import losses
     from ctsgan_lib.train.distributed import DistContext

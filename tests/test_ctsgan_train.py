@@ -187,7 +187,8 @@ def test_cli_train_refuses_to_clobber_then_resumes_and_generate_writes_cohort(tm
 @pytest.mark.slow
 def test_one_training_step_at_paper_size_on_cpu():
     """The paper path end to end: S=224, paper widths, batch and slab length (minutes on a 2-core CPU)."""
-    from ctsgan_lib.models.ctsgan import build_ctsgan, init_weights
+    from ctsgan_lib.models.ctsgan import build_ctsgan
+    from ctsgan_lib.models.dcgan import init_weights
     from ctsgan_lib.train.distributed import DistContext
 
     cfg = load_profile("paper")

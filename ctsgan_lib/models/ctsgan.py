@@ -26,25 +26,10 @@ import torch
 from torch import nn
 
 from ..utils.precision import autocast
+from .dcgan import downsampling_layers, start_size, upsampling_layers
 
 #: Generator metadata used when a module carries no ``.meta`` (one built in memory, not loaded from a checkpoint).
 DEFAULT_META = {"spacing_mm": (1.0, 1.0, 1.0), "hu_min": -1000.0, "hu_max": 400.0, "chunk": 32}
-
-
-def start_size(size: int) -> int:
-    """Spatial size Gslice starts from: halve ``size`` while it stays even and above 7.
-
-    224 → 7 (7→14→28→56→112→224, five upsampling stages); 64 → 4 (four stages); 32 → 4 (three stages).
-    """
-    s = size
-    while s % 2 == 0 and s > 7:
-        s //= 2
-    return s
-
-
-def _widths(n_maps: int, base: int, cap: int = 8) -> list[int]:
-    """Channel widths of ``n_maps`` feature maps, widest first: base·min(cap, 2^(n−1−k)) (MoCoGAN: 512,256,128,64)."""
-    return [base * min(cap, 2 ** (n_maps - 1 - k)) for k in range(n_maps)]
 
 
 class SliceRNN(nn.Module):
@@ -98,17 +83,7 @@ class SliceGenerator(nn.Module):
 
     def __init__(self, code_dim: int, size: int, ngf: int = 64, channels: int = 3):
         super().__init__()
-        s0 = start_size(size)
-        n_up = int(round(math.log2(size // s0)))
-        if s0 * 2 ** n_up != size or n_up < 1:
-            raise ValueError(f"size {size} must be start·2^k with k >= 1 (start {s0})")
-        widths = _widths(n_up, ngf)
-        layers: list[nn.Module] = [nn.ConvTranspose2d(code_dim, widths[0], s0, 1, 0, bias=False),
-                                   nn.BatchNorm2d(widths[0]), nn.ReLU(True)]
-        for cin, cout in zip(widths[:-1], widths[1:]):
-            layers += [nn.ConvTranspose2d(cin, cout, 4, 2, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(True)]
-        layers += [nn.ConvTranspose2d(widths[-1], channels, 4, 2, 1, bias=False), nn.Tanh()]
-        self.net = nn.Sequential(*layers)
+        self.net = nn.Sequential(*upsampling_layers(2, code_dim, channels, size, ngf))
         self.code_dim, self.size, self.channels = code_dim, size, channels
 
     def forward(self, code: torch.Tensor) -> torch.Tensor:
@@ -267,15 +242,10 @@ class SliceDiscriminator(nn.Module):
     def __init__(self, size: int, n_positions: int, ndf: int = 64, channels: int = 3,
                  position_encoding: str = "table"):
         super().__init__()
-        s0 = start_size(size)
-        n_down = int(round(math.log2(size // s0)))
-        widths = [ndf * min(8, 2 ** k) for k in range(n_down)]
-        layers: list[nn.Module] = [nn.Conv2d(channels, widths[0], 4, 2, 1), nn.LeakyReLU(0.2, True)]
-        for cin, cout in zip(widths[:-1], widths[1:]):
-            layers += [nn.Conv2d(cin, cout, 4, 2, 1), nn.LeakyReLU(0.2, True)]
+        layers, width = downsampling_layers(2, channels, size, ndf)
         self.trunk = nn.Sequential(*layers)
-        self.linear = nn.Linear(widths[-1], 1)
-        self.position = PositionEncoding(position_encoding, n_positions, widths[-1])
+        self.linear = nn.Linear(width, 1)
+        self.position = PositionEncoding(position_encoding, n_positions, width)
         self.n_positions = n_positions
         self._register_load_state_dict_pre_hook(self._rename_old_embedding)
 
@@ -350,22 +320,6 @@ def build_ctsgan(size: int, ct) -> dict[str, nn.Module]:
     }
 
 
-def init_weights(module: nn.Module) -> None:
-    """DCGAN initialisation of generator layers: transposed-conv weights N(0, 0.02), BatchNorm scales N(1, 0.02).
-
-    Critic convolutions keep PyTorch's default (Kaiming-uniform) initialisation: without normalisation layers,
-    N(0, 0.02) weights would shrink activations stage by stage and leave the critics with near-zero logits.
-    """
-    for m in module.modules():
-        if isinstance(m, (nn.ConvTranspose2d, nn.ConvTranspose3d)):
-            nn.init.normal_(m.weight, 0.0, 0.02)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, (nn.BatchNorm2d, nn.BatchNorm3d)) and m.affine:
-            nn.init.normal_(m.weight, 1.0, 0.02)
-            nn.init.zeros_(m.bias)
-
-
 def generator_meta(module: nn.Module) -> dict:
     """The generator's ``.meta`` (set by :func:`ctsgan_lib.synthesis.load_generator`) over :data:`DEFAULT_META`."""
     return {**DEFAULT_META, **getattr(module, "meta", {})}
@@ -414,4 +368,4 @@ def synthesize(generator: CTSGANGenerator, patient_noise: torch.Tensor, slice_no
 
 
 __all__ = ["PositionEncoding", "SliceRNN", "SliceGenerator", "CTSGANGenerator", "SliceDiscriminator", "SlabDiscriminator",
-           "assemble_volume", "build_ctsgan", "init_weights", "start_size", "DEFAULT_META", "generator_meta", "synthesize"]
+           "assemble_volume", "build_ctsgan", "DEFAULT_META", "generator_meta", "synthesize"]

@@ -19,7 +19,8 @@ import torch
 from tqdm.auto import tqdm
 
 from ..errors import CTSGANError
-from ..models.ctsgan import build_ctsgan, init_weights
+from ..models.ctsgan import build_ctsgan
+from ..models.dcgan import init_weights
 from ..models.gan3d import build_gan3d
 from ..utils.atomic import atomic_path, atomic_write_text, clean_partials
 from ..utils.checkpoint import (latest_checkpoint, load_checkpoint, load_state_strict, rng_state, save_checkpoint,
