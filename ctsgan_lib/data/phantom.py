@@ -31,13 +31,21 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import multiprocessing as mp
+import os
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
 import numpy as np
+import pandas as pd
 from scipy import fft as sfft
 from scipy import ndimage as ndi
+from scipy.spatial import cKDTree
+from tqdm.auto import tqdm
+
+from .lidc import lidc_dir
 
 LABELS = {"outside": 0, "body": 1, "fat": 2, "lung": 3, "vessel": 4, "airway": 5, "bone": 6, "nodule": 7,
           "heart": 8, "table": 9}
@@ -208,9 +216,6 @@ def default_nodule_distribution() -> NoduleDistribution:
     log-std 0.5, clipped to 3..30 mm); about 20 % part-solid (LIDC texture ratings 2-4 are roughly that share).
     """
     try:
-        from .lidc import lidc_dir
-        import pandas as pd
-
         counts_csv = lidc_dir() / "lidc_scan_counts.csv"
         nod_csv = lidc_dir() / "lidc_nodules.csv"
         if counts_csv.is_file() and nod_csv.is_file():
@@ -477,8 +482,6 @@ def _grow_tree(rng, roots_p, roots_d, r0, inside_fn, hilum, r_min, max_gen, len_
     a new segment end are served, and thin tips with nothing left to serve stop. Trees then fill the lung evenly,
     as real vessel trees do, instead of clumping around the hilum.
     """
-    from scipy.spatial import cKDTree
-
     att = None if attractors is None else np.asarray(attractors, float)
     P = np.asarray(roots_p, float)
     D = np.asarray(roots_d, float)
@@ -1173,8 +1176,6 @@ def generate_many(seeds: Iterable[int], domain: str | Sequence[str], size: int =
     Phantom
         In the order of ``seeds`` (a generator, so a large cohort never sits in memory at once).
     """
-    from tqdm.auto import tqdm
-
     seeds = [int(s) for s in seeds]
     domains = [domain] * len(seeds) if isinstance(domain, str) else list(domain)
     if len(domains) != len(seeds):
@@ -1187,9 +1188,6 @@ def generate_many(seeds: Iterable[int], domain: str | Sequence[str], size: int =
                 yield _make_one(j)
                 bar.update()
         else:
-            import multiprocessing as mp
-            from concurrent.futures import ProcessPoolExecutor
-
             # threads per worker: 1 (the pool is the parallelism); "spawn" avoids forking a process holding torch
             ctx = mp.get_context("spawn")
             with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_worker_init) as ex:
@@ -1201,8 +1199,6 @@ def generate_many(seeds: Iterable[int], domain: str | Sequence[str], size: int =
 
 
 def _worker_init() -> None:
-    import os
-
     for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ[k] = "1"
 

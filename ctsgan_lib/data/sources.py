@@ -22,8 +22,11 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from ..errors import CTSGANError, InputFileError
+from . import phantom
+from . import preprocess as pp
 from .cohort import CohortWriter
 from .io import IGNORED_FILES, _is_ignored, lps_to_index, read_dicom_series, read_nifti
 
@@ -71,8 +74,6 @@ def prepare_volume(cfg, hu: np.ndarray, spacing_mm, nodules: list[dict] | None =
     hu_cube, spacing_mm, nodules, labels_cube
         Nodules whose centre falls outside the cube are dropped; each kept one gains ``diameter_vox``.
     """
-    from . import preprocess as pp
-
     d = cfg.data
     hu_cube, spacing_new, info = pp.preprocess_volume(hu, spacing_mm, d.size, d.hu_min, d.hu_max)
     spacing_new = tuple(float(s) for s in spacing_new)
@@ -122,8 +123,6 @@ def _phantom_nodules(ph) -> list[dict]:
 
 def build_phantom(cfg, writer: CohortWriter, progress: bool = True) -> None:
     """Generate (in parallel), preprocess and write every phantom patient not already done."""
-    from . import phantom
-
     plan = phantom_plan(cfg)
     wanted = {rid for rid, _, _ in plan}
     for rid in writer.ids():
@@ -162,7 +161,7 @@ def find_series_folders(root: Path) -> list[Path]:
 
 
 def _first_header(folder: Path):
-    import pydicom
+    import pydicom  # 0.2 s to import; only the DICOM sources need it
 
     for f in sorted(folder.iterdir()):
         if f.is_file() and not _is_ignored(f.name, IGNORED_FILES):
@@ -228,7 +227,7 @@ def pylidc_dicom_root(path: str | Path) -> Iterator[None]:
 def _import_pylidc():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # pylidc imports the deprecated pkg_resources
-        import pylidc as pl
+        import pylidc as pl  # optional heavy dependency (1.3 s): LIDC only
     return pl
 
 
@@ -362,8 +361,6 @@ def _settings(cfg, source: str, in_dir: Path | None) -> dict[str, Any]:
     d = cfg.data
     s = {"source": source, "size": d.size, "hu_min": d.hu_min, "hu_max": d.hu_max}
     if source == "phantom":
-        from . import phantom
-
         s.update(seed=cfg.seed, lidc_fraction=d.lidc_fraction, phantom_size=d.phantom_size,
                  phantom_spacing_mm=d.phantom_spacing_mm, generator_version=str(getattr(phantom, "VERSION", "")))
     else:
@@ -374,8 +371,6 @@ def _settings(cfg, source: str, in_dir: Path | None) -> dict[str, Any]:
 def build_real(cfg, scans: list[RawScan], problems: list[tuple[str, str]], writer: CohortWriter,
                progress: bool = True) -> None:
     """Prepare real scans one by one; a scan that fails is reported in ``failures.csv`` and skipped."""
-    from tqdm.auto import tqdm
-
     ids = [s.id for s in scans]
     dup = sorted({i for i in ids if ids.count(i) > 1})
     if dup:

@@ -28,10 +28,10 @@ from typing import Any
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from ..errors import CTSGANError, InputFileError, MissingInputError
-from ..utils.atomic import file_sha256
-from ..utils.atomic import atomic_write_bytes, atomic_write_text
+from ..utils.atomic import atomic_write_bytes, atomic_write_text, file_sha256
 
 EXTRACTOR_NAME = "inception-v3-compat"
 OFFICIAL_WEIGHTS_NAME = "weights-inception-2015-12-05-6726825d.pth"
@@ -174,7 +174,7 @@ def seeded_inception(seed: int, scratch: Path) -> torch.nn.Module:
     Its constructor always loads a weights file; we hand it an empty one and skip that one load, so the module is the
     library's exact architecture with PyTorch's default initialisation drawn from ``torch.manual_seed(seed)``.
     """
-    from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+    from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3  # torch-fidelity: 1.6 s to import (torchvision)
 
     class _SeededInceptionV3(FeatureExtractorInceptionV3):
         def load_state_dict(self, state_dict, strict=True, assign=False):  # noqa: D401 - torch signature
@@ -215,8 +215,6 @@ def build_fallback_weights(calibration: np.ndarray, seed: int, out_path: str | P
     -------
     Extractor
     """
-    from tqdm.auto import tqdm
-
     calibration = np.asarray(calibration)
     if calibration.dtype != np.uint8 or calibration.ndim != 4 or calibration.shape[1] != 3:
         raise CTSGANError(f"calibration slices must be uint8 (N, 3, H, W), got {calibration.dtype} "

@@ -256,7 +256,7 @@ class GANRun:
                 "log": self.out_dir / "log.csv", "losses": losses}
 
     def _save_samples(self, step: int, images: torch.Tensor) -> None:
-        from torchvision.utils import save_image
+        from torchvision.utils import save_image  # torchvision: 1.5 s to import; only when a sample grid is written
 
         path = self.out_dir / "samples" / f"step_{step:06d}.png"
         with atomic_path(path) as tmp:

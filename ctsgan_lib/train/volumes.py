@@ -13,7 +13,9 @@ from typing import Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
+from tqdm.auto import tqdm
 
+from ..data.cohort import Cohort
 from ..data.intensity import hu_to_model
 from ..errors import CTSGANError, InputFileError, MissingInputError
 
@@ -73,10 +75,6 @@ class VolumeDataset:
         if not (root / "manifest.csv").is_file():
             raise MissingInputError(f"missing input {root}: run 01_data_preparation.ipynb (or `ctsgan prepare`) "
                                     f"first")
-        from tqdm.auto import tqdm
-
-        from ..data.cohort import Cohort  # imported lazily: the cohort module belongs to the data stage
-
         cohort = Cohort(root)
         ids = cohort.ids(split="train") if root.name == "nodule_free" else cohort.ids(split="train", has_nodule=0)
         if not ids:
