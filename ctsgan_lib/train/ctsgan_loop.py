@@ -32,7 +32,7 @@ def _gather_positions(x: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
     return x[b.reshape(-1), offsets.reshape(-1)]
 
 
-def _slab_batch(gen, data: VolumeDataset, ct, batch: int, device: str, amp, with_grad: bool):
+def slab_batch(gen, data: VolumeDataset, ct, batch: int, device: str, amp, with_grad: bool):
     """Real slab/slices and generated slab/slices for one D or G update.
 
     A slab region per real volume and N slice offsets inside it; the generator runs Rv over all S−2 positions and
@@ -56,7 +56,7 @@ def _slab_batch(gen, data: VolumeDataset, ct, batch: int, device: str, amp, with
     return real_slices, real_slab, positions, fake_slices, fake_slab, start.to(device)
 
 
-def _slab_conditioned(dslab: torch.nn.Module) -> bool:
+def dslab_is_conditioned(dslab: torch.nn.Module) -> bool:
     """Whether Dslab takes the slab start (``ctsgan.dslab_position``); sees through the DDP wrapper."""
     return getattr(getattr(dslab, "module", dslab), "position", None) is not None
 
@@ -71,12 +71,12 @@ def ctsgan_step(nets: dict[str, torch.nn.Module], opts: dict[str, torch.optim.Op
     gen, dslice, dslab = nets["generator"], nets["dslice"], nets["dslab"]
     kind, amp = ct.loss, autocast(device, ct.bf16)
     n_d = max(1, int(getattr(ct, "d_steps", 1)))
-    slab_conditioned = _slab_conditioned(dslab)
+    slab_conditioned = dslab_is_conditioned(dslab)
 
     # --- D steps (Eq. 2; the N-slice sum is averaged so Dslice's scale does not depend on N) ----------------------
     set_requires_grad([dslice, dslab], True)
     for k in range(n_d):
-        real_slices, real_slab, positions, fake_slices, fake_slab, start = _slab_batch(
+        real_slices, real_slab, positions, fake_slices, fake_slab, start = slab_batch(
             gen, data, ct, batch, device, amp, with_grad=k == n_d - 1)       # the last fakes feed the G step
         slab_cond = (start,) if slab_conditioned else ()
         opts["d"].zero_grad(set_to_none=True)
@@ -186,4 +186,4 @@ def train_ctsgan(cfg: Config, cohort_dir: str | Path | None = None, out_dir: str
         D.shutdown(ctx)
 
 
-__all__ = ["train_ctsgan", "ctsgan_step", "sample_grid", "LOSS_NAMES"]
+__all__ = ["train_ctsgan", "ctsgan_step", "slab_batch", "dslab_is_conditioned", "sample_grid", "LOSS_NAMES"]

@@ -166,4 +166,4 @@ def sample_slab_batch(n_volumes: int, batch: int, size: int, slab_len: int, n_sl
     return index, start, offsets
 
 
-__all__ = ["VolumeDataset", "training_cohort_dir", "sample_slab_batch"]
+__all__ = ["VolumeDataset", "training_cohort_dir", "training_dataset", "sample_slab_batch"]
