@@ -32,7 +32,7 @@ from ..pipeline import require_inputs
 from ..utils.atomic import atomic_write_text
 from ..utils.hardware import git_commit, hardware_label
 from ..utils.logs import read_jsonl
-from ..viz import figure_caption, resolve_window, save_figure, show_three_views
+from ..viz import figure_caption, panel_grid, save_figure, show_three_views
 from . import classifier as classifier_report
 
 #: Axial positions (fractions of the z extent) for Fig A.2's "several regions", apex to base.
@@ -90,23 +90,8 @@ def fig1_three_views(cfg: Config, out: Path) -> list[Path]:
 
 
 def _axial_grid(rows: dict[str, list[np.ndarray]], z_fracs: list[float] | None, title: str):
-    lo, hi = resolve_window("lung")
-    ncol = max(len(v) for v in rows.values())
-    fig = Figure(figsize=(1.9 * ncol, 2.0 * len(rows) + 0.5), layout="constrained")
-    axes = fig.subplots(len(rows), ncol, squeeze=False)
-    for i, (name, slices) in enumerate(rows.items()):
-        for j in range(ncol):
-            ax = axes[i, j]
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if j < len(slices):
-                ax.imshow(slices[j], cmap="gray", vmin=lo, vmax=hi, interpolation="nearest")
-            if j == 0:
-                ax.set_ylabel(name, fontsize=9)
-            if i == 0 and z_fracs:
-                ax.set_title(f"z = {z_fracs[j]:.0%} of depth", fontsize=8)
-    fig.suptitle(title, fontsize=10)
-    return fig
+    return panel_grid(list(rows.values()), window="lung", title=title, row_labels=list(rows),
+                      col_titles=[f"z = {f:.0%} of depth" for f in z_fracs] if z_fracs else None, panel_in=(1.9, 2.0))
 
 
 def figA1_middle_region(cfg: Config, out: Path, n: int = 4) -> list[Path]:
@@ -132,16 +117,10 @@ def figA2_regions(cfg: Config, out: Path) -> list[Path]:
     return save_figure(fig, out / "figA2_regions", _caption(cfg))
 
 
-def _voi_figure(panels: dict[str, np.ndarray], title: str):
-    fig = Figure(figsize=(2.4 * len(panels), 2.8), layout="constrained")
-    axes = fig.subplots(1, len(panels), squeeze=False)[0]
-    for ax, (name, voi) in zip(axes, panels.items()):
-        ax.imshow(voi[voi.shape[0] // 2], cmap="gray", vmin=-1000, vmax=400, interpolation="nearest")
-        ax.set_title(name, fontsize=9)
-        ax.set_xticks([])
-        ax.set_yticks([])
-    fig.suptitle(title, fontsize=10)
-    return fig
+def _voi_figure(panels: dict[str, np.ndarray], title: str, window: tuple[float, float]):
+    """Centre slices of VOIs side by side, in the model's HU window."""
+    return panel_grid([[(voi[voi.shape[0] // 2], name) for name, voi in panels.items()]], window=window, title=title,
+                      panel_in=(2.4, 2.3))
 
 
 def figB1_injector(cfg: Config, out: Path) -> list[Path]:
@@ -170,7 +149,7 @@ def figB1_injector(cfg: Config, out: Path) -> list[Path]:
     injected = inj.run_voi(voi, ball(inj.voi_size, d))
     fig = _voi_figure({"volume of interest": voi, "masked VOI (input)": masked,
                        f"injected ({d:g} vox nodule)": injected},
-                      f"Fig B.1 · nodule injector (step {inj.step}), scan {rid}")
+                      f"Fig B.1 · nodule injector (step {inj.step}), scan {rid}", (cfg.data.hu_min, cfg.data.hu_max))
     return save_figure(fig, out / "figB1_injector", _caption(cfg))
 
 
@@ -191,7 +170,8 @@ def figB2_eraser(cfg: Config, out: Path) -> list[Path]:
     d = min(float(nod["diameter_vox"]), float(er.mask_size))
     erased = er.run_voi(voi, nodule_blend_weight(er.voi_size, d))
     fig = _voi_figure({"VOI with real nodule (input)": voi, "erased (output)": erased},
-                      f"Fig B.2 · nodule eraser (step {er.step}), scan {rid}, nodule {nod['diameter_vox']:.1f} vox")
+                      f"Fig B.2 · nodule eraser (step {er.step}), scan {rid}, nodule {nod['diameter_vox']:.1f} vox",
+                      (cfg.data.hu_min, cfg.data.hu_max))
     return save_figure(fig, out / "figB2_eraser", _caption(cfg))
 
 

@@ -5,15 +5,16 @@ live ipywidgets viewer and the notebook display hook, registered on import insid
 
 Public API
 ----------
-``WINDOWS``, ``VIEWS``, :func:`resolve_window`, :func:`show_three_views`, :func:`slab_strip`,
+``WINDOWS``, ``VIEWS``, :func:`resolve_window`, :func:`show_three_views`, :func:`slab_strip`, :func:`panel_grid`,
 :func:`save_figure`, :func:`figure_caption`, :func:`widget_frontend`, :func:`register_figure_display` and
 :class:`VolumeViewer`.
 """
 from ..data.views import VIEWS
 from .saving import figure_caption, save_figure
 from .viewer import MODE_ENV, VolumeViewer, register_figure_display, widget_frontend
-from .views import VIEW_ORIGIN, WINDOWS, resolve_window, show_three_views, slab_strip, view_aspect, view_slice
+from .views import (VIEW_ORIGIN, WINDOWS, panel_grid, resolve_window, show_three_views, slab_strip, view_aspect,
+                    view_slice)
 
-__all__ = ["VIEWS", "WINDOWS", "VIEW_ORIGIN", "MODE_ENV", "resolve_window", "show_three_views", "slab_strip",
+__all__ = ["VIEWS", "WINDOWS", "VIEW_ORIGIN", "MODE_ENV", "resolve_window", "show_three_views", "slab_strip", "panel_grid",
            "view_slice", "view_aspect", "figure_caption", "save_figure", "VolumeViewer", "register_figure_display",
            "widget_frontend"]

@@ -415,3 +415,51 @@ def slab_strip(volume, axis: str = "sagittal", n: int = 8, positions: Sequence[i
                 ax.set_ylabel(name)
     fig.suptitle(title or f"{axis} slab strip", fontsize=11)
     return fig
+
+
+def panel_grid(rows: Sequence[Sequence[Any]], window: str | Sequence[float] = "lung", cmap: str = "gray",
+               title: str | None = None, row_labels: Sequence[str] | None = None,
+               col_titles: Sequence[str] | None = None, panel_in: tuple[float, float] = (2.4, 2.4)) -> Figure:
+    """A grid of 2-D images (slices, VOI centre slices) in one HU window, without ticks.
+
+    Parameters
+    ----------
+    rows : sequence of rows
+        Each panel is an image, ``(image, title)`` or ``(image, title, window, cmap)`` (e.g. a difference image in
+        its own window and colour map); a shorter row leaves its last panels blank.
+    window : str or (min, max)
+        A :data:`WINDOWS` preset or an HU range, for every panel that does not give its own.
+    row_labels, col_titles : sequence of str, optional
+        Labels on the left of each row / titles above the first row's panels.
+    panel_in : (width, height)
+        Inches per panel.
+
+    Returns
+    -------
+    Figure
+    """
+    lo, hi = resolve_window(window)
+    n_rows, n_cols = len(rows), max((len(r) for r in rows), default=0)
+    if not n_rows or not n_cols:
+        raise CTSGANError("panel_grid: nothing to show (no panels)")
+    fig = Figure(figsize=(panel_in[0] * n_cols, panel_in[1] * n_rows + (0.5 if title else 0.0)), layout="constrained")
+    axes = fig.subplots(n_rows, n_cols, squeeze=False)
+    for i, row in enumerate(rows):
+        for j in range(n_cols):
+            ax = axes[i, j]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if j < len(row):
+                panel = row[j] if isinstance(row[j], tuple) else (row[j],)
+                w = resolve_window(panel[2]) if len(panel) > 2 and panel[2] is not None else (lo, hi)
+                ax.imshow(np.asarray(panel[0]), cmap=panel[3] if len(panel) > 3 else cmap, vmin=w[0], vmax=w[1],
+                          interpolation="nearest")
+                if len(panel) > 1 and panel[1]:
+                    ax.set_title(panel[1], fontsize=9)
+            if row_labels is not None and j == 0:
+                ax.set_ylabel(row_labels[i], fontsize=9)
+            if col_titles is not None and i == 0 and j < len(col_titles):
+                ax.set_title(col_titles[j], fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return fig
