@@ -289,3 +289,16 @@ def test_saving_an_unchanged_figure_again_gives_the_same_pdf_bytes(tmp_path):
     _, pdf_b = viz.save_figure(fig, tmp_path / "b", caption="profile=smoke")
     plt.close(fig)
     assert pdf_a.read_bytes() == pdf_b.read_bytes() and b"CreationDate" not in pdf_a.read_bytes()
+
+
+def test_panel_grid_shows_each_panel_in_its_window():
+    a, b = np.zeros((6, 6)), np.ones((6, 6))
+    fig = viz.panel_grid([[(a, "a"), (b, "diff", (-5, 5), "coolwarm")], [a]], window=(-1000, 400), title="t",
+                         row_labels=["r1", "r2"])
+    axes = fig.axes
+    assert len(axes) == 4                                                      # 2 × 2, the short row left blank
+    assert axes[0].images[0].get_clim() == (-1000.0, 400.0) and axes[0].get_title() == "a"
+    assert axes[1].images[0].get_clim() == (-5.0, 5.0) and axes[1].images[0].get_cmap().name == "coolwarm"
+    assert not axes[3].images and axes[2].get_ylabel() == "r2"
+    with pytest.raises(CTSGANError):
+        viz.panel_grid([])
