@@ -235,3 +235,36 @@ def test_config_replace_matches_load_profile_overrides():
     assert cfg == load_profile("smoke")                      # the original is untouched
     with pytest.raises(ValueError):
         cfg.replace(**{"nosuch.size": 1})
+
+
+def _readme_layout() -> str:
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("## Layout"):]
+    return section[section.index("```\nctsgan_lib/"):section.index("\nnotebooks/")]
+
+
+def test_readme_layout_matches_the_tree():
+    """Every top-level module and package of ctsgan_lib is in the README's Layout, and each package's entry names
+    all of its modules."""
+    block = _readme_layout()
+    entries: dict[str, str] = {}
+    current = None
+    for line in block.splitlines()[2:]:
+        if line.startswith("  ") and not line.startswith("   "):
+            current = line.split()[0]
+            entries[current] = line
+        elif current is not None:
+            entries[current] += " " + line
+    text = " ".join(entries.values())
+    tops = sorted(p.name for p in PKG.iterdir() if not p.name.startswith(("_", ".")) and p.name != "__pycache__")
+    missing = [t for t in tops if (f"{t}/" if (PKG / t).is_dir() else t) not in text]
+    assert not missing, f"README Layout does not mention: {missing}"
+    for key, desc in entries.items():
+        for name in re.findall(r"\b(\w+)/", key):
+            pkg = PKG / name
+            if name in ("configs", "commands") or not (pkg / "__init__.py").is_file():
+                continue
+            mods = sorted(p.stem if p.suffix else p.name for p in pkg.iterdir()
+                          if (p.suffix == ".py" and p.stem != "__init__") or (p / "__init__.py").is_file())
+            absent = [m for m in mods if not re.search(rf"\b{m}\b", desc)]
+            assert not absent, f"README Layout entry {name}/ does not name its modules {absent}"
