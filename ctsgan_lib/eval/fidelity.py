@@ -16,6 +16,9 @@ weights' SHA-256. Every pairwise statistic is computed from the cache. The FID o
 computed exactly in the n-dimensional span of the centred features (trace of the matrix square root from the singular
 values of ``A1 A2ᵀ``), which equals torch-fidelity's ``fid_statistics_to_metric`` (a test checks it against a direct
 ``torch_fidelity.calculate_metrics`` call) and is ~1000× faster than its 2048×2048 eigen-decomposition.
+
+This module computes and returns metric records (:func:`run_fidelity`); the tables, captions and box plots made from
+them are in :mod:`ctsgan_lib.reporting.fidelity`.
 """
 from __future__ import annotations
 
