@@ -21,7 +21,7 @@ import torch
 
 from ctsgan_lib.config import load_profile
 from ctsgan_lib.experiments import build_cell_data, load_injector, load_real_base
-from ctsgan_lib.experiments import _make_model  # the grid's own model factory (seeded init, profile's stem stride)
+from ctsgan_lib.experiments import make_model  # the grid's own model factory (seeded init, profile's stem stride)
 from ctsgan_lib.train.classifier_loop import evaluate, train_classifier
 from ctsgan_lib.utils.hardware import hardware_info, hardware_label
 from ctsgan_lib.utils.logs import append_jsonl
@@ -45,7 +45,7 @@ def main() -> None:
     for lr in args.lr:
         cfg = load_profile(args.profile, **{"classifier.lr": lr, "classifier.patience": args.epochs})
         data = build_cell_data(real, None, args.size, args.seed, injector, cfg)
-        model = _make_model(cfg, args.seed)
+        model = make_model(cfg, args.seed)
         t0 = time.perf_counter()
         with tempfile.TemporaryDirectory() as tmp:
             summary = train_classifier(model, data.train, data.val, cfg, tmp, args.seed, args.epochs,

@@ -32,7 +32,8 @@ def bench_step(model: str, size: int, steps: int, threads: int) -> dict:
 
     sys.path.insert(0, str(REPO))
     from ctsgan_lib.config import load_profile
-    from ctsgan_lib.models.ctsgan import build_ctsgan, init_weights
+    from ctsgan_lib.models.ctsgan import build_ctsgan
+    from ctsgan_lib.models.dcgan import init_weights
     from ctsgan_lib.models.gan3d import build_gan3d
     from ctsgan_lib.train.ctsgan_loop import ctsgan_step
     from ctsgan_lib.train.distributed import DistContext

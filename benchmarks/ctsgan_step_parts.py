@@ -31,7 +31,8 @@ def main() -> None:
     import torch
 
     from ctsgan_lib.config import load_profile
-    from ctsgan_lib.models.ctsgan import build_ctsgan, init_weights
+    from ctsgan_lib.models.ctsgan import build_ctsgan
+    from ctsgan_lib.models.dcgan import init_weights
     from ctsgan_lib.train import ctsgan_loop as L
     from ctsgan_lib.train import losses
     from ctsgan_lib.train.distributed import DistContext
@@ -53,11 +54,11 @@ def main() -> None:
             "d": torch.optim.Adam(list(dslice.parameters()) + list(dslab.parameters()), lr=ct.lr_d, betas=ct.betas)}
     b = ct.batch
     none = contextlib.nullcontext()
-    rs, rsl, pos, fs, fsl, start = L._slab_batch(gen, data, ct, b, "cpu", none, False)
-    cond = (start,) if L._slab_conditioned(dslab) else ()
+    rs, rsl, pos, fs, fsl, start = L.slab_batch(gen, data, ct, b, "cpu", none, False)
+    cond = (start,) if L.dslab_is_conditioned(dslab) else ()
 
     def gen_grad():
-        L._slab_batch(gen, data, ct, b, "cpu", none, True)[4].sum().backward()
+        L.slab_batch(gen, data, ct, b, "cpu", none, True)[4].sum().backward()
 
     def dslab_joint():
         o = dslab(torch.cat([rsl, fsl]), *[torch.cat([c, c]) for c in cond])
@@ -68,7 +69,7 @@ def main() -> None:
         (o[len(rs):].mean() - o[:len(rs)].mean()).backward()
 
     parts = {
-        "generator slab, no grad (each critic update)": lambda: L._slab_batch(gen, data, ct, b, "cpu", none, False),
+        "generator slab, no grad (each critic update)": lambda: L.slab_batch(gen, data, ct, b, "cpu", none, False),
         "generator slab, forward + backward": gen_grad,
         "Dslice real + fake, forward + backward": lambda: losses.d_loss(
             "wgan-gp", dslice(rs, pos), dslice(fs, pos)).backward(),

@@ -44,8 +44,9 @@ from ctsgan_lib.config import load_profile  # noqa: E402
 from ctsgan_lib.data.cohort import Cohort  # noqa: E402
 from ctsgan_lib.data.intensity import hu_to_model  # noqa: E402
 from ctsgan_lib.eval.zstructure import z_structure  # noqa: E402
-from ctsgan_lib.generation import load_generator, synthesize  # noqa: E402
-from ctsgan_lib.train.checkpoint import load_checkpoint  # noqa: E402
+from ctsgan_lib.models.ctsgan import synthesize  # noqa: E402
+from ctsgan_lib.synthesis import load_generator  # noqa: E402
+from ctsgan_lib.utils.checkpoint import load_checkpoint  # noqa: E402
 from ctsgan_lib.utils.hardware import hardware_label  # noqa: E402
 from ctsgan_lib.utils.logs import append_jsonl  # noqa: E402
 

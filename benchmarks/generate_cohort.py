@@ -18,11 +18,9 @@ import torch
 
 from ctsgan_lib.config import load_profile
 from ctsgan_lib.data.phantom import make_patient
-from ctsgan_lib.generation import generate_volumes, inference_layout
+from ctsgan_lib.synthesis import finish_volume, generate_volumes, inference_layout, plan_volumes
 from ctsgan_lib.models.ctsgan import build_ctsgan
-from ctsgan_lib.models.nodule_cgan import NoduleGenerator
-from ctsgan_lib.nodules import NoduleInjector
-from ctsgan_lib.synthetic import finish_volume, plan_volumes
+from ctsgan_lib.nodules import NoduleGenerator, NoduleInjector
 from ctsgan_lib.utils.hardware import hardware_info, hardware_label
 from ctsgan_lib.utils.logs import append_jsonl
 

@@ -11,6 +11,7 @@ Example
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import os
@@ -215,6 +216,23 @@ class Config:
     def to_dict(self) -> dict[str, Any]:
         """Plain, JSON/YAML-safe dict (tuples become lists)."""
         return _plain(dataclasses.asdict(self))
+
+    def replace(self, **overrides: Any) -> "Config":
+        """A validated copy with dotted-key overrides applied, as :func:`load_profile` applies them.
+
+        Example: ``cfg.replace(**{"data.size": 64})``. ``self`` is left unchanged; nothing is read from disk.
+        """
+        new = copy.deepcopy(self)
+        for key, value in overrides.items():
+            *sections, name = key.split(".")
+            target: Any = new
+            for p in sections:
+                if not hasattr(target, p) or not dataclasses.is_dataclass(getattr(target, p)):
+                    raise ConfigError(f"override {key!r}: unknown section {p!r}")
+                target = getattr(target, p)
+            _apply(target, {name: value}, f"override {key}")
+        validate(new)
+        return new
 
 
 def _plain(obj: Any) -> Any:

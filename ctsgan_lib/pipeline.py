@@ -122,8 +122,8 @@ def reproduce(profile: str = "smoke", only: Iterable[str] | None = None, start: 
     CTSGANError
         When a notebook fails; the message names it and its executed copy.
     """
-    import papermill as pm
-    from traitlets.config import Config
+    import papermill as pm  # 1.0 s to import; only `reproduce` runs notebooks
+    from traitlets.config import Config  # comes with papermill's kernel stack; only `reproduce` needs it
 
     load_profile(profile)  # validate before spending minutes
     root = root or project_root()

@@ -63,7 +63,7 @@ def test_gslice_count_agrees_with_torch_flop_counter_and_full_generation():
     assert c.flops == ref.get_total_flops() > 0                  # independent count (torch's dispatcher-level one)
     # the per-volume shortcut (Rv once + Gslice x (S-2) positions) equals counting a real whole-volume generation
     est = gslice_flops_per_volume(gen, 32)
-    from ctsgan_lib.generation import synthesize
+    from ctsgan_lib.models.ctsgan import synthesize
     pn, sn = gen.sample_noise(1)
     with count_macs(gen) as full, torch.no_grad():
         synthesize(gen, pn, sn, chunk=7)

@@ -17,10 +17,11 @@ from sklearn.metrics import accuracy_score, balanced_accuracy_score, confusion_m
 from ctsgan_lib.config import load_profile
 from ctsgan_lib.errors import CTSGANError
 from ctsgan_lib.eval.classification import balanced_indices, binary_metrics, check_classes, roc_auc
-from ctsgan_lib.experiments import (BaseSet, BaseVolume, build_cell_data, current_records, grid_table,
-                                    regime_ordering, run_grid, run_shortcut_control, shortcut_table)
+from ctsgan_lib.experiments import (BaseSet, BaseVolume, build_cell_data, current_records, run_grid,
+                                    run_shortcut_control)
 from ctsgan_lib.models.squeezenet3d import SqueezeNet3D
-from ctsgan_lib.train.classifier_loop import VolumeDataset, evaluate, train_classifier
+from ctsgan_lib.reporting.classifier import grid_table, regime_ordering, shortcut_table
+from ctsgan_lib.train.classifier_loop import ClassifierDataset, evaluate, train_classifier
 from ctsgan_lib.utils.logs import read_jsonl
 
 S = 16  # tiny volumes keep the CPU budget (SqueezeNet works at any S)
@@ -318,7 +319,7 @@ def test_shortcut_control(tmp_root):
 
 
 # ------------------------------------------------------------------------------------------------ DDP
-def _ddp_worker(rank: int, world: int, port: int, out: str, data: VolumeDataset, cfg, q) -> None:
+def _ddp_worker(rank: int, world: int, port: int, out: str, data: ClassifierDataset, cfg, q) -> None:
     import os
 
     import torch.distributed as dist
@@ -361,7 +362,7 @@ def test_ddp_two_ranks_gloo(tmp_root):
 
 # ------------------------------------------------------------------------------------------------ reporting and CLI
 def test_figure_and_tables_are_written(tmp_root):
-    from ctsgan_lib.experiments import annotate_table, caption, plot_fig3b, save_table
+    from ctsgan_lib.reporting.classifier import annotate_table, classifier_caption, plot_fig3b, save_table
 
     recs = []
     for regime in ("real", "synthetic", "pretrain_finetune"):
@@ -376,7 +377,7 @@ def test_figure_and_tables_are_written(tmp_root):
     table = annotate_table(grid_table(recs), recs)
     assert len(table) == 6 and set(table["accuracy_mean"]) == {0.625} and set(table["accuracy_std"]) == {0.125}
     assert table["vs_paper"].iloc[0].startswith("NOT comparable to the paper")
-    title = caption(recs, "Fig 3b")
+    title = classifier_caption(recs, "Fig 3b")
     assert "profile smoke" in title and "seeds [0, 1]" in title and "cpu: test" in title
     fig, paths = plot_fig3b(table, tmp_root / "fig3b", note=title)
     import matplotlib.pyplot as plt
@@ -418,7 +419,7 @@ def _cell(r: dict) -> tuple:
 
 
 def test_an_interrupted_cell_keeps_its_finished_regimes(tmp_root, monkeypatch):
-    import ctsgan_lib.experiments as X
+    import ctsgan_lib.experiments.grid as X   # the grid runner looks train_classifier up in its own module
 
     real, syn, inj = _bases((4, 2, 2)), _syn(3), SphereInjector()
     train = X.train_classifier

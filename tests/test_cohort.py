@@ -8,8 +8,8 @@ import pandas as pd
 import pytest
 
 from ctsgan_lib.config import load_profile
-from ctsgan_lib.data.cohort import (MANIFEST_COLUMNS, Cohort, CohortWriter, assign_splits, build_cohort,
-                                    cohort_summary)
+from ctsgan_lib.data.cohort import MANIFEST_COLUMNS, Cohort, CohortWriter, assign_splits, cohort_summary
+from ctsgan_lib.data.sources import build_cohort
 from ctsgan_lib.errors import CTSGANError, InputFileError
 
 

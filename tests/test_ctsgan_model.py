@@ -5,9 +5,10 @@ import numpy as np
 import pytest
 import torch
 
-from ctsgan_lib.generation import (generate_volume_at, generate_volumes, synthesize, volume_noise, volume_seed)
 from ctsgan_lib.models.ctsgan import (CTSGANGenerator, PositionEncoding, SlabDiscriminator, SliceDiscriminator,
-                                      assemble_volume, build_ctsgan, init_weights, start_size)
+                                      assemble_volume, build_ctsgan, synthesize)
+from ctsgan_lib.models.dcgan import init_weights, start_size
+from ctsgan_lib.synthesis import generate_volume_at, generate_volumes, volume_noise, volume_seed
 
 TINY = {"patient_dim": 8, "slice_noise_dim": 4, "slice_code_dim": 6, "ngf": 4, "ndf": 4, "slab_len": 4}
 

@@ -16,7 +16,7 @@ import torch
 from ctsgan_lib.config import load_profile
 from ctsgan_lib.errors import CTSGANError, InputFileError
 from ctsgan_lib.train import ctsgan_loop, losses
-from ctsgan_lib.train.checkpoint import load_checkpoint
+from ctsgan_lib.utils.checkpoint import load_checkpoint
 from ctsgan_lib.train.gan_common import TrainingDivergedError
 from ctsgan_lib.train.volumes import VolumeDataset
 
@@ -202,7 +202,8 @@ def test_cli_train_resumes_by_default_like_nodules_train_and_generate_writes_coh
 @pytest.mark.slow
 def test_one_training_step_at_paper_size_on_cpu():
     """The paper path end to end: S=224, paper widths, batch and slab length (minutes on a 2-core CPU)."""
-    from ctsgan_lib.models.ctsgan import build_ctsgan, init_weights
+    from ctsgan_lib.models.ctsgan import build_ctsgan
+    from ctsgan_lib.models.dcgan import init_weights
     from ctsgan_lib.train.distributed import DistContext
 
     cfg = load_profile("paper")

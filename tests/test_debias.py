@@ -6,9 +6,8 @@ import pytest
 
 from ctsgan_lib.config import load_profile
 from ctsgan_lib.data.cohort import Cohort
-from ctsgan_lib.debias import build_debiased_cohort, build_nodule_free_cohort, domain_leakage
-from ctsgan_lib.nodules import NoduleEraser, NoduleInjector
-from ctsgan_lib.train.nodule_loop import train_nodule_gan
+from ctsgan_lib.nodules import (NoduleEraser, NoduleInjector, build_debiased_cohort, build_nodule_free_cohort,
+                                domain_leakage, train_nodule_gan)
 
 from nodule_fixtures import make_cohort
 

@@ -16,6 +16,7 @@ import torch
 from ctsgan_lib.data.cohort import Cohort, CohortWriter
 from ctsgan_lib.errors import CTSGANError, InputFileError, MissingInputError
 from ctsgan_lib.eval import fidelity as F
+from ctsgan_lib.reporting.fidelity import write_tables
 from ctsgan_lib.eval import inception as I
 
 SEED = 3
@@ -140,7 +141,7 @@ def test_fallback_extractor_separates_distributions(runner):
 
 
 def test_bare_random_network_is_degenerate_and_fallback_is_recorded(fallback, tmp_path):
-    net = I._seeded_inception(0, tmp_path)
+    net = I.seeded_inception(0, tmp_path)
     with torch.no_grad():
         feats = net(torch.from_numpy(F.volume_slices(chest(np.random.default_rng(1)), "axial", 2)))[0]
     assert float(feats.std()) < 1e-4  # why the fallback recalibrates BatchNorm
@@ -273,7 +274,7 @@ def test_run_fidelity_tables_and_json_lines(tmp_root, fallback):
         assert "protocol_desc" in r and r["comparable_to_paper"] is False
     rr = [r for r in lines if r["row"] == "real" and r["protocol"] == "pair"]
     assert all(r["a"] != r["b"] for r in rr) and {r["view"] for r in rr} == {"axial", "sagittal"}
-    out = F.write_tables(recs, cfg.runs_dir / "fidelity")
+    out = write_tables(recs, cfg.runs_dir / "fidelity")
     t1 = out["table1"]
     assert list(t1["Data Source"]) == [F.PAPER_TABLE1[k]["label"] for k in ("real", "gan3d", "ctsgan")]
     assert t1.loc[0, "FID (↓) paper"] == "130.72 ± 31.05" and t1.loc[2, "IS (↑) paper"] == "2.37 ± 0.19"

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from ctsgan_lib.config import load_profile
-from ctsgan_lib.generation import generate_gan3d_volumes, load_generator
+from ctsgan_lib.synthesis import generate_gan3d_volumes, load_generator
 from ctsgan_lib.models.gan3d import Discriminator3D, Generator3D, upsample_volume
-from ctsgan_lib.train.checkpoint import load_checkpoint
+from ctsgan_lib.utils.checkpoint import load_checkpoint
 from ctsgan_lib.train.gan3d_loop import train_gan3d
 
 

@@ -22,7 +22,7 @@ from ctsgan_lib.data.cohort import Cohort, CohortWriter
 from ctsgan_lib.data.io import nifti_affine, write_dicom_series
 from ctsgan_lib.errors import CTSGANError
 from ctsgan_lib.models.ctsgan import build_ctsgan
-from ctsgan_lib.train.checkpoint import save_checkpoint
+from ctsgan_lib.utils.checkpoint import save_checkpoint
 from killing import kill_when
 from test_io import BAD_DICOM, SPACING, _mixed  # the loader-level corpus builders
 

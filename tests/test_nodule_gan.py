@@ -11,11 +11,10 @@ import torch
 from ctsgan_lib.config import load_profile
 from ctsgan_lib.data.cohort import Cohort
 from ctsgan_lib.errors import CTSGANError
-from ctsgan_lib.models.nodule_cgan import NoduleGenerator, PatchDiscriminator3D
-from ctsgan_lib.nodules import (NoduleEraser, NoduleInjector, PlacementError, ball, extract_voi, measure_nodule,
-                                nodule_blend_weight, paste_voi, place_nodules, voi_blend_weight)
-from ctsgan_lib.train.checkpoint import load_checkpoint
-from ctsgan_lib.train.nodule_loop import train_nodule_gan
+from ctsgan_lib.nodules import (NoduleEraser, NoduleGenerator, NoduleInjector, PatchDiscriminator3D, PlacementError,
+                                ball, extract_voi, measure_nodule, nodule_blend_weight, paste_voi, place_nodules,
+                                train_nodule_gan, voi_blend_weight)
+from ctsgan_lib.utils.checkpoint import load_checkpoint
 
 from nodule_fixtures import make_cohort
 

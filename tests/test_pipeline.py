@@ -68,7 +68,7 @@ def test_reproduce_names_the_failing_notebook(two_notebooks):
 
 
 def test_figures_manifest_lists_every_stage_with_its_commit_and_the_total(two_notebooks, monkeypatch):
-    from ctsgan_lib import figures
+    from ctsgan_lib.reporting import figures
     from ctsgan_lib.config import load_profile
 
     root = two_notebooks

@@ -19,7 +19,7 @@ from ctsgan_lib.config import ConfigError, load_profile, parse_overrides
 from ctsgan_lib.data.intensity import hu_to_model, hu_to_uint8, hu_to_unit, model_to_hu
 from ctsgan_lib.errors import CheckpointError, CTSGANError, MissingInputError
 from ctsgan_lib.pipeline import NOTEBOOKS, require_inputs, select_notebooks
-from ctsgan_lib.train.checkpoint import load_checkpoint, load_state_strict, rng_state, save_checkpoint, set_rng_state
+from ctsgan_lib.utils.checkpoint import load_checkpoint, load_state_strict, rng_state, save_checkpoint, set_rng_state
 from ctsgan_lib.utils.atomic import atomic_path, atomic_write_text
 
 REPO = Path(__file__).resolve().parents[1]

@@ -15,9 +15,9 @@ from ctsgan_lib.data.cohort import Cohort
 from ctsgan_lib.data.io import read_nifti
 from ctsgan_lib.errors import CTSGANError
 from ctsgan_lib.models.ctsgan import build_ctsgan
-from ctsgan_lib.synthetic import (VolumePlan, finish_volume, generate_cohort, merge_shards, parse_shard,
+from ctsgan_lib.synthesis import (VolumePlan, finish_volume, generate_cohort, merge_shards, parse_shard,
                                   plan_volumes, shard_indices, summarize_cohort)
-from ctsgan_lib.train.checkpoint import save_checkpoint
+from ctsgan_lib.utils.checkpoint import save_checkpoint
 from killing import kill_when
 
 SPACING = (6.0, 6.0, 6.0)
@@ -102,8 +102,7 @@ def test_killed_run_resumes_to_the_complete_set(ctsgan_ckpt, tmp_path):
 def test_injection_lands_in_the_lung_at_requested_diameters(tmp_path):
     from ctsgan_lib.data.phantom import make_patient
     from ctsgan_lib.data.preprocess import lung_mask
-    from ctsgan_lib.nodules import NoduleInjector
-    from ctsgan_lib.train.nodule_loop import train_nodule_gan
+    from ctsgan_lib.nodules import NoduleInjector, train_nodule_gan
     from nodule_fixtures import make_cohort
 
     cohort, _ = make_cohort(tmp_path / "toy")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from matplotlib.figure import Figure
 from matplotlib.patches import Ellipse
 
 from ctsgan_lib import viz
@@ -172,7 +173,7 @@ def test_viewer_falls_back_to_static_without_a_front_end(no_frontend, monkeypatc
     assert viewer.mode_reason == "not running in a Jupyter kernel"
     viewer.show()
     (fig,) = shown
-    assert isinstance(fig, viz.Figure) and len(fig.axes) == 6
+    assert isinstance(fig, Figure) and len(fig.axes) == 6
     assert fig.axes[0].get_title() == "axial z=2" and np.all(fig.axes[0].images[0].get_array() == vol[2])
     assert viewer._widget is None                       # no widget was built
 
@@ -289,3 +290,16 @@ def test_saving_an_unchanged_figure_again_gives_the_same_pdf_bytes(tmp_path):
     _, pdf_b = viz.save_figure(fig, tmp_path / "b", caption="profile=smoke")
     plt.close(fig)
     assert pdf_a.read_bytes() == pdf_b.read_bytes() and b"CreationDate" not in pdf_a.read_bytes()
+
+
+def test_panel_grid_shows_each_panel_in_its_window():
+    a, b = np.zeros((6, 6)), np.ones((6, 6))
+    fig = viz.panel_grid([[(a, "a"), (b, "diff", (-5, 5), "coolwarm")], [a]], window=(-1000, 400), title="t",
+                         row_labels=["r1", "r2"])
+    axes = fig.axes
+    assert len(axes) == 4                                                      # 2 × 2, the short row left blank
+    assert axes[0].images[0].get_clim() == (-1000.0, 400.0) and axes[0].get_title() == "a"
+    assert axes[1].images[0].get_clim() == (-5.0, 5.0) and axes[1].images[0].get_cmap().name == "coolwarm"
+    assert not axes[3].images and axes[2].get_ylabel() == "r2"
+    with pytest.raises(CTSGANError):
+        viz.panel_grid([])

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from ctsgan_lib.errors import CTSGANError
-from ctsgan_lib.eval.zstructure import mean_profile, z_structure
+from ctsgan_lib.eval.zstructure import mean_profile, z_structure, z_structure_table
 
 
 def _chest(n: int, z: int = 24, s: int = 16, seed: int = 0, dome_at: float = 0.7) -> np.ndarray:
@@ -42,3 +42,14 @@ def test_bad_input_is_a_clear_error():
         z_structure(np.zeros((1, 4, 4, 4)))
     with pytest.raises(CTSGANError, match="depth"):
         z_structure(_chest(2, z=8), _chest(2, z=10))
+
+
+def test_table_of_hu_sources_matches_z_structure_in_the_model_range():
+    def hu(v):                                                   # model range [-1, 1] -> HU in [-1000, 400]
+        return [(x + 1.0) / 2.0 * 1400.0 - 1000.0 for x in v]
+
+    real, other = np.clip(_chest(3), -1, 1), np.clip(_chest(3, seed=1), -1, 1)   # inside the window: no clipping
+    t = z_structure_table({"real": hu(real), "other": hu(other)}, hu(real), -1000.0, 400.0)
+    assert list(t.index) == ["real", "other"]
+    for k, v in z_structure(other, real).items():
+        assert t.loc["other", k] == pytest.approx(v, rel=1e-4, abs=1e-6)

@@ -20,6 +20,16 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
+import torch
+
+from ..train import distributed as D
+from ..train.ctsgan_loop import ctsgan_step
+from ..train.gan3d_loop import gan3d_step
+from ..train.gan_common import build_gan
+from ..train.volumes import VolumeDataset
+from ..utils.hardware import git_commit, hardware_info
+
 #: Model names the benches know.
 MODELS = ("ctsgan", "gan3d")
 
@@ -73,29 +83,27 @@ def bench_config(cfg, model: str, size: int, native_size: int | None = None):
     ``native_size`` is given (the "configured baseline" row uses ``cfg.gan3d.size``, upsampled to S).
     CT-SGAN's ``slab_len``/``n_slices`` are clipped to fit a small S (they must be <= S - 2).
     """
-    from ..config import load_profile
-
     over: dict[str, Any] = {"data.size": size}
     if model == "gan3d":
         over["gan3d.size"] = native_size or size
     if cfg.ctsgan.slab_len > size - 2:
         over["ctsgan.slab_len"] = size - 2
         over["ctsgan.n_slices"] = min(cfg.ctsgan.n_slices, size - 2)
-    flat = _flatten(cfg.to_dict())
+    return cfg.replace(**over)
+
+
+def flatten_config(cfg) -> dict[str, Any]:
+    """The config as dotted-key overrides (``{"ctsgan.ngf": 32, ...}``, without ``profile``): how a bench passes
+    its config to a worker process, which rebuilds it with ``load_profile(profile, **flat)``."""
+    def walk(d: dict, prefix: str = "") -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for k, v in d.items():
+            out.update(walk(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+        return out
+
+    flat = walk(cfg.to_dict())
     flat.pop("profile", None)
-    flat.update(over)
-    return load_profile(cfg.profile, **flat)
-
-
-def _flatten(d: dict, prefix: str = "") -> dict:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(_flatten(v, key + "."))
-        else:
-            out[key] = v
-    return out
+    return flat
 
 
 def build_workload(name: str, cfg, size: int, batch: int, device: str, seed: int = 0,
@@ -123,8 +131,6 @@ def build_workload(name: str, cfg, size: int, batch: int, device: str, seed: int
     -------
     Workload
     """
-    import torch
-
     torch.manual_seed(seed)
     if ":" in name:
         mod, fn = name.split(":", 1)
@@ -150,8 +156,6 @@ def machine_load() -> list[float] | None:
 
 def record_meta(cfg, device: str, run_id: str) -> dict:
     """What every JSON line carries: profile, seed, run id, time, commit, hardware and machine load."""
-    from ..utils.hardware import git_commit, hardware_info
-
     return {
         "profile": cfg.profile,
         "seed": cfg.seed,
@@ -192,43 +196,23 @@ def dumps(record: dict) -> str:
 
 
 # ------------------------------------------------------------------------------------------------------------------
-# The two workloads: the real networks (ctsgan_lib.models) and the training loops' own step functions
-# (ctsgan_lib.train.ctsgan_loop.ctsgan_step, gan3d_loop.gan3d_step), in one process (no torchrun), on an in-memory
-# cohort of random HU volumes: memory and speed do not depend on the voxel values.
+# The two workloads: the real networks (ctsgan_lib.models), built by the loops' own setup (train.gan_common.build_gan),
+# and the loops' own step functions (ctsgan_loop.ctsgan_step, gan3d_loop.gan3d_step), in one process (no torchrun),
+# on an in-memory cohort of random HU volumes: memory and speed do not depend on the voxel values.
 
 
 def _random_cohort(cfg, size: int, n: int, seed: int):
     """``n`` random HU volumes of ``size``³ as the loops' in-memory training set."""
-    import numpy as np
-
-    from ..train.volumes import VolumeDataset
-
     rng = np.random.default_rng(seed)
     vols = rng.uniform(cfg.data.hu_min, cfg.data.hu_max, size=(n, size, size, size)).astype(np.float32)
     return VolumeDataset(vols, hu_min=cfg.data.hu_min, hu_max=cfg.data.hu_max, size=size)
 
 
-def _adam_pair(g_params, d_params, sec) -> dict:
-    import torch
-
-    return {"g": torch.optim.Adam(g_params, lr=sec.lr_g, betas=tuple(sec.betas)),
-            "d": torch.optim.Adam(d_params, lr=sec.lr_d, betas=tuple(sec.betas))}
-
-
 def _ctsgan_workload(cfg, size: int, batch: int, device: str, seed: int) -> Workload:
-    from ..models.ctsgan import build_ctsgan, init_weights
-    from ..train import distributed as D
-    from ..train.ctsgan_loop import ctsgan_step
-
     ct = cfg.ctsgan
     data = _random_cohort(cfg, size, batch, seed)
-    nets = build_ctsgan(size, ct)
-    for m in nets.values():
-        init_weights(m)
-        m.to(device).train()
-    opts = _adam_pair(nets["generator"].parameters(),
-                      list(nets["dslice"].parameters()) + list(nets["dslab"].parameters()), ct)
     ctx = D.DistContext()
+    nets, opts = build_gan("ctsgan", size, ct, device, ctx)   # the weights were seeded by build_workload
 
     def step() -> dict:
         return ctsgan_step(nets, opts, data, ct, batch, device, ctx)
@@ -239,21 +223,12 @@ def _ctsgan_workload(cfg, size: int, batch: int, device: str, seed: int) -> Work
 
 
 def _gan3d_workload(cfg, size: int, batch: int, device: str, seed: int) -> Workload:
-    from ..models.ctsgan import init_weights
-    from ..models.gan3d import build_gan3d
-    from ..train import distributed as D
-    from ..train.gan3d_loop import gan3d_step
-
     g3 = cfg.gan3d
     data = _random_cohort(cfg, size, batch, seed)
     if g3.size != size:
         data = data.resized(g3.size)      # as train_gan3d: the cohort is resized once to the native size
-    nets = build_gan3d(g3)
-    for m in nets.values():
-        init_weights(m)
-        m.to(device).train()
-    opts = _adam_pair(nets["generator"].parameters(), nets["d3d"].parameters(), g3)
     ctx = D.DistContext()
+    nets, opts = build_gan("gan3d", size, g3, device, ctx)    # the weights were seeded by build_workload
 
     def step() -> dict:
         return gan3d_step(nets, opts, data, g3, batch, device, ctx)

@@ -43,7 +43,13 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Iterable
 
-from . import MODELS, dumps, latest_run, new_run_id, record_meta
+import torch
+from torch import nn
+
+from ..config import load_profile
+from ..utils.hardware import default_device
+from ..utils.logs import append_jsonl, read_jsonl
+from . import MODELS, build_workload, dumps, flatten_config, latest_run, new_run_id, record_meta
 
 MARKER = "BENCH_JSON "
 MIB = 2 ** 20
@@ -78,8 +84,6 @@ def _reset_peak_rss() -> bool:
 
 
 def _is_oom(exc: BaseException) -> bool:
-    import torch
-
     if isinstance(exc, (MemoryError, torch.OutOfMemoryError)):
         return True
     msg = str(exc).lower()
@@ -92,12 +96,6 @@ def _warm_up_torch(device: str) -> None:
     """Pay torch's one-off lazy costs before the baseline: the optimizer import (which pulls in torch._dynamo,
     ~150 MiB) and the first conv/LSTM forward and backward. Without this the "model memory" of a tiny model would be
     mostly torch's own start-up."""
-    import torch
-    from torch import nn
-
-    from ..models import ctsgan, gan3d  # noqa: F401 - import cost belongs to the baseline
-    from ..train import ctsgan_loop, gan3d_loop, losses, volumes  # noqa: F401
-
     nets = nn.ModuleList([nn.Conv2d(3, 2, 3), nn.ConvTranspose2d(2, 3, 4, 2, 1), nn.Conv3d(1, 2, 3),
                           nn.ConvTranspose3d(2, 1, 4, 2, 1), nn.LSTM(2, 2, batch_first=True, bidirectional=True),
                           nn.InstanceNorm3d(2, affine=True), nn.BatchNorm2d(2)]).to(device)
@@ -142,10 +140,6 @@ def measure_step_memory(model: str, cfg, size: int, batch: int, device: str, see
     dict
         ``status`` (``"ok"`` or ``"out of memory"``) and the memory figures in MiB (see the module docstring).
     """
-    import torch
-
-    from . import build_workload
-
     cuda = device.startswith("cuda")
     _warm_up_torch(device)
     rec: dict[str, Any] = {"bench": "memory", "model": model, "size": size, "batch": batch, "device": device,
@@ -208,8 +202,6 @@ def measure_step_memory(model: str, cfg, size: int, batch: int, device: str, see
 
 
 def _worker_main(argv: list[str] | None = None) -> int:
-    from ..config import load_profile
-
     p = argparse.ArgumentParser(prog="python -m ctsgan_lib.bench.memory")
     p.add_argument("--worker", action="store_true", required=True)
     p.add_argument("--model", required=True)
@@ -243,21 +235,13 @@ def default_max_gib(fraction: float = 0.8) -> float | None:
         return None
 
 
-def _flat_cfg(cfg) -> dict:
-    from . import _flatten
-
-    flat = _flatten(cfg.to_dict())
-    flat.pop("profile", None)
-    return flat
-
-
 def run_worker(model: str, cfg, size: int, batch: int, device: str, *, native_size: int | None = None,
                max_gib: float | None = None, timeout_s: float | None = None, run_id: str = "",
                extra_env: dict | None = None) -> dict[str, Any]:
     """Run one configuration in a subprocess and return its record (never raises for OOM/kill/timeout)."""
     cmd = [sys.executable, "-m", "ctsgan_lib.bench.memory", "--worker", "--model", model, "--size", str(size),
            "--batch", str(batch), "--device", device, "--seed", str(cfg.seed), "--profile", cfg.profile,
-           "--config-json", json.dumps(_flat_cfg(cfg)), "--run-id", run_id]
+           "--config-json", json.dumps(flatten_config(cfg)), "--run-id", run_id]
     if native_size:
         cmd += ["--native-size", str(native_size)]
     if max_gib:
@@ -354,9 +338,6 @@ def run_memory_bench(cfg, sizes: Iterable[int], *, models: Iterable[str] = MODEL
     list of dict
         The configuration records followed by the ``memory_ratio`` records, all with the same ``run_id``.
     """
-    from ..utils.hardware import default_device
-    from ..utils.logs import append_jsonl
-
     device = device or default_device()
     batch = batch or cfg.bench.batch
     timeout_s = timeout_s if timeout_s is not None else (cfg.bench.timeout_s or None)
@@ -436,8 +417,6 @@ def format_memory_table(records: list[dict]) -> str:
 
 def load_memory_results(path: str | Path) -> list[dict]:
     """The records of the latest memory run in ``path``."""
-    from ..utils.logs import read_jsonl
-
     recs = read_jsonl(path)
     return latest_run([r for r in recs if r.get("bench") in ("memory", "memory_ratio")])
 
@@ -457,7 +436,7 @@ def plot_memory_vs_size(records: list[dict], ax=None, title: str | None = None):
     -------
     matplotlib Axes
     """
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # not at the top: it would add to the worker's measured baseline RSS
 
     if ax is None:
         _, ax = plt.subplots(figsize=(6, 4))
@@ -486,8 +465,7 @@ def plot_memory_vs_size(records: list[dict], ax=None, title: str | None = None):
                     label=f"3D GAN configured ({r['native_size']}³ → {r['size']}³)")
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
-    from matplotlib.ticker import FuncFormatter
-
+    from matplotlib.ticker import FuncFormatter  # as pyplot above
     ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
     sizes = sorted({r["size"] for r in rows})
     ax.set_xticks(sizes, [f"{s}³" for s in sizes])

@@ -4,7 +4,7 @@ Everything runs on the current device, after one untimed warm-up, as the median 
 repetitions. Every JSON line records the hardware (``hardware_info``) and the machine load (``os.getloadavg``): on a
 shared CPU the numbers are only as good as the load next to them.
 
-Generation is timed through :func:`ctsgan_lib.generation.generate_volumes` (the same batching and slice chunking as
+Generation is timed through :func:`ctsgan_lib.synthesis.generate_volumes` (the same batching and slice chunking as
 ``ctsgan generate``) with freshly initialised networks: speed does not depend on the weights. Its analytic FLOP count
 (Rv + Gslice per volume, :mod:`ctsgan_lib.bench.flops`) turns volumes/s into a fraction of the device's peak, and on
 every device the time for the paper's 10,000 volumes is extrapolated (only the GPU figure is the paper-scale claim).
@@ -12,18 +12,24 @@ every device the time for the paper's 10,000 volumes is extrapolated (only the G
 from __future__ import annotations
 
 import statistics
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+import torch
+
+from ..eval.inception import seeded_inception
+from ..synthesis import generate_volumes
+from ..utils.hardware import default_device
+from ..utils.logs import append_jsonl, read_jsonl
 from . import MODELS, build_workload, latest_run, new_run_id, record_meta
+from .flops import count_macs, device_peak_flops
 
 PAPER_N_VOLUMES = 10_000
 
 
 def _sync(device: str) -> Callable[[], None] | None:
-    import torch
-
     return torch.cuda.synchronize if device.startswith("cuda") else None
 
 
@@ -64,10 +70,6 @@ def gslice_flops_per_volume(generator, size: int) -> dict:
     Counted from the module shapes with forward hooks on a single position (Gslice's cost is the same at every
     position), so it costs one slice of compute, not a volume.
     """
-    import torch
-
-    from .flops import count_macs
-
     dev = next(generator.parameters()).device
     n_pos = size - 2
     was_training = generator.training
@@ -96,15 +98,10 @@ def generation_throughput(cfg, size: int, n_volumes: int, batch: int, device: st
         ``volumes_per_s``, FLOPs per volume, achieved FLOP/s, device peak and its assumption, ``peak_fraction``, and
         ``time_10k_volumes_s`` (extrapolated time for the paper's 10,000 volumes on this device).
     """
-    from ..generation import generate_volumes
-    from .flops import device_peak_flops
-
     chunk = chunk or cfg.ctsgan.chunk
     wl = build_workload("ctsgan", cfg, size, 1, device, cfg.seed)
     gen = wl.generator.eval()
     if channels_last:
-        import torch
-
         gen.gslice.to(memory_format=torch.channels_last)
     bf16 = bool(cfg.ctsgan.bf16 and device.startswith("cuda"))
     # what load_generator gives `ctsgan generate`: the profile's autocast setting and chunk travel in .meta
@@ -137,14 +134,8 @@ def fid_extractor_throughput(cfg, size: int, n_slices: int, device: str, repeats
     architecture is timed (:mod:`ctsgan_lib.eval.inception`); the real pipeline loads the ImageNet or fallback weights
     into the same module. Inputs are uint8 (B, 3, S, S) slices, as the fidelity stage feeds them.
     """
-    import tempfile
-
-    import torch
-
-    from ..eval.inception import _seeded_inception
-
     with tempfile.TemporaryDirectory() as tmp:
-        net = _seeded_inception(cfg.seed, Path(tmp))
+        net = seeded_inception(cfg.seed, Path(tmp))
     net = net.to(device).eval()
     g = torch.Generator().manual_seed(cfg.seed)
     x = torch.randint(0, 256, (n_slices, 3, size, size), generator=g, dtype=torch.uint8).to(device)
@@ -197,9 +188,6 @@ def run_throughput_bench(cfg, size: int | None = None, *, gen_sizes: Iterable[in
     -------
     list of dict
     """
-    from ..utils.hardware import default_device
-    from ..utils.logs import append_jsonl
-
     device = device or default_device()
     size = size or cfg.data.size
     gen_sizes = list(gen_sizes or cfg.bench.gen_sizes)
@@ -280,8 +268,6 @@ def format_throughput_tables(records: list[dict]) -> str:
 
 def load_throughput_results(path: str | Path) -> list[dict]:
     """The records of the latest throughput run in ``path``."""
-    from ..utils.logs import read_jsonl
-
     return latest_run(read_jsonl(path))
 
 

@@ -32,8 +32,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace, cfg, progress: bool, main: bool) -> int:
-    from ..experiments import (caption, current_records, grid_table, regime_ordering, run_grid,
-                               run_shortcut_control, shortcut_table)
+    from ..experiments import current_records, run_grid, run_shortcut_control
+    from ..reporting.classifier import classifier_caption as caption, grid_table, regime_ordering, shortcut_table
 
     if not args.no_grid:
         path = run_grid(cfg, progress=progress, device=args.device)

@@ -51,7 +51,8 @@ def run(args: argparse.Namespace) -> int:
     from ..config import load_profile, parse_overrides
     from ..data.cohort import Cohort
     from ..errors import CTSGANError
-    from ..eval.fidelity import Source, mean_std, run_fidelity, write_tables
+    from ..eval.fidelity import Source, mean_std, run_fidelity
+    from ..reporting.fidelity import write_tables
 
     overrides = parse_overrides(args.overrides)
     if args.pairs is not None:

@@ -76,7 +76,7 @@ def check_args(args: argparse.Namespace) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..synthetic import (distributed_shard, generate_cohort, merge_shards, parse_shard, shard_dir,
+    from ..synthesis import (distributed_shard, generate_cohort, merge_shards, parse_shard, shard_dir,
                              wait_for_shards)
     from ..utils.hardware import default_device
     from ..utils.lock import folder_lock

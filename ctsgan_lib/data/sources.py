@@ -22,10 +22,13 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from ..errors import CTSGANError, InputFileError
 from ..utils.lock import folder_lock
 from ..utils.paths import claim_output_folder, undo_new_folder
+from . import phantom
+from . import preprocess as pp
 from .cohort import CohortWriter
 from .io import IGNORED_FILES, _is_ignored, lps_to_index, read_dicom_series, read_nifti
 
@@ -73,8 +76,6 @@ def prepare_volume(cfg, hu: np.ndarray, spacing_mm, nodules: list[dict] | None =
     hu_cube, spacing_mm, nodules, labels_cube
         Nodules whose centre falls outside the cube are dropped; each kept one gains ``diameter_vox``.
     """
-    from . import preprocess as pp
-
     d = cfg.data
     hu_cube, spacing_new, info = pp.preprocess_volume(hu, spacing_mm, d.size, d.hu_min, d.hu_max)
     spacing_new = tuple(float(s) for s in spacing_new)
@@ -124,8 +125,6 @@ def _phantom_nodules(ph) -> list[dict]:
 
 def build_phantom(cfg, writer: CohortWriter, progress: bool = True) -> None:
     """Generate (in parallel), preprocess and write every phantom patient not already done."""
-    from . import phantom
-
     plan = phantom_plan(cfg)
     wanted = {rid for rid, _, _ in plan}
     for rid in writer.ids():
@@ -164,7 +163,7 @@ def find_series_folders(root: Path) -> list[Path]:
 
 
 def _first_header(folder: Path):
-    import pydicom
+    import pydicom  # 0.2 s to import; only the DICOM sources need it
 
     for f in sorted(folder.iterdir()):
         if f.is_file() and not _is_ignored(f.name, IGNORED_FILES):
@@ -237,7 +236,7 @@ def pylidc_dicom_root(path: str | Path) -> Iterator[None]:
 def _import_pylidc():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # pylidc imports the deprecated pkg_resources
-        import pylidc as pl
+        import pylidc as pl  # optional heavy dependency (1.3 s): LIDC only
     return pl
 
 
@@ -371,8 +370,6 @@ def _settings(cfg, source: str, in_dir: Path | None) -> dict[str, Any]:
     d = cfg.data
     s = {"source": source, "size": d.size, "hu_min": d.hu_min, "hu_max": d.hu_max}
     if source == "phantom":
-        from . import phantom
-
         s.update(seed=cfg.seed, lidc_fraction=d.lidc_fraction, phantom_size=d.phantom_size,
                  phantom_spacing_mm=d.phantom_spacing_mm, generator_version=str(getattr(phantom, "VERSION", "")))
     else:
@@ -383,8 +380,6 @@ def _settings(cfg, source: str, in_dir: Path | None) -> dict[str, Any]:
 def build_real(cfg, scans: list[RawScan], problems: list[tuple[str, str]], writer: CohortWriter,
                progress: bool = True) -> None:
     """Prepare real scans one by one; a scan that fails is reported in ``failures.csv`` and skipped."""
-    from tqdm.auto import tqdm
-
     ids = [s.id for s in scans]
     dup = sorted({i for i in ids if ids.count(i) > 1})
     if dup:
@@ -414,7 +409,7 @@ def build_real(cfg, scans: list[RawScan], problems: list[tuple[str, str]], write
 
 def build_from_source(cfg, source: str, in_dir: str | Path | None, out: Path, progress: bool = True,
                       allow_foreign: bool = False) -> Path:
-    """Implementation of :func:`ctsgan_lib.data.cohort.build_cohort`.
+    """Implementation of :func:`build_cohort`, with an explicit output folder.
 
     The cohort folder is locked for the whole build (a second ``prepare`` on it is refused), must not overlap the
     input folder, and must be new, empty or a cohort ``prepare`` wrote; ``allow_foreign`` (``--allow-foreign``)
@@ -474,25 +469,35 @@ def _build_locked(cfg, source: str, in_path: Path | None, out: Path, progress: b
     return out
 
 
-def native_phantom_noise(cfg, cohort, ids) -> "pd.DataFrame":
-    """:func:`~ctsgan_lib.data.cohort.noise_hu` of phantom patients re-rendered on their native grid.
+def build_cohort(cfg, source: str = "phantom", in_dir: str | Path | None = None, out_dir: str | Path | None = None,
+                 progress: bool = True) -> Path:
+    """Build (or resume) a preprocessed cohort from a source.
 
-    Resizing to the cohort cube (anti-aliased) averages much of the fine-grained noise away, so the scanner-domain
-    difference is clearest before preprocessing. Each patient is re-rendered from the ``seed`` in its manifest row
-    (deterministic), with the profile's phantom grid. Columns: ``id``, ``domain``, ``noise_hu``, ``grid``.
+    Parameters
+    ----------
+    cfg : Config
+        Uses ``cfg.data`` (size, HU window, patient count, phantom grid, compression, workers, split fractions) and
+        ``cfg.seed``.
+    source : str
+        ``phantom`` (embedded generator), ``dicom`` (a folder of series folders), ``nifti`` (a folder of NIfTI
+        files) or ``lidc-nlst`` (``DIR/LIDC-IDRI`` and ``DIR/NLST``).
+    in_dir : str or Path, optional
+        Input folder for the real-data sources.
+    out_dir : str or Path, optional
+        Default ``cfg.data_dir / "cohort"``.
+    progress : bool
+        tqdm progress bars.
+
+    Returns
+    -------
+    Path
+        The cohort folder. Patients already done (checksum matches) are skipped; scans that fail are listed in
+        ``failures.csv`` and left out.
+
+    Raises
+    ------
+    CTSGANError
+        Unknown source, missing input folder, or no scan could be prepared.
     """
-    import pandas as pd
-
-    from . import phantom
-    from .cohort import noise_hu
-
-    rows = []
-    grid = f"native {cfg.data.phantom_size}³ @ {cfg.data.phantom_spacing_mm:g} mm"
-    for rid in ids:
-        row = cohort.row(rid)
-        if row["source"] != "phantom" or str(row.get("seed", "")) == "":
-            raise CTSGANError(f"{rid}: not a phantom patient with a recorded seed")
-        ph = phantom.make_patient(int(row["seed"]), row["domain"], size=cfg.data.phantom_size,
-                                  spacing_mm=cfg.data.phantom_spacing_mm)
-        rows.append({"id": rid, "domain": row["domain"], "noise_hu": noise_hu(ph.hu, ph.labels), "grid": grid})
-    return pd.DataFrame(rows, columns=["id", "domain", "noise_hu", "grid"])
+    out = Path(out_dir) if out_dir is not None else cfg.data_dir / "cohort"
+    return build_from_source(cfg, source, in_dir, out, progress=progress)

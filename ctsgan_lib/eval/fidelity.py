@@ -16,6 +16,9 @@ weights' SHA-256. Every pairwise statistic is computed from the cache. The FID o
 computed exactly in the n-dimensional span of the centred features (trace of the matrix square root from the singular
 values of ``A1 A2ᵀ``), which equals torch-fidelity's ``fid_statistics_to_metric`` (a test checks it against a direct
 ``torch_fidelity.calculate_metrics`` call) and is ~1000× faster than its 2048×2048 eigen-decomposition.
+
+This module computes and returns metric records (:func:`run_fidelity`); the tables, captions and box plots made from
+them are in :mod:`ctsgan_lib.reporting.fidelity`.
 """
 from __future__ import annotations
 
@@ -28,15 +31,17 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
+from ..data.cohort import Cohort
 from ..data.intensity import hu_to_uint8
+from ..data.views import VIEW_AXIS, VIEWS
 from ..errors import CTSGANError
-from ..utils.atomic import atomic_path, atomic_write_text
-from ..utils.logs import append_jsonl
+from ..utils.atomic import atomic_path
+from ..utils.hardware import hardware_label
+from ..utils.logs import append_jsonl, read_jsonl
 from .inception import EXTRACTOR_NAME, FEATURES, Extractor, resolve_extractor
 
-VIEWS = ("axial", "coronal", "sagittal")
-_VIEW_AXIS = {"axial": 0, "coronal": 1, "sagittal": 2}
 FID_LAYER, IS_LAYER = FEATURES
 
 #: Paper Table 1 (mean ± std), set beside ours. The labels leave out sizes: the paper's rows were 224³ (CT-SGAN) and
@@ -78,12 +83,12 @@ def volume_slices(hu: np.ndarray, view: str = "axial", max_slices: int = 0, hu_m
     np.ndarray
         uint8 (N, 3, H, W): the grey slice repeated to three channels.
     """
-    if view not in _VIEW_AXIS:
+    if view not in VIEW_AXIS:
         raise CTSGANError(f"unknown view {view!r}; choose from {', '.join(VIEWS)}")
     hu = np.asarray(hu)
     if hu.ndim != 3:
         raise CTSGANError(f"expected a 3-D (z, y, x) volume, got shape {hu.shape}")
-    axis = _VIEW_AXIS[view]
+    axis = VIEW_AXIS[view]
     idx = slice_indices(hu.shape[axis], max_slices)
     sl = np.moveaxis(np.take(hu, idx, axis=axis), axis, 0)
     u8 = hu_to_uint8(sl, hu_min, hu_max)
@@ -126,7 +131,7 @@ class FeatureRunner:
     @property
     def net(self):
         if self._net is None:
-            from torch_fidelity.utils import create_feature_extractor
+            from torch_fidelity.utils import create_feature_extractor  # torch-fidelity: 1.6 s to import (torchvision)
 
             self._net = create_feature_extractor(EXTRACTOR_NAME, list(FEATURES), cuda=self.device == "cuda",
                                                  feature_extractor_weights_path=self.extractor.weights_path,
@@ -135,7 +140,7 @@ class FeatureRunner:
 
     def __call__(self, slices_u8: np.ndarray) -> dict[str, np.ndarray]:
         """Features of a uint8 (N, 3, H, W) stack: ``{"2048": (N, 2048), "logits_unbiased": (N, 1008)}``."""
-        from torch_fidelity.utils import get_featuresdict_from_dataset
+        from torch_fidelity.utils import get_featuresdict_from_dataset  # torch-fidelity: 1.6 s to import (torchvision)
 
         out = get_featuresdict_from_dataset(SliceStack(slices_u8), self.net, self.batch, self.device == "cuda",
                                             save_cpu_ram=True, verbose=False)
@@ -231,7 +236,7 @@ def fid_from_features(f1: np.ndarray, f2: np.ndarray) -> float:
     if n1 < 2 or n2 < 2:
         raise CTSGANError(f"FID needs at least 2 slices per side, got {n1} and {n2}")
     if min(n1, n2) >= f1.shape[1]:
-        from torch_fidelity.metric_fid import fid_features_to_statistics, fid_statistics_to_metric
+        from torch_fidelity.metric_fid import fid_features_to_statistics, fid_statistics_to_metric  # torch-fidelity: 1.6 s to import (torchvision)
 
         s1 = fid_features_to_statistics(torch.from_numpy(f1))
         s2 = fid_features_to_statistics(torch.from_numpy(f2))
@@ -249,7 +254,7 @@ def fid_from_features(f1: np.ndarray, f2: np.ndarray) -> float:
 
 def is_from_logits(logits: np.ndarray, splits: int = 10, seed: int = 2020) -> float:
     """Inception Score from unbiased logits via torch-fidelity's ``isc_features_to_metric`` (shuffled, seeded)."""
-    from torch_fidelity.metric_isc import isc_features_to_metric
+    from torch_fidelity.metric_isc import isc_features_to_metric  # torch-fidelity: 1.6 s to import (torchvision)
 
     logits = np.asarray(logits)
     if splits < 1 or len(logits) < splits:
@@ -262,6 +267,11 @@ def is_from_logits(logits: np.ndarray, splits: int = 10, seed: int = 2020) -> fl
 # --------------------------------------------------------------------------------------------------------------------
 # protocol
 # --------------------------------------------------------------------------------------------------------------------
+def row_label(key: str) -> str:
+    """The Table 1 label of a row key (the paper's wording for its three rows, else the key)."""
+    return PAPER_TABLE1[key]["label"] if key in PAPER_TABLE1 else key
+
+
 def cohort_ids(cohort, split: str | None = None, name: str = "cohort") -> list[str]:
     """Ids of a cohort (optionally one split), refusing an empty one with a clear error."""
     ids = list(cohort.ids(split=split)) if split else list(cohort.ids())
@@ -397,7 +407,7 @@ def evaluate_source(cache: FeatureCache, real: Source, other: Source, *, n_pairs
     other_ids = real_ids if same else select_pool(cohort_ids(other.cohort, other.split, other.name), pool_size,
                                                   seed + 1)
     pairs = draw_pairs(real_ids, other_ids, n_pairs, seed, same)
-    row = {**base, "row": other.key, "row_label": _label(other.key), "source": other.name,
+    row = {**base, "row": other.key, "row_label": row_label(other.key), "source": other.name,
            "reference": real.name}
     records: list[dict[str, Any]] = []
     for view in views:
@@ -432,135 +442,7 @@ def evaluate_source(cache: FeatureCache, real: Source, other: Source, *, n_pairs
 
 
 # --------------------------------------------------------------------------------------------------------------------
-# tables
-# --------------------------------------------------------------------------------------------------------------------
-def _label(key: str) -> str:
-    return PAPER_TABLE1[key]["label"] if key in PAPER_TABLE1 else key
-
-
-def _row_keys(records: list[dict[str, Any]]) -> list[str]:
-    """Table rows in the paper's order, then any other rows in order of appearance."""
-    seen = list(dict.fromkeys(r["row"] for r in records))
-    return [k for k in PAPER_TABLE1 if k in seen] + [k for k in seen if k not in PAPER_TABLE1]
-
-
-def _fmt(ms: tuple[float, float]) -> str:
-    m, s = ms
-    return "n/a" if not np.isfinite(m) else f"{m:.2f} ± {s:.2f}"
-
-
-def summarise(records: list[dict[str, Any]]):
-    """Table 1, the 2.5D table and the pooled table as pandas DataFrames (mean ± std strings plus raw numbers)."""
-    import pandas as pd
-
-    rows, rows25, rowsp = [], [], []
-    for key in _row_keys(records):
-        rec = [r for r in records if r["row"] == key]
-        fid = [r["value"] for r in rec if r["metric"] == "fid" and r["protocol"] == "pair" and r["view"] == "axial"]
-        isv = [r["value"] for r in rec if r["metric"] == "is"]
-        nan = (float("nan"), float("nan"))
-        paper = PAPER_TABLE1.get(key, {"label": key, "is": nan, "fid": nan})
-        fm, fs = mean_std(fid)
-        im, is_ = mean_std(isv)
-        rows.append({"Data Source": paper["label"], "IS (↑) ours": _fmt((im, is_)),
-                     "IS (↑) paper": _fmt(paper["is"]), "FID (↓) ours": _fmt((fm, fs)),
-                     "FID (↓) paper": _fmt(paper["fid"]), "fid_mean": fm, "fid_std": fs, "is_mean": im,
-                     "is_std": is_, "n_pairs": len(fid), "n_volumes_is": len(isv)})
-        r25 = {"Data Source": paper["label"]}
-        rp = {"Data Source": paper["label"]}
-        for view in VIEWS:
-            v = [r["value"] for r in rec if r["metric"] == "fid" and r["protocol"] == "pair" and r["view"] == view]
-            if v:
-                r25[f"FID {view}"] = _fmt(mean_std(v))
-            p = [r for r in rec if r["metric"] == "fid" and r["protocol"] == "pooled" and r["view"] == view]
-            if p:
-                rp[f"pooled FID {view}"] = f"{p[0]['value']:.2f}"
-                rp[f"slices per side ({view})"] = "/".join(str(n) for n in p[0]["n_slices"])
-        rows25.append(r25)
-        rowsp.append(rp)
-    return pd.DataFrame(rows), pd.DataFrame(rows25), pd.DataFrame(rowsp)
-
-
-def provenance(records: list[dict[str, Any]]) -> dict[str, Any]:
-    """The settings every table states (taken from the records so tables cannot drift from the metrics)."""
-    r = records[0]
-    return {k: r.get(k) for k in ("profile", "data_source", "extractor", "weights_kind", "weights_sha256", "seed",
-                                  "hardware", "comparable_to_paper", "extractor_note", "max_slices", "n_pairs_cfg")}
-
-
-def table_markdown(df, prov: dict[str, Any], title: str) -> str:
-    """A markdown table with its provenance block and, when it applies, the not-comparable warning in it."""
-    cols = [c for c in df.columns if not c.startswith(("fid_", "is_")) and c not in ("n_pairs", "n_volumes_is")]
-    lines = [f"**{title}**", ""]
-    if not prov.get("comparable_to_paper"):
-        lines += [f"> **NOT COMPARABLE TO THE PAPER**: {prov.get('extractor_note')}.", ""]
-    lines += ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    for _, r in df.iterrows():
-        lines.append("| " + " | ".join(str(r[c]) for c in cols) + " |")
-    lines += ["", f"profile: {prov['profile']} · data: {prov['data_source']} · extractor: {prov['extractor']} "
-              f"({prov['weights_kind']}, weights SHA-256 {prov['weights_sha256']}) · seed: {prov['seed']} · "
-              f"slices per volume: {prov['max_slices'] or 'all'} · hardware: {prov['hardware']}"]
-    return "\n".join(lines) + "\n"
-
-
-def write_tables(records: list[dict[str, Any]], out_dir: str | Path) -> dict[str, Any]:
-    """Write ``table1.csv``/``table1.md`` (+ ``table_2p5d.*`` and ``table_pooled.*``) atomically; return the frames."""
-    out_dir = Path(out_dir)
-    t1, t25, tp = summarise(records)
-    prov = provenance(records)
-    frames = {"table1": t1, "table_2p5d": t25, "table_pooled": tp}
-    titles = {"table1": "Table 1: slice-wise IS and FID (axial, random scan pairs, mean ± std; the paper's rows: "
-                        "CT-SGAN at 224³, 3D GAN at 128³ resized to 224³; ours at this profile's sizes)",
-              "table_2p5d": "2.5D pair FID per view (mean ± std; beyond the paper)",
-              "table_pooled": "Pooled FID: all slices of many volumes per side (beyond the paper)"}
-    for name, df in frames.items():
-        full = df.copy()
-        for k, v in prov.items():
-            full[k] = v  # the table itself carries profile, data, extractor + hash, seed, hardware, comparability
-        atomic_write_text(out_dir / f"{name}.csv", full.to_csv(index=False))
-        atomic_write_text(out_dir / f"{name}.md", table_markdown(df, prov, titles[name]))
-    return {**frames, "provenance": prov}
-
-
-def caption(prov: dict[str, Any]) -> str:
-    """Provenance line for saved figures (``viz.save_figure``): profile, data, seed, extractor + hash, hardware."""
-    from ..viz import figure_caption
-
-    extra = f"{prov['extractor']} [{prov['weights_kind']}] weights sha256 {str(prov['weights_sha256'])[:12]}"
-    if not prov.get("comparable_to_paper"):
-        extra += " · NOT ImageNet features: not comparable to the paper"
-    return figure_caption(prov["profile"], prov["data_source"], prov["seed"], extra=extra, hardware=prov["hardware"])
-
-
-def plot_fid_boxplots(records: list[dict[str, Any]], ax=None, view: str = "axial"):
-    """Box plots of the per-pair FID distributions, one box per Table 1 row, with the paper's mean ± std marked."""
-    import matplotlib.pyplot as plt
-
-    if ax is None:
-        _, ax = plt.subplots(figsize=(7, 4))
-    keys = _row_keys(records)
-    data = [[r["value"] for r in records if r["row"] == k and r["metric"] == "fid" and r["protocol"] == "pair"
-             and r["view"] == view] for k in keys]
-    ax.boxplot(data, showmeans=True)
-    ax.set_xticks(range(1, len(keys) + 1), [_label(k).split(" (")[0] for k in keys], fontsize=8)
-    for i, k in enumerate(keys, start=1):
-        if k not in PAPER_TABLE1 or view != "axial":  # the paper reports axial FID only
-            continue
-        m, s = PAPER_TABLE1[k]["fid"]
-        ax.errorbar(i + 0.3, m, yerr=s, fmt="s", color="tab:red", capsize=3,
-                    label="paper mean ± std" if i == 1 else None)
-    prov = provenance(records)
-    ax.set_ylabel(f"per-pair FID ({view})")
-    note = "" if prov["comparable_to_paper"] else "\nNOT ImageNet features: not comparable to the paper"
-    ax.set_title(f"FID over random scan pairs · profile {prov['profile']} · {prov['extractor']} "
-                 f"{str(prov['weights_sha256'])[:12]} · seed {prov['seed']}{note}", fontsize=8)
-    if ax.get_legend_handles_labels()[1]:
-        ax.legend(fontsize=7)
-    return ax
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# one call for notebook 05 and `ctsgan fid`
+# runs: the records of notebook 05 and `ctsgan fid` (tables: ctsgan_lib.reporting.fidelity)
 # --------------------------------------------------------------------------------------------------------------------
 def calibration_slices(cohort, n_slices: int, seed: int, views: Sequence[str], hu_min: float, hu_max: float,
                        split: str | None = "train") -> tuple[np.ndarray, str]:
@@ -626,10 +508,6 @@ def run_fidelity(cfg, real: Source, others: Sequence[Source], out: str | Path | 
     list of dict
         The records written.
     """
-    from tqdm.auto import tqdm
-
-    from ..utils.hardware import hardware_label
-
     f = cfg.fidelity
     for v in f.views:
         if v not in VIEWS:
@@ -660,22 +538,8 @@ def run_fidelity(cfg, real: Source, others: Sequence[Source], out: str | Path | 
     return records
 
 
-def ordering_statement(table1) -> str:
-    """The FID ordering of the Table 1 rows as found (never assumed), beside the paper's."""
-    names = {"Real Data": "real-real", PAPER_TABLE1["gan3d"]["label"]: "3D GAN", PAPER_TABLE1["ctsgan"]["label"]:
-             "CT-SGAN"}
-    rows = sorted(((r["fid_mean"], names.get(r["Data Source"], r["Data Source"])) for _, r in table1.iterrows()),
-                  key=lambda t: t[0])
-    ours = " < ".join(f"{n} ({m:.1f})" for m, n in rows)
-    paper = " < ".join(f"{n} ({PAPER_TABLE1[k]['fid'][0]:.1f})" for k, n in
-                       (("real", "real-real"), ("ctsgan", "CT-SGAN"), ("gan3d", "3D GAN")))
-    return f"FID ordering found: {ours}. Paper: {paper}."
-
-
 def table1_sources(cfg) -> tuple[Source, list[Source]]:
     """The real cohort and the three Table 1 rows from the standard paths of ``cfg`` (docs/architecture.md)."""
-    from ..data.cohort import Cohort
-
     real = Source("real", Cohort(cfg.data_dir / "cohort"), "cohort")
     rows = [real,
             Source("gan3d", Cohort(cfg.data_dir / "synthetic" / "gan3d"), "synthetic/gan3d"),
@@ -683,34 +547,6 @@ def table1_sources(cfg) -> tuple[Source, list[Source]]:
     return real, rows
 
 
-def run_table1(cfg, device: str | None = None, progress: bool = True) -> dict[str, Any]:
-    """Notebook 05 in one call: every metric of Table 1 (+ 2.5D and pooled) and the tables on disk.
-
-    Writes ``runs/<P>/fidelity/metrics.jsonl`` (replaced atomically, so a rerun does not duplicate lines),
-    ``table1.csv``/``table1.md``, ``table_2p5d.*`` and ``table_pooled.*``.
-
-    Returns
-    -------
-    dict
-        ``records``, ``table1``, ``table_2p5d``, ``table_pooled`` (DataFrames) and ``provenance``.
-    """
-    real, rows = table1_sources(cfg)
-    out_dir = cfg.runs_dir / "fidelity"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir / "metrics.jsonl.new"
-    tmp.unlink(missing_ok=True)
-    records = run_fidelity(cfg, real, rows, out=tmp, device=device, progress=progress)
-    tmp.replace(out_dir / "metrics.jsonl")
-    return {"records": records, **write_tables(records, out_dir)}
-
-
 def load_records(path: str | Path) -> list[dict[str, Any]]:
     """Metric records from a ``metrics.jsonl``."""
-    from ..utils.logs import read_jsonl
-
     return read_jsonl(path)
-
-
-def dumps(records: list[dict[str, Any]]) -> str:
-    """Records as JSON lines text (for display)."""
-    return "".join(json.dumps(r, sort_keys=True, default=str) + "\n" for r in records)

@@ -28,10 +28,10 @@ from typing import Any
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from ..errors import CTSGANError, InputFileError, MissingInputError
-from ..train.checkpoint import file_sha256
-from ..utils.atomic import atomic_write_bytes, atomic_write_text
+from ..utils.atomic import atomic_write_bytes, atomic_write_text, file_sha256
 
 EXTRACTOR_NAME = "inception-v3-compat"
 OFFICIAL_WEIGHTS_NAME = "weights-inception-2015-12-05-6726825d.pth"
@@ -111,7 +111,7 @@ def _reference_shapes() -> dict[str, tuple[int, ...]]:
     global _REF_SHAPES
     if _REF_SHAPES is None:
         with tempfile.TemporaryDirectory() as tmp:
-            net = _seeded_inception(0, Path(tmp))
+            net = seeded_inception(0, Path(tmp))
         _REF_SHAPES = {k: tuple(v.shape) for k, v in net.state_dict().items()}
     return _REF_SHAPES
 
@@ -168,13 +168,13 @@ def verify_weights(path: str | Path, expected_sha256: str | None) -> str:
     return actual
 
 
-def _seeded_inception(seed: int, scratch: Path) -> torch.nn.Module:
+def seeded_inception(seed: int, scratch: Path) -> torch.nn.Module:
     """torch-fidelity's own ``FeatureExtractorInceptionV3``, with deterministic random init instead of a download.
 
     Its constructor always loads a weights file; we hand it an empty one and skip that one load, so the module is the
     library's exact architecture with PyTorch's default initialisation drawn from ``torch.manual_seed(seed)``.
     """
-    from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+    from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3  # torch-fidelity: 1.6 s to import (torchvision)
 
     class _SeededInceptionV3(FeatureExtractorInceptionV3):
         def load_state_dict(self, state_dict, strict=True, assign=False):  # noqa: D401 - torch signature
@@ -215,8 +215,6 @@ def build_fallback_weights(calibration: np.ndarray, seed: int, out_path: str | P
     -------
     Extractor
     """
-    from tqdm.auto import tqdm
-
     calibration = np.asarray(calibration)
     if calibration.dtype != np.uint8 or calibration.ndim != 4 or calibration.shape[1] != 3:
         raise CTSGANError(f"calibration slices must be uint8 (N, 3, H, W), got {calibration.dtype} "
@@ -226,7 +224,7 @@ def build_fallback_weights(calibration: np.ndarray, seed: int, out_path: str | P
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
-        net = _seeded_inception(seed, Path(tmp))
+        net = seeded_inception(seed, Path(tmp))
     bns = [m for m in net.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
     for bn in bns:
         bn.reset_running_stats()

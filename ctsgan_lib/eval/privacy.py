@@ -17,7 +17,9 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import numpy as np
+import pandas as pd
 import torch
+from tqdm.auto import tqdm
 
 from ..data.intensity import hu_to_unit
 from ..errors import CTSGANError
@@ -39,8 +41,6 @@ def embed_volume(hu: np.ndarray, size: int = 16, hu_min: float = -1000.0, hu_max
 def embed_cohort(cohort, ids: Sequence[str], size: int = 16, hu_min: float = -1000.0,
                  hu_max: float = 400.0) -> np.ndarray:
     """Embeddings of ``ids`` (rows), reading each volume once."""
-    from tqdm.auto import tqdm
-
     rows = []
     for vid in tqdm(list(ids), desc="embedding volumes", leave=False):
         hu, _ = cohort.read(vid)
@@ -81,8 +81,6 @@ class MemorizationReport:
 
     def table(self):
         """One row per synthetic source: volumes, copies above the threshold, share, highest correlation."""
-        import pandas as pd
-
         rows = []
         for name, r in self.per_source.items():
             rows.append({"source": name, "volumes": len(r["ids"]), "copies (corr > threshold)": r["n_copies"],
@@ -94,8 +92,6 @@ class MemorizationReport:
 
     def closest_pairs(self, k: int = 5):
         """The ``k`` synthetic volumes most similar to a training volume, over all sources."""
-        import pandas as pd
-
         rows = []
         for name, r in self.per_source.items():
             for vid, c, t in zip(r["ids"], r["corr"], r["nearest_train"]):
@@ -156,26 +152,3 @@ def memorization_check(real, synthetic: dict[str, Any], size: int = 16, percenti
         report.per_source[name] = {"ids": ids, "corr": corr, "nearest_train": [train_ids[i] for i in idx],
                                    "n_copies": n_copies, "copy_share": n_copies / len(ids)}
     return report
-
-
-def plot_closest_pairs(report: MemorizationReport, real, synthetic: dict[str, Any], k: int = 3,
-                       hu_min: float = -1000.0, hu_max: float = 400.0):
-    """Mid axial slices of the ``k`` closest synthetic/training pairs, side by side, with their correlation."""
-    import matplotlib.pyplot as plt
-
-    pairs = report.closest_pairs(k)
-    fig, axes = plt.subplots(2, max(len(pairs), 1), figsize=(2.4 * max(len(pairs), 1), 5), squeeze=False)
-    for j, row in pairs.iterrows():
-        syn, _ = synthetic[row["source"]].read(row["synthetic id"])
-        tr, _ = real.read(row["nearest train id"])
-        for i, (vol, title) in enumerate(((syn, f"{row['source']} {row['synthetic id']}"),
-                                          (tr, f"train {row['nearest train id']}"))):
-            ax = axes[i, j]
-            ax.imshow(np.asarray(vol)[len(vol) // 2], cmap="gray", vmin=hu_min, vmax=hu_max)
-            ax.set_title(title if i else f"{title}\ncorr {row['corr']:.3f}"
-                         + (" COPY" if row["flagged copy"] else ""), fontsize=7)
-            ax.axis("off")
-    fig.suptitle(f"closest synthetic/training pairs (copy threshold {report.threshold:.3f} = "
-                 f"{report.percentile:g}th pct of real val→train)", fontsize=8)
-    fig.tight_layout()
-    return fig

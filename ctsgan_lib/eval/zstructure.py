@@ -14,8 +14,12 @@ range [-1, 1] (or any common window), do:
 """
 from __future__ import annotations
 
-import numpy as np
+from typing import Mapping, Sequence
 
+import numpy as np
+import pandas as pd
+
+from ..data.intensity import hu_to_model
 from ..errors import CTSGANError
 
 
@@ -54,4 +58,15 @@ def z_structure(volumes, reference=None) -> dict[str, float]:
     return out
 
 
-__all__ = ["z_structure", "mean_profile"]
+def z_structure_table(sources_hu: Mapping[str, Sequence[np.ndarray]], reference_hu: Sequence[np.ndarray],
+                      hu_min: float, hu_max: float) -> pd.DataFrame:
+    """:func:`z_structure` of several sources of HU volumes, in the model range of ``[hu_min, hu_max]``, each against
+    ``reference_hu`` (the real volumes): one row per source."""
+    def model_range(vols):
+        return np.stack([hu_to_model(np.asarray(v, np.float32), hu_min, hu_max) for v in vols])
+
+    ref = model_range(reference_hu)
+    return pd.DataFrame({name: z_structure(model_range(vols), ref) for name, vols in sources_hu.items()}).T
+
+
+__all__ = ["z_structure", "mean_profile", "z_structure_table"]

@@ -25,21 +25,11 @@ import math
 import torch
 from torch import nn
 
+from ..utils.precision import autocast
+from .dcgan import downsampling_layers, start_size, upsampling_layers
 
-def start_size(size: int) -> int:
-    """Spatial size Gslice starts from: halve ``size`` while it stays even and above 7.
-
-    224 → 7 (7→14→28→56→112→224, five upsampling stages); 64 → 4 (four stages); 32 → 4 (three stages).
-    """
-    s = size
-    while s % 2 == 0 and s > 7:
-        s //= 2
-    return s
-
-
-def _widths(n_maps: int, base: int, cap: int = 8) -> list[int]:
-    """Channel widths of ``n_maps`` feature maps, widest first: base·min(cap, 2^(n−1−k)) (MoCoGAN: 512,256,128,64)."""
-    return [base * min(cap, 2 ** (n_maps - 1 - k)) for k in range(n_maps)]
+#: Generator metadata used when a module carries no ``.meta`` (one built in memory, not loaded from a checkpoint).
+DEFAULT_META = {"spacing_mm": (1.0, 1.0, 1.0), "hu_min": -1000.0, "hu_max": 400.0, "chunk": 32}
 
 
 class SliceRNN(nn.Module):
@@ -93,17 +83,7 @@ class SliceGenerator(nn.Module):
 
     def __init__(self, code_dim: int, size: int, ngf: int = 64, channels: int = 3):
         super().__init__()
-        s0 = start_size(size)
-        n_up = int(round(math.log2(size // s0)))
-        if s0 * 2 ** n_up != size or n_up < 1:
-            raise ValueError(f"size {size} must be start·2^k with k >= 1 (start {s0})")
-        widths = _widths(n_up, ngf)
-        layers: list[nn.Module] = [nn.ConvTranspose2d(code_dim, widths[0], s0, 1, 0, bias=False),
-                                   nn.BatchNorm2d(widths[0]), nn.ReLU(True)]
-        for cin, cout in zip(widths[:-1], widths[1:]):
-            layers += [nn.ConvTranspose2d(cin, cout, 4, 2, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(True)]
-        layers += [nn.ConvTranspose2d(widths[-1], channels, 4, 2, 1, bias=False), nn.Tanh()]
-        self.net = nn.Sequential(*layers)
+        self.net = nn.Sequential(*upsampling_layers(2, code_dim, channels, size, ngf))
         self.code_dim, self.size, self.channels = code_dim, size, channels
 
     def forward(self, code: torch.Tensor) -> torch.Tensor:
@@ -262,15 +242,10 @@ class SliceDiscriminator(nn.Module):
     def __init__(self, size: int, n_positions: int, ndf: int = 64, channels: int = 3,
                  position_encoding: str = "table"):
         super().__init__()
-        s0 = start_size(size)
-        n_down = int(round(math.log2(size // s0)))
-        widths = [ndf * min(8, 2 ** k) for k in range(n_down)]
-        layers: list[nn.Module] = [nn.Conv2d(channels, widths[0], 4, 2, 1), nn.LeakyReLU(0.2, True)]
-        for cin, cout in zip(widths[:-1], widths[1:]):
-            layers += [nn.Conv2d(cin, cout, 4, 2, 1), nn.LeakyReLU(0.2, True)]
+        layers, width = downsampling_layers(2, channels, size, ndf)
         self.trunk = nn.Sequential(*layers)
-        self.linear = nn.Linear(widths[-1], 1)
-        self.position = PositionEncoding(position_encoding, n_positions, widths[-1])
+        self.linear = nn.Linear(width, 1)
+        self.position = PositionEncoding(position_encoding, n_positions, width)
         self.n_positions = n_positions
         self._register_load_state_dict_pre_hook(self._rename_old_embedding)
 
@@ -345,21 +320,52 @@ def build_ctsgan(size: int, ct) -> dict[str, nn.Module]:
     }
 
 
-def init_weights(module: nn.Module) -> None:
-    """DCGAN initialisation of generator layers: transposed-conv weights N(0, 0.02), BatchNorm scales N(1, 0.02).
+def generator_meta(module: nn.Module) -> dict:
+    """The generator's ``.meta`` (set by :func:`ctsgan_lib.synthesis.load_generator`) over :data:`DEFAULT_META`."""
+    return {**DEFAULT_META, **getattr(module, "meta", {})}
 
-    Critic convolutions keep PyTorch's default (Kaiming-uniform) initialisation: without normalisation layers,
-    N(0, 0.02) weights would shrink activations stage by stage and leave the critics with near-zero logits.
+
+@torch.no_grad()
+def synthesize(generator: CTSGANGenerator, patient_noise: torch.Tensor, slice_noise: torch.Tensor,
+               chunk: int | None = None, to_cpu: bool = True) -> torch.Tensor:
+    """Model-space volumes from explicit noise, streaming Gslice over chunks of positions.
+
+    Parameters
+    ----------
+    generator : CTSGANGenerator
+        Used as is (call ``.eval()`` first for batch-independent BatchNorm).
+    patient_noise : Tensor (B, patient_dim)
+    slice_noise : Tensor (B, L, slice_noise_dim)
+        L = depth − 2 positions; L may exceed the training S − 2.
+    chunk : int, optional
+        Positions per Gslice call (default: the checkpoint's ``ctsgan.chunk``).
+    to_cpu : bool
+        Return the volumes on the CPU (default) or leave them on the generator's device.
+
+    Returns
+    -------
+    Tensor (B, L + 2, S, S) float32, in [-1, 1].
     """
-    for m in module.modules():
-        if isinstance(m, (nn.ConvTranspose2d, nn.ConvTranspose3d)):
-            nn.init.normal_(m.weight, 0.0, 0.02)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, (nn.BatchNorm2d, nn.BatchNorm3d)) and m.affine:
-            nn.init.normal_(m.weight, 1.0, 0.02)
-            nn.init.zeros_(m.bias)
+    dev = next(generator.parameters()).device
+    meta = generator_meta(generator)
+    chunk = int(chunk or meta["chunk"])
+    codes = generator.codes(patient_noise.to(dev), slice_noise.to(dev))   # (B, L, D): small
+    b, n_pos, _ = codes.shape
+    s = generator.size
+    # assembled where it is generated: only the slices kept cross to the host, once (a third of Gslice's output)
+    out = torch.empty(b, n_pos + 2, s, s, dtype=torch.float32, device=dev)
+    for p0 in range(0, n_pos, chunk):
+        with autocast(str(dev), bool(meta.get("bf16", False))):      # bf16 on CUDA only; CPU stays float32
+            sl = generator.slices(codes[:, p0:p0 + chunk])                   # (B, k, 3, S, S)
+        k = sl.shape[1]
+        out[:, p0 + 1:p0 + 1 + k] = sl[:, :, 1]                         # centre channels: slices 1..L
+        if p0 == 0:
+            out[:, 0] = sl[:, 0, 0]                                     # first end slice
+        if p0 + k == n_pos:
+            out[:, n_pos + 1] = sl[:, -1, 2]                            # last end slice
+    return out.cpu() if to_cpu else out
+
 
 
 __all__ = ["PositionEncoding", "SliceRNN", "SliceGenerator", "CTSGANGenerator", "SliceDiscriminator", "SlabDiscriminator",
-           "assemble_volume", "build_ctsgan", "init_weights", "start_size"]
+           "assemble_volume", "build_ctsgan", "DEFAULT_META", "generator_meta", "synthesize"]

@@ -6,34 +6,25 @@ comparison with the slice-wise CT-SGAN.
 """
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 import torch.nn.functional as F
 
-from .ctsgan import _widths, start_size
+from .dcgan import downsampling_layers, upsampling_layers
 
 
 class Generator3D(nn.Module):
     """z (B, z_dim) → volume (B, 1, size, size, size) in [-1, 1].
 
-    ConvTranspose3d k=start from 1³, then k4 s2 p1 stages; BatchNorm + ReLU; Tanh output (DCGAN).
+    ConvTranspose3d k=start from 1³, then k4 s2 p1 stages; BatchNorm + ReLU; Tanh output (:mod:`.dcgan`).
     """
 
     def __init__(self, size: int, z_dim: int, ngf: int = 64):
         super().__init__()
-        s0 = start_size(size)
-        n_up = int(round(math.log2(size // s0)))
-        if s0 * 2 ** n_up != size or n_up < 1:
-            raise ValueError(f"gan3d size {size} must be start·2^k with k >= 1")
-        widths = _widths(n_up, ngf)
-        layers: list[nn.Module] = [nn.ConvTranspose3d(z_dim, widths[0], s0, 1, 0, bias=False),
-                                   nn.BatchNorm3d(widths[0]), nn.ReLU(True)]
-        for cin, cout in zip(widths[:-1], widths[1:]):
-            layers += [nn.ConvTranspose3d(cin, cout, 4, 2, 1, bias=False), nn.BatchNorm3d(cout), nn.ReLU(True)]
-        layers += [nn.ConvTranspose3d(widths[-1], 1, 4, 2, 1, bias=False), nn.Tanh()]
-        self.net = nn.Sequential(*layers)
+        try:
+            self.net = nn.Sequential(*upsampling_layers(3, z_dim, 1, size, ngf))
+        except ValueError as exc:
+            raise ValueError(f"gan3d {exc}") from None
         self.size, self.z_dim = size, z_dim
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
@@ -46,14 +37,9 @@ class Discriminator3D(nn.Module):
 
     def __init__(self, size: int, ndf: int = 64):
         super().__init__()
-        s0 = start_size(size)
-        n_down = int(round(math.log2(size // s0)))
-        widths = [ndf * min(8, 2 ** k) for k in range(n_down)]
-        layers: list[nn.Module] = [nn.Conv3d(1, widths[0], 4, 2, 1), nn.LeakyReLU(0.2, True)]
-        for cin, cout in zip(widths[:-1], widths[1:]):
-            layers += [nn.Conv3d(cin, cout, 4, 2, 1), nn.LeakyReLU(0.2, True)]
+        layers, width = downsampling_layers(3, 1, size, ndf)
         self.trunk = nn.Sequential(*layers)
-        self.linear = nn.Linear(widths[-1], 1)
+        self.linear = nn.Linear(width, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.linear(self.trunk(x).mean(dim=(2, 3, 4))).squeeze(1)

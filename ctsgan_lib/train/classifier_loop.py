@@ -8,7 +8,7 @@ the selected model. With ``torch.distributed`` initialised the loop uses a ``Dis
 """
 from __future__ import annotations
 
-import contextlib
+import dataclasses
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -17,20 +17,23 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader, Dataset
+from torch.utils.data.distributed import DistributedSampler
 from tqdm.auto import tqdm
 
 from ..data.intensity import hu_to_unit
 from ..eval.classification import binary_metrics
 from ..utils.hardware import default_device
+from ..utils.checkpoint import latest_checkpoint, load_checkpoint, load_state_strict, save_checkpoint, set_rng_state
 from ..utils.logs import CSVLog
-from .checkpoint import latest_checkpoint, load_checkpoint, load_state_strict, save_checkpoint, set_rng_state
+from ..utils.precision import autocast
 
 KIND = "classifier"
 LOG_FIELDS = ("step", "train_loss", "val_loss", "val_accuracy", "val_auc", "lr", "wall_s")
 
 
-class VolumeDataset(Dataset):
+class ClassifierDataset(Dataset):
     """Whole volumes held in memory as float16 in [0, 1], with binary labels.
 
     float16 halves the memory of a per-cell dataset (paper scale: 224³ × 2 bytes = 22 MB a volume); items are
@@ -54,7 +57,8 @@ class VolumeDataset(Dataset):
         self.ids = list(ids) if ids is not None else [str(i) for i in range(len(self.unit))]
 
     @classmethod
-    def from_hu(cls, volumes_hu, labels, ids=None, hu_min: float = -1000.0, hu_max: float = 400.0) -> "VolumeDataset":
+    def from_hu(cls, volumes_hu, labels, ids=None, hu_min: float = -1000.0, hu_max: float = 400.0
+                ) -> "ClassifierDataset":
         """Build from HU volumes (float32 ``(z, y, x)``), normalised with ``hu_to_unit``."""
         return cls([hu_to_unit(np.asarray(v, dtype=np.float32), hu_min, hu_max).astype(np.float16)
                     for v in volumes_hu], labels, ids)
@@ -65,12 +69,12 @@ class VolumeDataset(Dataset):
     def __getitem__(self, i: int):
         return torch.from_numpy(self.unit[i].astype(np.float32))[None], int(self.labels[i])
 
-    def subset(self, idx) -> "VolumeDataset":
+    def subset(self, idx) -> "ClassifierDataset":
         idx = [int(i) for i in idx]
-        return VolumeDataset([self.unit[i] for i in idx], self.labels[idx], [self.ids[i] for i in idx])
+        return ClassifierDataset([self.unit[i] for i in idx], self.labels[idx], [self.ids[i] for i in idx])
 
-    def concat(self, other: "VolumeDataset") -> "VolumeDataset":
-        return VolumeDataset(self.unit + other.unit, np.concatenate([self.labels, other.labels]),
+    def concat(self, other: "ClassifierDataset") -> "ClassifierDataset":
+        return ClassifierDataset(self.unit + other.unit, np.concatenate([self.labels, other.labels]),
                              self.ids + other.ids)
 
     @property
@@ -80,13 +84,6 @@ class VolumeDataset(Dataset):
 
 def _distributed() -> bool:
     return dist.is_available() and dist.is_initialized()
-
-
-def _autocast(device: torch.device):
-    # bf16 autocast on CUDA only (paper scale); CPU stays float32
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 @torch.no_grad()
@@ -102,7 +99,7 @@ def predict(model: nn.Module, ds: Dataset, device: str | torch.device | None = N
     probs, labels, loss_sum = [], [], 0.0
     for x, y in DataLoader(ds, batch_size=batch, shuffle=False):
         x, y = x.to(device), y.to(device)
-        with _autocast(device):
+        with autocast(device.type, bf16=True):   # bf16 on CUDA only (paper scale); CPU stays float32
             logits = model(x)
         logits = logits.float()
         loss_sum += float(nn.functional.cross_entropy(logits, y, reduction="sum"))
@@ -191,9 +188,6 @@ def train_classifier(model: nn.Module, train_ds: Dataset, val_ds: Dataset | None
     net: nn.Module = model
     sampler = None
     if _distributed():
-        from torch.nn.parallel import DistributedDataParallel as DDP
-        from torch.utils.data.distributed import DistributedSampler
-
         sampler = DistributedSampler(train_ds, shuffle=True, seed=seed)
         net = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
     gen = torch.Generator().manual_seed(seed)
@@ -212,7 +206,7 @@ def train_classifier(model: nn.Module, train_ds: Dataset, val_ds: Dataset | None
         tot, n = 0.0, 0
         for x, y in loader:
             x, y = x.to(device), y.to(device)
-            with _autocast(device):
+            with autocast(device.type, bf16=True):   # bf16 on CUDA only (paper scale); CPU stays float32
                 logits = net(x)
             loss = nn.functional.cross_entropy(logits.float(), y)
             opt.zero_grad(set_to_none=True)
@@ -268,8 +262,6 @@ def train_classifier(model: nn.Module, train_ds: Dataset, val_ds: Dataset | None
 
 
 def _plain_cfg(ccfg: Any) -> dict[str, Any]:
-    import dataclasses
-
     if dataclasses.is_dataclass(ccfg):
         d = dataclasses.asdict(ccfg)
         return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}

@@ -15,11 +15,12 @@ import torch
 
 from ..config import Config
 from ..errors import CTSGANError
-from ..models.ctsgan import build_ctsgan, init_weights
+from ..models.ctsgan import synthesize
+from ..utils.precision import autocast
 from . import distributed as D
 from . import losses
-from .gan_common import GANRun, autocast, orthogonal_views, resolve_device, seed_everything, set_requires_grad
-from .volumes import VolumeDataset, sample_slab_batch, training_cohort_dir
+from .gan_common import GANRun, build_gan, orthogonal_views, resolve_device, set_requires_grad
+from .volumes import VolumeDataset, sample_slab_batch, training_dataset
 
 LOSS_NAMES = ["loss_d", "loss_dslice", "loss_dslab", "gp_dslice", "gp_dslab", "loss_g", "loss_g_slice",
               "loss_g_slab"]
@@ -31,7 +32,7 @@ def _gather_positions(x: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
     return x[b.reshape(-1), offsets.reshape(-1)]
 
 
-def _slab_batch(gen, data: VolumeDataset, ct, batch: int, device: str, amp, with_grad: bool):
+def slab_batch(gen, data: VolumeDataset, ct, batch: int, device: str, amp, with_grad: bool):
     """Real slab/slices and generated slab/slices for one D or G update.
 
     A slab region per real volume and N slice offsets inside it; the generator runs Rv over all S−2 positions and
@@ -55,7 +56,7 @@ def _slab_batch(gen, data: VolumeDataset, ct, batch: int, device: str, amp, with
     return real_slices, real_slab, positions, fake_slices, fake_slab, start.to(device)
 
 
-def _slab_conditioned(dslab: torch.nn.Module) -> bool:
+def dslab_is_conditioned(dslab: torch.nn.Module) -> bool:
     """Whether Dslab takes the slab start (``ctsgan.dslab_position``); sees through the DDP wrapper."""
     return getattr(getattr(dslab, "module", dslab), "position", None) is not None
 
@@ -70,12 +71,12 @@ def ctsgan_step(nets: dict[str, torch.nn.Module], opts: dict[str, torch.optim.Op
     gen, dslice, dslab = nets["generator"], nets["dslice"], nets["dslab"]
     kind, amp = ct.loss, autocast(device, ct.bf16)
     n_d = max(1, int(getattr(ct, "d_steps", 1)))
-    slab_conditioned = _slab_conditioned(dslab)
+    slab_conditioned = dslab_is_conditioned(dslab)
 
     # --- D steps (Eq. 2; the N-slice sum is averaged so Dslice's scale does not depend on N) ----------------------
     set_requires_grad([dslice, dslab], True)
     for k in range(n_d):
-        real_slices, real_slab, positions, fake_slices, fake_slab, start = _slab_batch(
+        real_slices, real_slab, positions, fake_slices, fake_slab, start = slab_batch(
             gen, data, ct, batch, device, amp, with_grad=k == n_d - 1)       # the last fakes feed the G step
         slab_cond = (start,) if slab_conditioned else ()
         opts["d"].zero_grad(set_to_none=True)
@@ -110,8 +111,6 @@ def ctsgan_step(nets: dict[str, torch.nn.Module], opts: dict[str, torch.optim.Op
 
 def sample_grid(gen, data: VolumeDataset, seed: int, n: int = 2, chunk: int = 32) -> torch.Tensor:
     """Axial/coronal/sagittal centre planes of one real and ``n`` generated volumes (fixed noise, eval mode)."""
-    from ..generation import synthesize
-
     g = torch.Generator().manual_seed(seed)
     was = gen.training
     gen.eval()
@@ -170,22 +169,10 @@ def train_ctsgan(cfg: Config, cohort_dir: str | Path | None = None, out_dir: str
         if ct.batch % ctx.world_size:
             raise CTSGANError(f"ctsgan.batch ({ct.batch}) must be divisible by the number of processes "
                               f"({ctx.world_size})")
-        if volumes_hu is not None:
-            data = VolumeDataset(volumes_hu, hu_min=cfg.data.hu_min, hu_max=cfg.data.hu_max, spacing_mm=spacing_mm,
-                                 size=cfg.data.size)
-        else:
-            data = VolumeDataset(cohort_dir=cohort_dir or training_cohort_dir(cfg), hu_min=cfg.data.hu_min,
-                                 hu_max=cfg.data.hu_max, size=cfg.data.size, progress=progress and ctx.is_main)
-        seed_everything(cfg.seed)                     # same initial weights on every rank (then broadcast anyway)
-        nets = build_ctsgan(cfg.data.size, ct)
-        for m in nets.values():
-            init_weights(m)
-            m.to(dev)
-            D.broadcast_module(m, ctx)
+        data = training_dataset(cfg, cohort_dir, volumes_hu, spacing_mm, progress=progress and ctx.is_main)
+        # seeded: same initial weights on every rank (then broadcast anyway)
+        nets, opts = build_gan("ctsgan", cfg.data.size, ct, dev, ctx, seed=cfg.seed)
         gen, dslice, dslab = nets["generator"], nets["dslice"], nets["dslab"]
-        opts = {"g": torch.optim.Adam(gen.parameters(), lr=ct.lr_g, betas=tuple(ct.betas)),
-                "d": torch.optim.Adam(list(dslice.parameters()) + list(dslab.parameters()), lr=ct.lr_d,
-                                      betas=tuple(ct.betas))}
         run = GANRun(kind="ctsgan", config=cfg.to_dict(), out_dir=out_dir or cfg.runs_dir / "ctsgan",
                      models={"rv": gen.rv, "gslice": gen.gslice, "dslice": dslice, "dslab": dslab},
                      optimizers=opts, iterations=ct.iterations, ckpt_every=ct.ckpt_every,
@@ -199,4 +186,4 @@ def train_ctsgan(cfg: Config, cohort_dir: str | Path | None = None, out_dir: str
         D.shutdown(ctx)
 
 
-__all__ = ["train_ctsgan", "ctsgan_step", "sample_grid", "LOSS_NAMES"]
+__all__ = ["train_ctsgan", "ctsgan_step", "slab_batch", "dslab_is_conditioned", "sample_grid", "LOSS_NAMES"]

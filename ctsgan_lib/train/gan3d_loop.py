@@ -10,12 +10,11 @@ import torch
 
 from ..config import Config
 from ..errors import CTSGANError
-from ..models.ctsgan import init_weights
-from ..models.gan3d import build_gan3d
+from ..utils.precision import autocast
 from . import distributed as D
 from . import losses
-from .gan_common import GANRun, autocast, orthogonal_views, resolve_device, seed_everything, set_requires_grad
-from .volumes import VolumeDataset, training_cohort_dir
+from .gan_common import GANRun, build_gan, orthogonal_views, resolve_device, set_requires_grad
+from .volumes import VolumeDataset, training_dataset
 
 LOSS_NAMES = ["loss_d", "gp_d", "loss_g"]
 
@@ -83,22 +82,10 @@ def train_gan3d(cfg: Config, cohort_dir: str | Path | None = None, out_dir: str 
         if g3.batch % ctx.world_size:
             raise CTSGANError(f"gan3d.batch ({g3.batch}) must be divisible by the number of processes "
                               f"({ctx.world_size})")
-        if volumes_hu is not None:
-            full = VolumeDataset(volumes_hu, hu_min=cfg.data.hu_min, hu_max=cfg.data.hu_max, spacing_mm=spacing_mm,
-                                 size=cfg.data.size)
-        else:
-            full = VolumeDataset(cohort_dir=cohort_dir or training_cohort_dir(cfg), hu_min=cfg.data.hu_min,
-                                 hu_max=cfg.data.hu_max, size=cfg.data.size, progress=progress and ctx.is_main)
+        full = training_dataset(cfg, cohort_dir, volumes_hu, spacing_mm, progress=progress and ctx.is_main)
         data = full.resized(g3.size)
-        seed_everything(cfg.seed)
-        nets = build_gan3d(g3)
-        for m in nets.values():
-            init_weights(m)
-            m.to(dev)
-            D.broadcast_module(m, ctx)
+        nets, opts = build_gan("gan3d", cfg.data.size, g3, dev, ctx, seed=cfg.seed)
         gen, disc = nets["generator"], nets["d3d"]
-        opts = {"g": torch.optim.Adam(gen.parameters(), lr=g3.lr_g, betas=tuple(g3.betas)),
-                "d": torch.optim.Adam(disc.parameters(), lr=g3.lr_d, betas=tuple(g3.betas))}
         run = GANRun(kind="gan3d", config=cfg.to_dict(), out_dir=out_dir or cfg.runs_dir / "gan3d",
                      models={"generator": gen, "d3d": disc}, optimizers=opts, iterations=g3.iterations,
                      ckpt_every=g3.ckpt_every, sample_every=g3.sample_every, loss_names=LOSS_NAMES, resume=resume,

@@ -7,7 +7,6 @@ the last good checkpoint.
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import random
@@ -17,13 +16,18 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from ..errors import CTSGANError
+from ..models.ctsgan import build_ctsgan
+from ..models.dcgan import init_weights
+from ..models.gan3d import build_gan3d
 from ..utils.atomic import atomic_path, atomic_write_text, clean_partials
+from ..utils.checkpoint import (latest_checkpoint, load_checkpoint, load_state_strict, rng_state, save_checkpoint,
+                                set_rng_state)
 from ..utils.hardware import default_device, git_commit, hardware_info
 from ..utils.logs import CSVLog
 from . import distributed as D
-from .checkpoint import latest_checkpoint, load_checkpoint, load_state_strict, save_checkpoint, set_rng_state
 
 CKPT_PATTERN = "ckpt_*.pt"
 
@@ -43,13 +47,6 @@ def resolve_device(device: str | torch.device | None, ctx: D.DistContext | None 
     return dev
 
 
-def autocast(device: str, bf16: bool) -> contextlib.AbstractContextManager:
-    """bf16 autocast on CUDA when enabled; a no-op on CPU (CPU runs stay float32 and bit-reproducible)."""
-    if bf16 and device.startswith("cuda"):
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
 def seed_everything(seed: int) -> None:
     """Seed Python, numpy and torch (CPU and CUDA) global RNGs."""
     random.seed(seed)
@@ -62,6 +59,50 @@ def set_requires_grad(modules: Iterable[torch.nn.Module], flag: bool) -> None:
     for m in modules:
         for p in m.parameters():
             p.requires_grad_(flag)
+
+
+def build_gan(kind: str, size: int, sec, device: str, ctx: D.DistContext, seed: int | None = None
+              ) -> tuple[dict[str, torch.nn.Module], dict[str, torch.optim.Optimizer]]:
+    """The networks of a GAN run, initialised, on ``device`` and identical on every rank, with their Adam pair.
+
+    The one run setup shared by CT-SGAN training, 3D GAN training and the benches.
+
+    Parameters
+    ----------
+    kind : str
+        ``"ctsgan"`` (Rv + Gslice as ``generator``, ``dslice``, ``dslab``) or ``"gan3d"`` (``generator``, ``d3d``).
+    size : int
+        Volume side S (CT-SGAN; the 3D GAN's resolution is ``sec.size``).
+    sec : CTSGANConfig or GAN3DConfig
+        The model's config section (widths, ``lr_g``, ``lr_d``, ``betas``).
+    device : str
+    ctx : DistContext
+        Rank 0's weights are broadcast to the others.
+    seed : int, optional
+        Seed the global RNGs first (so every rank starts from the same weights even before the broadcast).
+
+    Returns
+    -------
+    nets, optimizers
+        ``optimizers["g"]`` over the generator, ``optimizers["d"]`` over the discriminator(s).
+    """
+    if seed is not None:
+        seed_everything(seed)
+    if kind == "ctsgan":
+        nets = build_ctsgan(size, sec)
+        d_params = list(nets["dslice"].parameters()) + list(nets["dslab"].parameters())
+    elif kind == "gan3d":
+        nets = build_gan3d(sec)
+        d_params = nets["d3d"].parameters()
+    else:
+        raise ValueError(f"unknown GAN kind {kind!r} (ctsgan or gan3d)")
+    for m in nets.values():
+        init_weights(m)
+        m.to(device)
+        D.broadcast_module(m, ctx)
+    opts = {"g": torch.optim.Adam(nets["generator"].parameters(), lr=sec.lr_g, betas=tuple(sec.betas)),
+            "d": torch.optim.Adam(d_params, lr=sec.lr_d, betas=tuple(sec.betas))}
+    return nets, opts
 
 
 class GANRun:
@@ -161,8 +202,6 @@ class GANRun:
     # ----- per step -------------------------------------------------------------------------------------------
     def save(self, step: int) -> None:
         """Atomic checkpoint of every network, optimizer, the step and every rank's RNG state."""
-        from .checkpoint import rng_state
-
         D.check_in_sync(self.models.values(), self.ctx)
         rngs = D.gather_objects(rng_state(), self.ctx)
         if not self.ctx.is_main:
@@ -191,8 +230,6 @@ class GANRun:
         ``step_fn`` returns the step's losses as Python floats; ``sample_fn(step)`` returns images (n, 1, H, W) in
         [-1, 1] for the sample grid.
         """
-        from tqdm.auto import tqdm
-
         bar = tqdm(total=self.iterations, initial=self.start_step, desc=f"train {self.kind}",
                    disable=not (self.progress and self.ctx.is_main), dynamic_ncols=True)
         losses: dict[str, float] = {}
@@ -219,7 +256,7 @@ class GANRun:
                 "log": self.out_dir / "log.csv", "losses": losses}
 
     def _save_samples(self, step: int, images: torch.Tensor) -> None:
-        from torchvision.utils import save_image
+        from torchvision.utils import save_image  # torchvision: 1.5 s to import; only when a sample grid is written
 
         path = self.out_dir / "samples" / f"step_{step:06d}.png"
         with atomic_path(path) as tmp:
@@ -232,5 +269,5 @@ def orthogonal_views(volume: torch.Tensor) -> list[torch.Tensor]:
     return [volume[z // 2][None], volume[:, y // 2, :].flip(0)[None], volume[:, :, x // 2].flip(0)[None]]
 
 
-__all__ = ["GANRun", "TrainingDivergedError", "resolve_device", "autocast", "seed_everything", "set_requires_grad",
+__all__ = ["GANRun", "TrainingDivergedError", "build_gan", "resolve_device", "seed_everything", "set_requires_grad",
            "orthogonal_views"]

@@ -1,1 +1,1 @@
-"""Small shared helpers: atomic files, hardware description, CSV/JSON-lines logs, errors."""
+"""Small shared helpers: atomic files, checkpoint I/O, hardware description, CSV/JSON-lines logs, autocast."""

@@ -28,7 +28,7 @@ def hardware_info(device: str | None = None) -> dict:
     device : str, optional
         ``"cpu"`` or ``"cuda"``; by default CUDA when available.
     """
-    import torch
+    import torch  # 1.3 s to import; `ctsgan reproduce` and figure captions use this module without torch
 
     info = {
         "cpu": cpu_model(),
@@ -75,6 +75,6 @@ def git_commit(root: str | Path | None = None) -> str:
 
 def default_device() -> str:
     """``"cuda"`` when a GPU is visible, else ``"cpu"``."""
-    import torch
+    import torch  # 1.3 s to import; `ctsgan reproduce` and figure captions use this module without torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"

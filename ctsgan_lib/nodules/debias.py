@@ -21,14 +21,15 @@ from typing import Sequence
 
 import numpy as np
 import pandas as pd
+from scipy.stats import chi2_contingency, fisher_exact
+from tqdm.auto import tqdm
 
-from .config import Config
-from .data.cohort import Cohort, CohortWriter
-from .errors import CTSGANError
-from .train.checkpoint import file_sha256
-from .train.nodule_loop import LUNG_LABEL, NODULE_LABEL, lung_of
-
-SPLITS = ("train", "val", "test")
+from ..config import Config
+from ..data.cohort import SPLITS, Cohort, CohortWriter
+from ..data.lidc import sample_nodule_count
+from ..errors import CTSGANError
+from ..utils.atomic import file_sha256
+from .geometry import LUNG_LABEL, NODULE_LABEL, ball, lung_of
 
 
 def _rng(seed: int, rid: str) -> np.random.Generator:
@@ -70,8 +71,6 @@ def _erase_label(label: np.ndarray | None) -> np.ndarray | None:
 def _inject_label(label: np.ndarray | None, nodules: list[dict]) -> np.ndarray | None:
     if label is None:
         return None
-    from .nodules import ball
-
     out = label.copy()
     for n in nodules:
         d = float(n["diameter_vox"])
@@ -122,10 +121,6 @@ def build_debiased_cohort(cfg: Config, injector, eraser, out: str | Path | None 
     Path
         The debiased cohort folder.
     """
-    from tqdm.auto import tqdm
-
-    from .data.lidc import sample_nodule_count
-
     seed = cfg.seed if seed is None else int(seed)
     src = Cohort(cohort_dir if cohort_dir is not None else cfg.data_dir / "cohort")
     out = Path(out) if out is not None else cfg.data_dir / "debiased"
@@ -178,8 +173,6 @@ def build_nodule_free_cohort(cfg: Config, eraser, out: str | Path | None = None,
     Path
         Default ``cfg.data_dir / "nodule_free"``; every row has ``has_nodule = 0``.
     """
-    from tqdm.auto import tqdm
-
     src = Cohort(cohort_dir if cohort_dir is not None else cfg.data_dir / "cohort")
     out = Path(out) if out is not None else cfg.data_dir / "nodule_free"
     ids = src.ids(split=split)
@@ -216,8 +209,6 @@ def domain_leakage(cohort: Cohort | str | Path) -> dict:
         confounded, 0 = independent), ``accuracy`` (best domain → label rule) and ``p_value`` (chi-squared test of
         independence; Fisher's exact test when a cell is small).
     """
-    from scipy.stats import chi2_contingency, fisher_exact
-
     c = cohort if isinstance(cohort, Cohort) else Cohort(cohort)
     m = c.manifest[c.manifest["domain"].isin(["lidc-like", "nlst-like"])]
     t = pd.crosstab(m["domain"], m["has_nodule"]).reindex(index=["lidc-like", "nlst-like"], columns=[0, 1],

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from ..errors import CheckpointError
-from ..utils.atomic import atomic_path, file_sha256  # noqa: F401  (re-exported)
+from .atomic import atomic_path
 
 FORMAT = 1
 

@@ -19,17 +19,19 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from ..config import Config
+from ..data.cohort import Cohort
 from ..data.intensity import hu_to_model
 from ..errors import CTSGANError
-from ..models.nodule_cgan import ROLES, NoduleGenerator, PatchDiscriminator3D, lsgan_d_loss, lsgan_g_loss, \
-    multi_mask_l1
+from ..utils.checkpoint import latest_checkpoint, load_checkpoint, load_state_strict, save_checkpoint, set_rng_state
+from ..utils.hardware import default_device
 from ..utils.logs import CSVLog
-from .checkpoint import latest_checkpoint, load_checkpoint, load_state_strict, save_checkpoint, set_rng_state
+from .geometry import ball, centre_mask, extract_voi, lung_of, nodule_blend_weight, place_nodules_indexed
+from .inference import NoduleInjector
+from .networks import ROLES, NoduleGenerator, PatchDiscriminator3D, lsgan_d_loss, lsgan_g_loss, multi_mask_l1
 
-NODULE_LABEL = 7   # ctsgan_lib.data.phantom.LABELS
-LUNG_LABEL = 3
 LOG_FIELDS = ["step", "loss_d", "loss_g", "adv_g", "l1_inside", "l1_outside", "d_real", "d_fake", "seconds"]
 
 
@@ -46,18 +48,8 @@ class VOISet:
         return len(self.target)
 
 
-def lung_of(hu: np.ndarray, label: np.ndarray | None) -> np.ndarray:
-    """Lung mask: the phantom label when there is one (exact), else the classical mask from preprocessing."""
-    if label is not None and (label == LUNG_LABEL).any():
-        return (label == LUNG_LABEL) | (label == NODULE_LABEL)
-    from ..data.preprocess import lung_mask
-    return np.asarray(lung_mask(hu), dtype=bool)
-
-
 def injector_vois(cfg: Config, cohort, split: str = "train") -> VOISet:
     """VOIs around every nodule of the nodule-bearing scans of ``split`` (see module docstring)."""
-    from ..nodules import ball, centre_mask, extract_voi
-
     v, m = cfg.nodules.voi_size, cfg.nodules.mask_size
     mask = centre_mask(v, m)
     conds, targets, diams, srcs = [], [], [], []
@@ -91,8 +83,6 @@ def eraser_vois(cfg: Config, cohort, injector, split: str = "train", per_scan: i
 
     ``diameters_vox`` to draw from: default the injector's training diameters (real nodule sizes of the cohort).
     """
-    from ..nodules import _place, centre_mask, extract_voi, nodule_blend_weight
-
     v, m = cfg.nodules.voi_size, cfg.nodules.mask_size
     mask = centre_mask(v, m)
     rng = np.random.default_rng([cfg.seed, 2])
@@ -105,7 +95,7 @@ def eraser_vois(cfg: Config, cohort, injector, split: str = "train", per_scan: i
         hu, _ = cohort.read(rid)
         lung = lung_of(hu, cohort.read_label(rid))
         ds = rng.choice(pool, size=per_scan)
-        placed = _place(lung, ds, rng)
+        placed = place_nodules_indexed(lung, ds, rng)
         for k, c in placed.items():
             d = float(ds[k])
             injected = injector.inject_at(hu, c, d)
@@ -187,12 +177,6 @@ def train_nodule_gan(cfg: Config, role: str = "injector", cohort_dir: str | Path
     dict
         ``checkpoint`` (path of the last one), ``step``, ``log`` (path), ``n_train`` (VOIs), ``resumed_from``.
     """
-    from tqdm.auto import tqdm
-
-    from ..data.cohort import Cohort
-    from ..nodules import NoduleInjector
-    from ..utils.hardware import default_device
-
     if role not in ROLES:
         raise CTSGANError(f"role must be one of {', '.join(ROLES)}, got {role!r}")
     nc = cfg.nodules

@@ -1,4 +1,4 @@
-"""Generation API: trained CT-SGAN (or 3D GAN) checkpoints → volumes in HU.
+"""Sampling from a trained generator: CT-SGAN (or 3D GAN) checkpoints → volumes in HU.
 
 CT-SGAN volumes are streamed: Rv runs over all positions (cheap), then Gslice runs over ``chunk`` positions at a time
 and each chunk's centre channels are written into the output, so a 224³ volume never holds more than one chunk of
@@ -21,14 +21,11 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
-from .data.intensity import model_to_hu
-from .errors import CTSGANError
-from .models.ctsgan import CTSGANGenerator, build_ctsgan
-from .models.gan3d import Generator3D, build_gan3d, upsample_volume
-from .train.checkpoint import load_checkpoint, load_state_strict
-
-DEFAULT_META = {"spacing_mm": (1.0, 1.0, 1.0), "hu_min": -1000.0, "hu_max": 400.0, "chunk": 32}
-
+from ..data.intensity import model_to_hu
+from ..errors import CTSGANError
+from ..models.ctsgan import DEFAULT_META, CTSGANGenerator, build_ctsgan, generator_meta, synthesize
+from ..models.gan3d import Generator3D, build_gan3d, upsample_volume
+from ..utils.checkpoint import load_checkpoint, load_state_strict
 
 def volume_seed(seed: int, index: int) -> int:
     """The seed of volume ``index`` in a run seeded with ``seed`` (a 63-bit int from numpy's SeedSequence).
@@ -39,10 +36,6 @@ def volume_seed(seed: int, index: int) -> int:
         raise ValueError(f"volume index must be >= 0, got {index}")
     words = np.random.SeedSequence([int(seed) & 0xFFFFFFFFFFFFFFFF, int(index)]).generate_state(2, np.uint32)
     return int((int(words[0]) << 31) ^ int(words[1])) & 0x7FFFFFFFFFFFFFFF
-
-
-def _meta(module: torch.nn.Module) -> dict[str, Any]:
-    return {**DEFAULT_META, **getattr(module, "meta", {})}
 
 
 def load_generator(ckpt_path: str | Path, device: str | torch.device = "cpu") -> torch.nn.Module:
@@ -111,49 +104,6 @@ def volume_noise(generator: CTSGANGenerator, seed: int, index: int, n_positions:
     return patient, slices
 
 
-@torch.no_grad()
-def synthesize(generator: CTSGANGenerator, patient_noise: torch.Tensor, slice_noise: torch.Tensor,
-               chunk: int | None = None, to_cpu: bool = True) -> torch.Tensor:
-    """Model-space volumes from explicit noise, streaming Gslice over chunks of positions.
-
-    Parameters
-    ----------
-    generator : CTSGANGenerator
-        Used as is (call ``.eval()`` first for batch-independent BatchNorm).
-    patient_noise : Tensor (B, patient_dim)
-    slice_noise : Tensor (B, L, slice_noise_dim)
-        L = depth − 2 positions; L may exceed the training S − 2.
-    chunk : int, optional
-        Positions per Gslice call (default: the checkpoint's ``ctsgan.chunk``).
-    to_cpu : bool
-        Return the volumes on the CPU (default) or leave them on the generator's device.
-
-    Returns
-    -------
-    Tensor (B, L + 2, S, S) float32, in [-1, 1].
-    """
-    from .train.gan_common import autocast
-
-    dev = next(generator.parameters()).device
-    meta = _meta(generator)
-    chunk = int(chunk or meta["chunk"])
-    codes = generator.codes(patient_noise.to(dev), slice_noise.to(dev))   # (B, L, D): small
-    b, n_pos, _ = codes.shape
-    s = generator.size
-    # assembled where it is generated: only the slices kept cross to the host, once (a third of Gslice's output)
-    out = torch.empty(b, n_pos + 2, s, s, dtype=torch.float32, device=dev)
-    for p0 in range(0, n_pos, chunk):
-        with autocast(str(dev), bool(meta.get("bf16", False))):      # bf16 on CUDA only; CPU stays float32
-            sl = generator.slices(codes[:, p0:p0 + chunk])                   # (B, k, 3, S, S)
-        k = sl.shape[1]
-        out[:, p0 + 1:p0 + 1 + k] = sl[:, :, 1]                         # centre channels: slices 1..L
-        if p0 == 0:
-            out[:, 0] = sl[:, 0, 0]                                     # first end slice
-        if p0 + k == n_pos:
-            out[:, n_pos + 1] = sl[:, -1, 2]                            # last end slice
-    return out.cpu() if to_cpu else out
-
-
 def generate_volumes(generator_or_ckpt, n: int, seed: int, batch: int = 1, device: str | torch.device = "cpu",
                      depth: int | None = None, chunk: int | None = None, start: int = 0
                      ) -> Iterator[tuple[np.ndarray, tuple[float, float, float]]]:
@@ -184,7 +134,7 @@ def generate_volumes(generator_or_ckpt, n: int, seed: int, batch: int = 1, devic
     gen = _as_generator(generator_or_ckpt, device, CTSGANGenerator)
     was_training = gen.training
     gen.eval()
-    meta = _meta(gen)
+    meta = generator_meta(gen)
     depth = int(depth or gen.size)
     if depth < 3:
         raise CTSGANError(f"depth must be >= 3 slices, got {depth}")
@@ -227,7 +177,7 @@ def generate_gan3d_volumes(generator_or_ckpt, n: int, seed: int, batch: int = 1,
     gen = _as_generator(generator_or_ckpt, device, Generator3D)
     was_training = gen.training
     gen.eval()
-    meta = _meta(gen)
+    meta = generator_meta(gen)
     size = int(size or meta.get("size", gen.size))
     dev = next(gen.parameters()).device
     batch = max(1, int(batch))
@@ -256,5 +206,5 @@ def slice_consistency_hu(hu: np.ndarray) -> dict[str, float]:
     return {"dz_hu": dz, "dy_hu": dy, "dx_hu": dx, "z_over_xy": dz / max(1e-6, (dy + dx) / 2)}
 
 
-__all__ = ["slice_consistency_hu", "volume_seed", "load_generator", "inference_layout", "volume_noise", "synthesize", "generate_volumes", "generate_volume_at",
-           "gan3d_noise", "generate_gan3d_volumes"]
+__all__ = ["slice_consistency_hu", "volume_seed", "load_generator", "inference_layout", "volume_noise", "generate_volumes",
+           "generate_volume_at", "gan3d_noise", "generate_gan3d_volumes"]

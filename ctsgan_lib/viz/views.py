@@ -1,4 +1,4 @@
-"""Figures for the notebooks: orthogonal three-view plots, slab strips, saving, and an interactive volume viewer.
+"""Static views of volumes for the notebooks and figures: orthogonal three-view grids and slab strips.
 
 Volumes are float32 HU arrays with axis order ``(z, y, x)`` and ``spacing_mm = (dz, dy, dx)`` beside them, in the
 in-memory LPS+ layout of ``docs/architecture.md`` (x toward the patient's left, y posterior, z superior). The views
@@ -9,30 +9,20 @@ drawn in voxel coordinates with the aspect taken from the spacing, so anisotropi
 Figures are built on :class:`matplotlib.figure.Figure` directly (not ``pyplot``): nothing is shown twice, nothing
 leaks between cells, and the same code runs headless. In a notebook, make the figure the cell's last expression
 (or ``display(fig)``) to show it.
-
-Public API
-----------
-``WINDOWS``, :func:`resolve_window`, :func:`show_three_views`, :func:`slab_strip`, :func:`save_figure`,
-:func:`figure_caption`, :func:`widget_frontend`, :func:`register_figure_display` and :class:`VolumeViewer`.
 """
 from __future__ import annotations
 
-import itertools
 import json
 import math
-import os
-import sys
-import warnings
-from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
-from matplotlib.figure import Figure
 from matplotlib.colors import ListedColormap
+from matplotlib.figure import Figure
 from matplotlib.patches import Ellipse
 
-from .errors import CTSGANError
-from .utils.atomic import atomic_path
+from ..data.views import VIEWS
+from ..errors import CTSGANError
 
 #: HU display windows as ``(min, max)``: the usual chest-CT presets (level/width -600/1500, 40/400, 300/1500).
 WINDOWS: dict[str, tuple[float, float]] = {
@@ -40,10 +30,6 @@ WINDOWS: dict[str, tuple[float, float]] = {
     "mediastinum": (-160.0, 240.0),
     "bone": (-450.0, 1050.0),
 }
-#: The three orthogonal views, in column order.
-VIEWS: tuple[str, str, str] = ("axial", "coronal", "sagittal")
-#: Environment variable that forces the viewer mode (``static`` or ``widget``) for a whole session or run.
-MODE_ENV = "CTSGAN_VIEWER"
 
 #: imshow origin per view for the LPS+ layout: row 0 of an axial slice is the most anterior row (top); rows of
 #: coronal and sagittal slices are z, which increases toward superior (so row 0 goes at the bottom).
@@ -52,7 +38,6 @@ _CROSSHAIR = dict(color="#ffd400", lw=0.8, alpha=0.8)
 _NODULE = dict(edgecolor="#7cfc00", facecolor="none", lw=1.4)
 _MASK_COLOUR = "#00c8ff"
 _MASK_ALPHA = 0.35
-_viewer_numbers = itertools.count(1000)
 
 
 # --------------------------------------------------------------------------------------------------- inputs
@@ -131,7 +116,7 @@ def _spacing(spacing_mm) -> tuple[float, float, float]:
     return dz, dy, dx
 
 
-def _position(position, shape) -> tuple[int, int, int]:
+def clamp_position(position, shape) -> tuple[int, int, int]:
     if position is None:
         return tuple(n // 2 for n in shape)
     if len(position) != 3:
@@ -222,7 +207,7 @@ def _masked(slice2d: np.ndarray) -> np.ma.MaskedArray:
 
 
 # ------------------------------------------------------------------------------------- the three-view grid
-class _ThreeViewGrid:
+class ThreeViewGrid:
     """Draws rows = volumes x columns = axial/coronal/sagittal on a Figure and redraws it at a new position.
 
     The static :func:`show_three_views` draws it once; :class:`VolumeViewer` keeps it and calls :meth:`update`.
@@ -305,7 +290,7 @@ class _ThreeViewGrid:
             ax.set_title(f"{view} {index_name}={index}", fontsize=9)
 
 
-def _figure_size(shape, spacing, n_rows: int, views=VIEWS, width_in: float = 9.5,
+def figure_size(shape, spacing, n_rows: int, views=VIEWS, width_in: float = 9.5,
                  height_in: float | None = None) -> tuple[float, float]:
     """Figure size that keeps physical proportions: ``width_in`` wide unless that would exceed ``height_in``."""
     widths, heights = zip(*(_physical_size(v, shape, spacing) for v in views))
@@ -315,7 +300,7 @@ def _figure_size(shape, spacing, n_rows: int, views=VIEWS, width_in: float = 9.5
     return max(sum(widths) * inch_per_mm, 4.0), n_rows * (max(heights) * inch_per_mm + title_in) + 0.3
 
 
-def _prepare(volumes, spacing_mm, position, window, masks, nodules, names=None):
+def prepare_views(volumes, spacing_mm, position, window, masks, nodules, names=None):
     vols = _as_volumes(volumes, names)
     spacing = _spacing(spacing_mm)
     shape = next(iter(vols.values())).shape
@@ -327,7 +312,7 @@ def _prepare(volumes, spacing_mm, position, window, masks, nodules, names=None):
                 raise CTSGANError(f"mask for {name!r} has shape {m.shape}, the volume {shape}")
             mask_map[name] = m
     nod_map = {n: _nodule_list(v) for n, v in _per_volume(nodules, list(vols), "nodules").items()}
-    return vols, spacing, _position(position, shape), resolve_window(window), mask_map, nod_map
+    return vols, spacing, clamp_position(position, shape), resolve_window(window), mask_map, nod_map
 
 
 def show_three_views(volumes, spacing_mm=None, position=None, window="lung", masks=None, nodules=None,
@@ -359,10 +344,10 @@ def show_three_views(volumes, spacing_mm=None, position=None, window="lung", mas
     -------
     matplotlib.figure.Figure
     """
-    vols, spacing, pos, win, mask_map, nod_map = _prepare(volumes, spacing_mm, position, window, masks, nodules)
+    vols, spacing, pos, win, mask_map, nod_map = prepare_views(volumes, spacing_mm, position, window, masks, nodules)
     shape = next(iter(vols.values())).shape
-    fig = Figure(figsize=_figure_size(shape, spacing, len(vols)), dpi=dpi, layout="constrained")
-    _ThreeViewGrid(fig, vols, spacing, pos, win, mask_map, nod_map, crosshair)
+    fig = Figure(figsize=figure_size(shape, spacing, len(vols)), dpi=dpi, layout="constrained")
+    ThreeViewGrid(fig, vols, spacing, pos, win, mask_map, nod_map, crosshair)
     if title:
         fig.suptitle(title, fontsize=11)
     return fig
@@ -432,348 +417,49 @@ def slab_strip(volume, axis: str = "sagittal", n: int = 8, positions: Sequence[i
     return fig
 
 
-# ------------------------------------------------------------------------------------------------ saving
-def figure_caption(profile: str, data_source: str, seed: int | None = None, extra: str | None = None,
-                   hardware: str | None = None) -> str:
-    """The provenance line every saved figure carries: profile, data source, seed, hardware (+ anything else).
-
-    Examples
-    --------
-    >>> figure_caption("smoke", "phantom", 0, hardware="cpu: test (2 cores)")
-    'profile=smoke · data=phantom · seed=0 · cpu: test (2 cores)'
-    """
-    if hardware is None:
-        from .utils.hardware import hardware_label
-
-        hardware = hardware_label()
-    parts = [f"profile={profile}", f"data={data_source}"]
-    if seed is not None:
-        parts.append(f"seed={seed}")
-    if extra:
-        parts.append(extra)
-    parts.append(hardware)
-    return " · ".join(parts)
-
-
-def save_figure(fig: Figure, path_without_suffix: str | Path, caption: str | None = None,
-                dpi: int = 150) -> list[Path]:
-    """Save ``fig`` as PNG and PDF, both atomically (a reader never sees a half-written or mismatched pair).
+def panel_grid(rows: Sequence[Sequence[Any]], window: str | Sequence[float] = "lung", cmap: str = "gray",
+               title: str | None = None, row_labels: Sequence[str] | None = None,
+               col_titles: Sequence[str] | None = None, panel_in: tuple[float, float] = (2.4, 2.4)) -> Figure:
+    """A grid of 2-D images (slices, VOI centre slices) in one HU window, without ticks.
 
     Parameters
     ----------
-    fig : matplotlib.figure.Figure
-    path_without_suffix : str or Path
-        ``figures/fig2`` writes ``figures/fig2.png`` and ``figures/fig2.pdf`` (a ``.png``/``.pdf`` suffix is dropped).
-    caption : str, optional
-        Provenance text (see :func:`figure_caption`) drawn under the figure and stored in the PDF's metadata.
-        Saving again replaces the previous caption rather than stacking a second one.
-    dpi : int
-        PNG resolution.
+    rows : sequence of rows
+        Each panel is an image, ``(image, title)`` or ``(image, title, window, cmap)`` (e.g. a difference image in
+        its own window and colour map); a shorter row leaves its last panels blank.
+    window : str or (min, max)
+        A :data:`WINDOWS` preset or an HU range, for every panel that does not give its own.
+    row_labels, col_titles : sequence of str, optional
+        Labels on the left of each row / titles above the first row's panels.
+    panel_in : (width, height)
+        Inches per panel.
 
     Returns
     -------
-    list[Path]
-        ``[png, pdf]``.
+    Figure
     """
-    base = Path(path_without_suffix)
-    if base.suffix.lower() in (".png", ".pdf"):
-        base = base.with_suffix("")
-    old = getattr(fig, "_ctsgan_caption", None)
-    if old is not None:
-        old.remove()
-        fig._ctsgan_caption = None
-    if caption:
-        fig._ctsgan_caption = fig.text(0.5, -0.01, caption, ha="center", va="top", fontsize=7, color="0.3",
-                                       wrap=True)
-    png, pdf = base.with_name(base.name + ".png"), base.with_name(base.name + ".pdf")
-    # No CreationDate: regenerating an unchanged figure gives the same bytes (no churn in committed figures/).
-    meta_pdf = {"Creator": "ctsgan_lib.viz", "Subject": caption or "", "CreationDate": None}
-    # Both are rendered to temporary files first; only when both succeed are they renamed into place.
-    with atomic_path(png) as tmp_png, atomic_path(pdf) as tmp_pdf:
-        fig.savefig(tmp_png, format="png", dpi=dpi, bbox_inches="tight",
-                    metadata={"Software": "ctsgan_lib.viz", "Description": caption or ""})
-        fig.savefig(tmp_pdf, format="pdf", bbox_inches="tight", metadata=meta_pdf)
-    return [png, pdf]
-
-
-# ------------------------------------------------------------------------------------------ the live viewer
-def _ipython_shell():
-    ip = sys.modules.get("IPython")  # never import IPython just to ask
-    return ip.get_ipython() if ip is not None and hasattr(ip, "get_ipython") else None
-
-
-def register_figure_display() -> bool:
-    """Let IPython show a bare :class:`~matplotlib.figure.Figure` as PNG. Returns whether one was registered.
-
-    IPython only learns to render figures as images when ``pyplot`` activates the inline backend. The figures here
-    never touch ``pyplot``, so without this a kernel that has not imported ``pyplot`` (or runs with
-    ``MPLBACKEND=Agg``) would show ``<Figure size ...>`` text instead of the picture. Called on import of this
-    module inside a kernel; an existing formatter (the inline backend's) is left alone.
-    """
-    shell = _ipython_shell()
-    if shell is None or not hasattr(shell, "display_formatter"):
-        return False
-    png = shell.display_formatter.formatters.get("image/png")
-    if png is None:
-        return False
-    try:
-        png.lookup_by_type(Figure)
-        return False
-    except KeyError:
-        from IPython.core.pylabtools import print_figure
-
-        png.for_type(Figure, lambda fig: print_figure(fig, "png", bbox_inches="tight"))
-        return True
-
-
-register_figure_display()
-
-
-def widget_frontend() -> tuple[bool, str]:
-    """Whether a live widget front end (JupyterLab, Notebook 7, VS Code) can show ipywidgets + ipympl here.
-
-    Returns ``(available, reason)``. The checks, in order:
-
-    1. ``$CTSGAN_VIEWER`` = ``static`` or ``widget`` decides outright (``ctsgan reproduce`` and CI can pin it).
-    2. Not inside an IPython kernel (plain ``python``, pytest) -> static.
-    3. ``ipywidgets`` or ``ipympl`` not importable -> static.
-    4. The front end's widget manager has opened the ``jupyter.widget.control`` comm to this kernel -> widget.
-       JupyterLab's widget manager opens it as soon as it connects to a kernel.
-    5. The kernel was started by a Jupyter server for an interactive session: the server sets
-       ``$JPY_SESSION_NAME`` for those; papermill, nbval and nbclient never do -> widget.
-    6. Otherwise (papermill, nbval, ``jupyter nbconvert --execute``) -> static.
-    """
-    forced = os.environ.get(MODE_ENV, "").strip().lower()
-    if forced in ("static", "widget"):
-        return forced == "widget", f"${MODE_ENV}={forced}"
-    shell = _ipython_shell()
-    if shell is None or getattr(shell, "kernel", None) is None:
-        return False, "not running in a Jupyter kernel"
-    try:
-        import ipympl  # noqa: F401
-        from ipywidgets import Widget
-    except ImportError as exc:
-        return False, f"{exc.name} is not installed"
-    if getattr(Widget, "_control_comm", None) is not None:
-        return True, "a widget front end is connected to this kernel"
-    if os.environ.get("JPY_SESSION_NAME"):
-        return True, "kernel started by a Jupyter server for an interactive session"
-    return False, "headless execution (papermill / nbval / nbclient): no widget front end"
-
-
-class VolumeViewer:
-    """Interactive viewer for one or two volumes side by side (e.g. real vs generated).
-
-    In a live Jupyter front end :meth:`show` displays ipywidgets + an ipympl canvas: axial, coronal and sagittal
-    panes per volume with linked crosshairs (click any pane to move the other planes there), z/y/x slice sliders, an
-    HU window range slider with lung / mediastinum / bone presets, overlay toggles for masks and nodule markers, and a
-    readout of the HU value under the crosshair. Without a widget front end (papermill, nbval, plain python) it shows
-    the static :func:`show_three_views` figure instead, so headless runs keep working.
-
-    Parameters
-    ----------
-    volumes : ndarray, list of ndarray or dict[str, ndarray]
-        ``(z, y, x)`` HU volumes on the same grid; dict keys (or ``labels``) name the rows.
-    spacing_mm : (dz, dy, dx), optional
-        Voxel spacing in mm (default isotropic).
-    masks : ndarray or dict[str, ndarray], optional
-        Lung mask (bool) or tissue label map (int, 0 = none); one for all volumes or one per name.
-    labels : list of str, optional
-        Display names when ``volumes`` is an array or a list (not label maps: pass those as ``masks``).
-    nodules : list of dict or dict[str, list], optional
-        Nodule markers in the manifest's format (``center_vox``, ``diameter_mm``/``diameter_vox``).
-    window : str or (min_hu, max_hu)
-        Initial HU window, a :data:`WINDOWS` preset or a range.
-    position : (z, y, x), optional
-        Initial crosshair (default: the centre).
-    mode : {"auto", "widget", "static"}
-        ``auto`` decides with :func:`widget_frontend`; the others force a mode.
-
-    Examples
-    --------
-    >>> VolumeViewer({"real": real_hu, "CT-SGAN": fake_hu}, spacing_mm=(1, 1, 1), masks=lung).show()  # doctest: +SKIP
-    """
-
-    MODES = ("auto", "widget", "static")
-
-    def __init__(self, volumes, spacing_mm=None, masks=None, labels=None, nodules=None, window="lung",
-                 position=None, mode: str = "auto"):
-        if mode not in self.MODES:
-            raise CTSGANError(f"mode must be one of {', '.join(self.MODES)}, got {mode!r}")
-        if labels is not None and (isinstance(labels, (str, Mapping)) or hasattr(labels, "shape")):
-            raise CTSGANError("labels are display names (a list of str); pass label maps or lung masks as masks=")
-        self.mode = mode
-        (self.volumes, self.spacing_mm, self.position, self.window, self.masks,
-         self.nodules) = _prepare(volumes, spacing_mm, position, window, masks, nodules, labels)
-        self.shape = next(iter(self.volumes.values())).shape
-        self.preset = window if isinstance(window, str) else None
-        self._widget = None
-        self._grid: _ThreeViewGrid | None = None
-        self.mode_reason = ""
-
-    # -- mode -------------------------------------------------------------------------------------------
-    def resolve_mode(self) -> str:
-        """``"widget"`` or ``"static"``; sets :attr:`mode_reason` to say why."""
-        if self.mode != "auto":
-            self.mode_reason = f"mode={self.mode!r} requested"
-            return self.mode
-        live, self.mode_reason = widget_frontend()
-        return "widget" if live else "static"
-
-    def show(self) -> None:
-        """Display the viewer: live widgets in a widget front end, else the static three-view figure."""
-        from IPython.display import display
-
-        if self.resolve_mode() == "widget":
-            display(self.widget())
-        else:
-            register_figure_display()
-            display(self.static_figure())
-
-    def _ipython_display_(self) -> None:  # a bare ``VolumeViewer(...)`` as a cell's last line shows it too
-        self.show()
-
-    def static_figure(self, title: str | None = None) -> Figure:
-        """The headless fallback: :func:`show_three_views` at the current position and window."""
-        return show_three_views(self.volumes, self.spacing_mm, self.position, self.window, self.masks,
-                                self.nodules, title=title, crosshair=True)
-
-    # -- widget -------------------------------------------------------------------------------------------
-    def widget(self):
-        """Build (once) and return the ipywidgets tree. Works without a front end, e.g. in tests."""
-        if self._widget is None:
-            self._widget = self._build_widget()
-        return self._widget
-
-    def _build_widget(self):
-        import ipywidgets as W
-        from ipympl.backend_nbagg import Canvas, FigureManager
-
-        # Sized to fit a laptop screen below the controls (about 900 x 620 px).
-        fig = Figure(figsize=_figure_size(self.shape, self.spacing_mm, len(self.volumes), width_in=9.0,
-                                          height_in=6.2), dpi=100,
-                     layout="constrained")
-        # An ipympl canvas for this one figure only: the notebook's matplotlib backend stays as it was.
-        self.canvas = Canvas(fig)
-        with warnings.catch_warnings():  # ipympl's Toolbar passes traitlets an argument it deprecates; harmless
-            warnings.simplefilter("ignore", DeprecationWarning)
-            self.manager = FigureManager(self.canvas, next(_viewer_numbers))
-        self.canvas.header_visible = False
-        self.canvas.footer_visible = False
-        self.canvas.resizable = False
-        self.canvas.toolbar_position = "right"
-        self.canvas.layout = W.Layout(width="auto")
-        self._grid = _ThreeViewGrid(fig, self.volumes, self.spacing_mm, self.position, self.window, self.masks,
-                                    self.nodules, crosshair=True)
-        nz, ny, nx = self.shape
-        slider = dict(continuous_update=True, layout=W.Layout(width="32%"))
-        self.sliders = {
-            "z": W.IntSlider(value=self.position[0], min=0, max=nz - 1, description="axial z", **slider),
-            "y": W.IntSlider(value=self.position[1], min=0, max=ny - 1, description="coronal y", **slider),
-            "x": W.IntSlider(value=self.position[2], min=0, max=nx - 1, description="sagittal x", **slider),
-        }
-        lo, hi = self.window
-        self.window_slider = W.FloatRangeSlider(value=(lo, hi), min=min(-1500.0, lo), max=max(2000.0, hi), step=10,
-                                                description="HU window", continuous_update=True, readout_format=".0f",
-                                                layout=W.Layout(width="55%"))
-        self.presets = W.ToggleButtons(options=list(WINDOWS), value=self.preset, tooltips=[
-            f"{name}: {a:.0f} to {b:.0f} HU" for name, (a, b) in WINDOWS.items()])
-        self.presets.style.button_width = "112px"
-        self.show_masks = W.Checkbox(value=True, description="masks", indent=False,
-                                     disabled=all(m is None for m in self.masks.values()),
-                                     layout=W.Layout(width="90px"))
-        self.show_nodules = W.Checkbox(value=True, description="nodules", indent=False,
-                                       disabled=not any(self.nodules.values()), layout=W.Layout(width="90px"))
-        self.readout = W.HTML()
-        self._busy = False
-
-        for s in self.sliders.values():
-            s.observe(self._on_slider, names="value")
-        self.window_slider.observe(self._on_window, names="value")
-        self.presets.observe(self._on_preset, names="value")
-        self.show_masks.observe(self._on_overlay, names="value")
-        self.show_nodules.observe(self._on_overlay, names="value")
-        self.canvas.mpl_connect("button_press_event", self._on_click)
-        self._update_readout()
-
-        controls = W.VBox([
-            W.HBox(list(self.sliders.values())),
-            W.HBox([self.window_slider, self.presets]),
-            W.HBox([self.show_masks, self.show_nodules, self.readout]),
-        ])
-        box = W.VBox([controls, self.canvas])
-        box.add_class("ctsgan-volume-viewer")  # a stable hook for the browser test and for styling
-        return box
-
-    def set_position(self, position) -> None:
-        """Move the crosshair to ``(z, y, x)`` (clipped to the volume) and redraw every pane once."""
-        pos = _position(position, self.shape)
-        self.position = pos
-        if self._grid is None:
-            return
-        self._busy = True  # the three slider updates below trigger one redraw, not three
-        try:
-            for key, value in zip("zyx", pos):
-                self.sliders[key].value = value
-        finally:
-            self._busy = False
-        self._redraw()
-
-    def set_window(self, window) -> None:
-        """Set the HU window (preset name or range) and redraw."""
-        self.window = resolve_window(window)
-        self.preset = window if isinstance(window, str) else None
-        if self._grid is not None:
-            self.window_slider.value = self.window
-
-    def _redraw(self) -> None:
-        self._grid.show_masks = self.show_masks.value
-        self._grid.show_nodules = self.show_nodules.value
-        self._grid.update(self.position, self.window)
-        self._update_readout()
-        self.canvas.draw_idle()
-
-    def _update_readout(self) -> None:
-        z, y, x = self.position
-        values = ", ".join(f"{name}: {float(vol[z, y, x]):.0f} HU" for name, vol in self.volumes.items())
-        self.readout.value = f"<code>(z, y, x) = ({z}, {y}, {x}) &nbsp; {values}</code>"
-
-    def _on_slider(self, change) -> None:
-        self.position = tuple(self.sliders[k].value for k in "zyx")
-        if not self._busy:
-            self._redraw()
-
-    def _on_window(self, change) -> None:
-        self.window = tuple(float(v) for v in change["new"])
-        matching = [name for name, w in WINDOWS.items() if np.allclose(w, self.window)]
-        self._busy_preset = True  # moving the toggle must not push the preset's range back onto the slider
-        try:
-            self.presets.value = matching[0] if matching else None
-        finally:
-            self._busy_preset = False
-        self._redraw()
-
-    def _on_preset(self, change) -> None:
-        if change["new"] is not None and not getattr(self, "_busy_preset", False):
-            self.window_slider.value = WINDOWS[change["new"]]
-
-    def _on_overlay(self, change) -> None:
-        self._redraw()
-
-    def _on_click(self, event) -> None:
-        """Click in a pane: move the other two planes through the clicked point (linked crosshairs)."""
-        if event.inaxes is None or event.xdata is None or getattr(self.canvas.toolbar, "mode", ""):
-            return  # outside the panes, or the toolbar's zoom/pan tool owns the click
-        key = self._grid.view_of(event.inaxes)
-        if key is None:
-            return
-        col, row = int(round(event.xdata)), int(round(event.ydata))
-        z, y, x = self.position
-        view = key[1]
-        if view == "axial":
-            x, y = col, row
-        elif view == "coronal":
-            x, z = col, row
-        else:
-            y, z = col, row
-        self.set_position((z, y, x))
+    lo, hi = resolve_window(window)
+    n_rows, n_cols = len(rows), max((len(r) for r in rows), default=0)
+    if not n_rows or not n_cols:
+        raise CTSGANError("panel_grid: nothing to show (no panels)")
+    fig = Figure(figsize=(panel_in[0] * n_cols, panel_in[1] * n_rows + (0.5 if title else 0.0)), layout="constrained")
+    axes = fig.subplots(n_rows, n_cols, squeeze=False)
+    for i, row in enumerate(rows):
+        for j in range(n_cols):
+            ax = axes[i, j]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if j < len(row):
+                panel = row[j] if isinstance(row[j], tuple) else (row[j],)
+                w = resolve_window(panel[2]) if len(panel) > 2 and panel[2] is not None else (lo, hi)
+                ax.imshow(np.asarray(panel[0]), cmap=panel[3] if len(panel) > 3 else cmap, vmin=w[0], vmax=w[1],
+                          interpolation="nearest")
+                if len(panel) > 1 and panel[1]:
+                    ax.set_title(panel[1], fontsize=9)
+            if row_labels is not None and j == 0:
+                ax.set_ylabel(row_labels[i], fontsize=9)
+            if col_titles is not None and i == 0 and j < len(col_titles):
+                ax.set_title(col_titles[j], fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return fig

@@ -1,0 +1,275 @@
+"""Grid runner of the nodule-detection study (Fig 3b): regimes × nodule sizes × seeds, resumable, in workers.
+
+Regimes ``real`` / ``synthetic`` / ``pretrain_finetune`` (see :mod:`ctsgan_lib.experiments`). One JSON line per
+finished (regime, size, seed) in ``results.jsonl`` with config, data sources, metrics and hardware; a rerun skips the
+cells whose line is there for the same config (:func:`cell_key`) and inputs (:func:`data_key`). Independent cells run
+in parallel processes when ``classifier.workers > 1``; under ``torchrun`` the ranks split the work instead.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import multiprocessing as mp
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+import torch.distributed as dist
+from tqdm.auto import tqdm
+
+from ..config import Config
+from ..errors import CTSGANError
+from ..models.squeezenet3d import SqueezeNet3D
+from ..train.classifier_loop import evaluate, train_classifier
+from ..utils.atomic import file_sha256
+from ..utils.checkpoint import latest_checkpoint
+from ..utils.hardware import default_device, git_commit, hardware_info, hardware_label
+from ..utils.logs import append_jsonl, read_jsonl
+from .cells import (BaseSet, build_cell_data, injector_tag, load_injector, load_real_base, load_synthetic_base,
+                    real_base_root)
+
+REGIMES = ("real", "synthetic", "pretrain_finetune")
+RESULTS = "results.jsonl"
+
+
+def cell_key(cfg: Config) -> str:
+    """Hash of every setting that changes a cell's result other than (regime, size, seed)."""
+    c = dataclasses.asdict(cfg.classifier)
+    for k in ("sizes", "seeds", "regimes"):
+        c.pop(k, None)
+    blob = json.dumps({"classifier": c, "size": cfg.data.size, "hu": [cfg.data.hu_min, cfg.data.hu_max],
+                       "profile": cfg.profile}, sort_keys=True, default=list)
+    return hashlib.sha1(blob.encode()).hexdigest()[:12]
+
+
+def distributed_run() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def is_main() -> bool:
+    """Rank 0 under torchrun (only it writes result lines); True without torch.distributed."""
+    return not distributed_run() or dist.get_rank() == 0
+
+
+def make_model(cfg: Config, seed: int) -> SqueezeNet3D:
+    torch.manual_seed(seed)  # paper §4.2: the seed initialises the classifier
+    return SqueezeNet3D(in_channels=cfg.classifier.in_channels, num_classes=2, dropout=cfg.classifier.dropout,
+                        head_init=cfg.classifier.head_init, stem_stride=tuple(cfg.classifier.stem_stride))
+
+
+def cell_dir(out: Path, key: str, regime: str, size: float, seed: int) -> Path:
+    return out / "cells" / key / f"{regime}_d{size:g}_s{seed}"  # key = "<cell_key>-<data_key>"
+
+
+def fingerprint(origin: str | Path) -> str:
+    m = Path(origin) / "manifest.csv"
+    return file_sha256(m)[:16] if m.is_file() else str(origin)
+
+
+def data_key(cfg: Config, real: BaseSet | None, synthetic: BaseSet | None, injector, need_syn: bool) -> str:
+    """Hash of the inputs (cohort manifests, injector checkpoint): a rebuilt cohort or new injector reruns cells."""
+    r = real.origin if real is not None else str(real_base_root(cfg))
+    syn = "-"
+    if need_syn:
+        syn = synthetic.origin if synthetic is not None else str(cfg.data_dir / "synthetic" / "ctsgan")
+    if injector is not None:
+        inj = json.dumps(injector_tag(injector), sort_keys=True)
+    else:
+        ck = latest_checkpoint(cfg.runs_dir / "nodules" / "injector")
+        inj = file_sha256(ck)[:16] if ck is not None else "none"
+    return hashlib.sha1(f"{fingerprint(r)}|{fingerprint(syn)}|{inj}".encode()).hexdigest()[:12]
+
+
+def row_key(r: dict) -> tuple:
+    return (r.get("regime") or r.get("train_cohort"), float(r["size_vox"]), int(r["seed"]))
+
+
+def done_keys(path: Path, kind: str, key: str, dkey: str) -> set[tuple]:
+    return {row_key(r) for r in read_jsonl(path)
+            if r.get("kind") == kind and r.get("cell_key") == key and r.get("data_key") == dkey}
+
+
+def current_records(cfg: Config, path: str | Path, kind: str = "grid") -> list[dict]:
+    """Result lines of this config (``cell_key``), the newest line per (regime or cohort, size, seed)."""
+    key = cell_key(cfg)
+    latest: dict[tuple, dict] = {}
+    for r in read_jsonl(path):
+        if r.get("kind") == kind and r.get("cell_key") == key:
+            latest[row_key(r)] = r
+    return list(latest.values())
+
+
+def make_record(cfg: Config, kind: str, key: str, device: str, **fields: Any) -> dict[str, Any]:
+    return {"kind": kind, "profile": cfg.profile, "cell_key": key, **fields,
+            "config": {"classifier": cfg.to_dict()["classifier"], "data_size": cfg.data.size,
+                       "hu_window": [cfg.data.hu_min, cfg.data.hu_max]},
+            "hardware": hardware_info(device), "hardware_label": hardware_label(device),
+            "commit": git_commit(Path(__file__).resolve().parents[2]),  # the code's checkout, not CTSGAN_ROOT
+            "finished": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+
+
+def run_grid(cfg: Config, out: str | Path | None = None, progress: bool = True, *, real: BaseSet | None = None,
+             synthetic: BaseSet | None = None, injector=None, device: str | None = None,
+             sizes: Sequence[float] | None = None, seeds: Sequence[int] | None = None,
+             regimes: Sequence[str] | None = None) -> Path:
+    """Run (or resume) the Fig 3b grid; one JSON line per finished cell in ``<out>/results.jsonl``.
+
+    Parameters
+    ----------
+    cfg : Config
+    out : path, optional
+        Default ``runs/<P>/classifier``.
+    progress : bool
+        tqdm bars.
+    real, synthetic : BaseSet, optional
+        Nodule-free bases; default read from ``data/<P>/debiased`` (or ``cohort``) and ``data/<P>/synthetic/ctsgan``.
+    injector : object with ``inject(hu, diameters_vox, rng, lung=None) -> (hu, nodules)``, optional
+        Default: the newest checkpoint under ``runs/<P>/nodules/injector``.
+    device : str, optional
+    sizes, seeds, regimes : optional
+        Subsets of the profile's (default: all of ``cfg.classifier``).
+
+    Returns
+    -------
+    Path
+        ``results.jsonl``.
+    """
+    ccfg = cfg.classifier
+    out = Path(out) if out is not None else cfg.runs_dir / "classifier"
+    out.mkdir(parents=True, exist_ok=True)
+    device = device or default_device()
+    sizes = [float(s) for s in (sizes if sizes is not None else ccfg.sizes)]
+    seeds = [int(s) for s in (seeds if seeds is not None else ccfg.seeds)]
+    regimes = list(regimes if regimes is not None else ccfg.regimes)
+    bad = [r for r in regimes if r not in REGIMES]
+    if bad:
+        raise CTSGANError(f"classifier.regimes: unknown regime(s) {bad}; choose from {', '.join(REGIMES)}")
+    key = cell_key(cfg)
+    results = out / RESULTS
+    need_syn = any(r in ("synthetic", "pretrain_finetune") for r in regimes)
+    dkey = data_key(cfg, real, synthetic, injector, need_syn)
+    done = done_keys(results, "grid", key, dkey)
+    todo = [(d, s) for d in sizes for s in seeds if any((r, d, s) not in done for r in regimes)]
+    if not todo:
+        return results
+    real = real if real is not None else load_real_base(cfg, progress=progress)
+    if need_syn and synthetic is None:
+        synthetic = load_synthetic_base(cfg, progress=progress)
+    injector = injector if injector is not None else load_injector(cfg)
+    job = _GridJob(cfg, regimes, real, synthetic if need_syn else None, injector, out, key, dkey, device)
+    workers = max(1, min(int(getattr(ccfg, "workers", 1)), len(todo)))
+    if distributed_run():
+        workers = 1  # under torchrun the ranks already split the work
+    bar = tqdm(total=len(todo), desc="classifier grid", disable=not progress)
+    if workers == 1:
+        emit = (lambda rec: append_jsonl(results, rec)) if is_main() else (lambda rec: None)
+        for d, seed in todo:
+            job.run_cell(d, seed, done, progress, emit)  # each regime's line is written as soon as it finishes
+            bar.update()
+    else:
+        # independent (size, seed) cells in parallel processes, the cores split between them: on a small CPU this
+        # beats one process with all threads (single-threaded data building, small 3D convs scale poorly)
+        threads = max(1, torch.get_num_threads() // workers)
+        with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_init_grid_worker,
+                                 initargs=(job, threads)) as pool:
+            futures = [pool.submit(_grid_worker_cell, d, seed, done) for d, seed in todo]
+            for fut in as_completed(futures):
+                for rec in fut.result():  # a failed cell raises here, after the finished ones were written
+                    append_jsonl(results, rec)
+                bar.update()
+    bar.close()
+    return results
+
+
+@dataclass
+class _GridJob:
+    """Everything one (size, seed) cell of the grid needs; pickled once into each worker process."""
+
+    cfg: Config
+    regimes: list
+    real: "BaseSet"
+    synthetic: "BaseSet | None"
+    injector: Any
+    out: Path
+    key: str
+    dkey: str
+    device: str
+
+    def run_cell(self, d: float, seed: int, done: set, progress: bool,
+                 emit: Callable[[dict], None] | None = None) -> list[dict]:
+        """Train and test every regime of cell (d, seed) not yet in ``done``; returns their result records, and
+        hands each to ``emit`` as soon as its regime finishes (so an interrupted cell keeps its finished regimes)."""
+        cfg, ccfg, regimes, out = self.cfg, self.cfg.classifier, self.regimes, self.out
+        real, synthetic, injector, device = self.real, self.synthetic, self.injector, self.device
+        # checkpoint folders carry config and data keys: a config or data change never reuses old weights
+        key, dkey, ckey = self.key, self.dkey, f"{self.key}-{self.dkey}"
+        need_syn, inj = synthetic is not None, injector_tag(injector)
+        records: list[dict] = []
+        t_data = time.perf_counter()
+        data = build_cell_data(real, synthetic if need_syn else None, d, seed, injector, cfg)
+        t_data = time.perf_counter() - t_data
+        info = {"real_source": real.origin, "real_sources": real.sources,
+                "synthetic_source": synthetic.origin if need_syn else None,
+                "synthetic_sources": synthetic.sources if need_syn else None, "injector": inj,
+                "n_train": len(data.train), "n_val": len(data.val), "n_test": len(data.test),
+                "n_synthetic": len(data.synthetic) if data.synthetic is not None else 0,
+                "test_positives": int(data.test.labels.sum()), "design": "paired (each base clean and injected)",
+                "dropped_lung_too_small": data.dropped,
+                "lung_mask_fallback": {"real": sum(v.lung_fallback for v in real.volumes),
+                                       "synthetic": sum(v.lung_fallback for v in synthetic.volumes) if need_syn
+                                       else 0},
+                "build_s": round(t_data, 2)}
+        pretrained = None
+        for regime in regimes:
+            if (regime, d, seed) in done:
+                continue
+            t0 = time.perf_counter()
+            if regime in ("synthetic", "pretrain_finetune") and pretrained is None:
+                # the synthetic regime *is* the pretraining run; resume=True reuses its final.pt when it exists
+                syn_model = make_model(cfg, seed)
+                pre = train_classifier(syn_model, data.synthetic, data.val, cfg,
+                                       cell_dir(out, ckey, "synthetic", d, seed), seed, ccfg.epochs, device=device,
+                                       progress=progress, desc=f"synthetic d={d:g} s={seed}")
+                pretrained = (syn_model, pre, {k: v.detach().cpu().clone() for k, v in syn_model.state_dict().items()})
+            if regime == "synthetic":
+                model, summary = pretrained[0], pretrained[1]
+            elif regime == "real":
+                model = make_model(cfg, seed)
+                summary = train_classifier(model, data.train, data.val, cfg, cell_dir(out, ckey, "real", d, seed),
+                                           seed, ccfg.epochs, device=device, progress=progress,
+                                           desc=f"real d={d:g} s={seed}")
+            else:
+                model = make_model(cfg, seed)
+                summary = train_classifier(model, data.train, data.val, cfg,
+                                           cell_dir(out, ckey, "pretrain_finetune", d, seed), seed,
+                                           ccfg.finetune_epochs, device=device, init_state=pretrained[2],
+                                           progress=progress, desc=f"finetune d={d:g} s={seed}")
+            metrics = evaluate(model, data.test, device, ccfg.batch)
+            rec = make_record(cfg, "grid", key, device, data_key=dkey, regime=regime, size_vox=d, seed=seed,
+                          metrics=metrics,
+                          selection={k: summary.get(k) for k in ("best_epoch", "best_val_loss", "epochs_run",
+                                                                  "stopped_early")},
+                          data=info, wall_s=round(time.perf_counter() - t0, 2))
+            records.append(rec)
+            done.add((regime, d, seed))
+            if emit is not None:
+                emit(rec)
+        return records
+
+
+_WORKER_JOB: _GridJob | None = None
+
+
+def _init_grid_worker(job: _GridJob, threads: int) -> None:
+    global _WORKER_JOB
+    torch.set_num_threads(threads)
+    _WORKER_JOB = job
+
+
+def _grid_worker_cell(d: float, seed: int, done: set) -> list[dict]:
+    return _WORKER_JOB.run_cell(d, seed, set(done), progress=False)

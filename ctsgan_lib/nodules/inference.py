@@ -1,0 +1,216 @@
+"""Nodule injection and erasure on whole volumes: the inference side of the nodule cGANs (paper §3.1, Fig B.1/B.2).
+
+:class:`NoduleInjector` / :class:`NoduleEraser` load a trained generator and paint / remove nodules, using the VOI
+geometry of :mod:`ctsgan_lib.nodules.geometry`.
+"""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+import torch
+
+from ..data.intensity import hu_to_model, model_to_hu
+from ..data.preprocess import lung_mask
+from ..errors import CTSGANError
+from ..utils.checkpoint import latest_checkpoint, load_checkpoint, load_state_strict
+from .geometry import (PlacementError, ball, centre_mask, extract_voi, nodule_blend_weight, paste_voi,
+                       place_nodules_indexed, voi_blend_weight)
+from .networks import NoduleGenerator
+
+
+# ------------------------------------------------------------------------------------------------ models
+@dataclass
+class _Loaded:
+    generator: NoduleGenerator
+    role: str
+    voi_size: int
+    mask_size: int
+    hu_min: float
+    hu_max: float
+    step: int
+    path: str
+
+
+def _load_generator(path: str | Path, role: str, device: str | torch.device) -> _Loaded:
+    path = Path(path)
+    if not path.exists():
+        raise CTSGANError(f"{path}: no {role} checkpoint; run `ctsgan nodules train {role}` (or notebook 02) first")
+    if path.is_dir():
+        found = latest_checkpoint(path)
+        if found is None:
+            raise CTSGANError(f"{path}: no {role} checkpoint (ckpt_*.pt); run `ctsgan nodules train {role}` first")
+        path = found
+    ck = load_checkpoint(path, kind=f"nodule_{role}", map_location="cpu")
+    ex = ck["extra"]
+    g = NoduleGenerator(int(ex["voi_size"]), int(ex["base_channels"]), tuple(ex["prior_model"]))
+    load_state_strict(g, ck["models"]["generator"], str(path))
+    g.eval().to(device)
+    return _Loaded(g, role, int(ex["voi_size"]), int(ex["mask_size"]), float(ex["hu_min"]), float(ex["hu_max"]),
+                   int(ck["step"]), str(path))
+
+
+class _NoduleModel:
+    role = ""
+
+    def __init__(self, generator: NoduleGenerator, voi_size: int, mask_size: int, hu_min: float = -1000.0,
+                 hu_max: float = 400.0, device: str | torch.device = "cpu", step: int = 0, source: str = ""):
+        self.generator = generator.to(device).eval()
+        self.voi_size, self.mask_size = int(voi_size), int(mask_size)
+        self.hu_min, self.hu_max = float(hu_min), float(hu_max)
+        self.device = torch.device(device)
+        self.step, self.source = step, source
+        self._mask = centre_mask(self.voi_size, self.mask_size)
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, device: str | torch.device = "cpu"):
+        """Load the generator from a checkpoint file, or the newest ``ckpt_*.pt`` in a folder."""
+        ld = _load_generator(path, cls.role, device)
+        return cls(ld.generator, ld.voi_size, ld.mask_size, ld.hu_min, ld.hu_max, device, ld.step, ld.path)
+
+    def _check_diameter(self, d: float) -> None:
+        if not 0 < d <= self.mask_size:
+            raise CTSGANError(f"nodule diameter {d} vox must be in (0, {self.mask_size}] (the {self.role}'s "
+                              f"mask_size; use a model trained with a larger VOI for bigger nodules)")
+
+    @torch.no_grad()
+    def run_voi(self, voi_hu: np.ndarray, shape: np.ndarray, nodule_hu: float | None = None,
+                parts: bool = False):
+        """Run the generator on one VOI (HU) with a shape map; returns the composed VOI in HU.
+
+        Parameters
+        ----------
+        nodule_hu : float, optional
+            Injector: mean density of the painted nodule; default the checkpoint's ``nodule_hu``.
+        parts : bool
+            Also return the generated background and the painted nodule map (HU): ``(composed, background,
+            painted)``.
+        """
+        level = None if nodule_hu is None else float(hu_to_model(np.float32(nodule_hu), self.hu_min, self.hu_max))
+        x = hu_to_model(voi_hu.astype(np.float32), self.hu_min, self.hu_max)
+        if self.role == "injector":
+            x = x * (1.0 - self._mask)   # Jin et al.: the centre is blanked, the model sees only the context
+        cond = torch.from_numpy(np.stack([x, self._mask, shape]).astype(np.float32))[None].to(self.device)
+        b, n = self.generator(cond)
+        s = cond[:, 2:3]
+        out = self.generator.compose(self.role, b, n, s, level)
+
+        def hu(t):
+            return model_to_hu(t[0, 0].float().cpu().numpy(), self.hu_min, self.hu_max).astype(np.float32)
+
+        if not parts:
+            return hu(out)
+        painted = self.generator.paint(n, s, level) if self.role == "injector" else b
+        return hu(out), hu(b), hu(painted)
+
+
+class NoduleInjector(_NoduleModel):
+    """Paint nodules of chosen diameters into a volume (Fig B.1).
+
+    Examples
+    --------
+    >>> inj = NoduleInjector.from_checkpoint("runs/smoke/nodules/injector")      # doctest: +SKIP
+    >>> hu2, nodules = inj.inject(hu, [3.0, 5.0], np.random.default_rng(0))     # doctest: +SKIP
+    """
+
+    role = "injector"
+
+    def inject_at(self, hu: np.ndarray, center: Sequence[int], diameter_vox: float, blend: str = "nodule",
+                  shape: np.ndarray | None = None, nodule_hu: float | None = None) -> np.ndarray:
+        """Inject one nodule centred at ``center``.
+
+        Parameters
+        ----------
+        blend : {"nodule", "voi"}
+            ``"nodule"`` (default) keeps the real tissue and composites the generated nodule (mean density +
+            learned texture) with its partial-volume occupancy ``s``: ``(1 - s) hu + s nodule``, so nothing
+            changes where ``s = 0`` and the edge is as soft as a real partial-volume edge. ``"voi"`` pastes the
+            generator's whole centre cube (background too, as in Jin et al.) with a raised-cosine taper to the
+            VOI faces.
+        shape : ndarray, optional
+            A custom ``voi_size``³ shape map in [0, 1] (e.g. a real LIDC mask from
+            :func:`ctsgan_lib.data.lidc.nodule_mask`); default a ball of ``diameter_vox``.
+        nodule_hu : float, optional
+            Mean density of the nodule (default: the checkpoint's ``cfg.nodules.nodule_hu``, a solid nodule).
+        """
+        self._check_diameter(diameter_vox)
+        s = ball(self.voi_size, diameter_vox) if shape is None else np.asarray(shape, dtype=np.float32)
+        composed, _, painted = self.run_voi(extract_voi(hu, center, self.voi_size), s, nodule_hu, parts=True)
+        if blend == "nodule":
+            # keep the real tissue; composite the generated nodule with its partial-volume occupancy
+            return paste_voi(hu, painted, center, s)
+        if blend == "voi":
+            return paste_voi(hu, composed, center, np.maximum(voi_blend_weight(self.voi_size, self.mask_size), s))
+        raise CTSGANError(f"blend must be 'nodule' or 'voi', got {blend!r}")
+
+    def inject(self, hu: np.ndarray, diameters_vox: Sequence[float], rng: np.random.Generator,
+               lung: np.ndarray | None = None, existing: Iterable[dict] = (), spacing_mm: Sequence[float] | None = None,
+               strict: bool = False, blend: str = "nodule",
+               nodule_hu: float | None = None) -> tuple[np.ndarray, list[dict]]:
+        """Place and paint ``len(diameters_vox)`` nodules.
+
+        Parameters
+        ----------
+        hu : ndarray (z, y, x), HU
+        diameters_vox : sequence of float
+        rng : numpy Generator (placement)
+        lung : ndarray of bool, optional
+            Lung mask; default :func:`ctsgan_lib.data.preprocess.lung_mask`.
+        existing : nodules already in the volume (not overlapped).
+        spacing_mm : (dz, dy, dx), optional
+            Used only to report ``diameter_mm`` (geometric mean spacing).
+        strict : bool
+            Raise :class:`PlacementError` when not all nodules fit; otherwise warn and return fewer.
+
+        Returns
+        -------
+        (hu_new, nodules) : the new volume and one dict per injected nodule (cohort manifest format).
+        """
+        for d in diameters_vox:
+            self._check_diameter(float(d))
+        if lung is None:
+            lung = lung_mask(hu)
+        placed = place_nodules_indexed(lung, diameters_vox, rng, existing)
+        centers = [placed[k] for k in sorted(placed)]
+        placed_d = [float(diameters_vox[k]) for k in sorted(placed)]
+        shortfall = len(diameters_vox) - len(centers)
+        if shortfall:
+            msg = (f"only {len(centers)} of {len(diameters_vox)} nodules fit in the lung mask "
+                   f"({int(np.asarray(lung).sum())} lung voxels); shortfall {shortfall}")
+            if strict:
+                raise PlacementError(msg)
+            warnings.warn(msg, stacklevel=2)
+        out = hu.astype(np.float32, copy=True)
+        sp = float(np.prod(spacing_mm) ** (1 / 3)) if spacing_mm is not None else None
+        nodules = []
+        for c, d in zip(centers, placed_d):
+            out = self.inject_at(out, c, float(d), blend=blend, nodule_hu=nodule_hu)
+            nodules.append({"center_vox": [int(v) for v in c], "diameter_vox": float(d),
+                            "diameter_mm": None if sp is None else float(d) * sp, "kind": "solid",
+                            "action": "injected"})
+        self.last_shortfall = shortfall
+        return out, nodules
+
+
+class NoduleEraser(_NoduleModel):
+    """Replace nodules with healthy tissue (Fig B.2)."""
+
+    role = "eraser"
+
+    def erase(self, hu: np.ndarray, nodules: Iterable[dict], margin_vox: float | None = None) -> np.ndarray:
+        """Erase each nodule (dicts with ``center_vox`` and ``diameter_vox``); returns the new volume in HU.
+
+        The generated healthy VOI is pasted with a raised-cosine weight that is 1 over the nodule and falls to 0
+        over ``margin_vox`` around it, so tissue away from the nodule stays as it was.
+        """
+        out = hu.astype(np.float32, copy=True)
+        for nod in nodules:
+            d = min(float(nod["diameter_vox"]), float(self.mask_size))
+            c = [int(round(float(v))) for v in nod["center_vox"]]
+            w = nodule_blend_weight(self.voi_size, d, margin_vox)
+            gen = self.run_voi(extract_voi(out, c, self.voi_size), w)
+            out = paste_voi(out, gen, c, w)
+        return out

@@ -1,0 +1,172 @@
+"""Tables, captions and plots of the fidelity study (paper Table 1, 2.5D and pooled FID), from its metric records.
+
+The records are the JSON lines of :func:`ctsgan_lib.eval.fidelity.run_fidelity`; :func:`run_table1` is notebook 05 in
+one call (compute the records, then write the tables).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+
+from ..eval.fidelity import PAPER_TABLE1, VIEWS, mean_std, row_label, run_fidelity, table1_sources
+from ..utils.atomic import atomic_write_text
+from ..viz.saving import figure_caption
+
+
+def _row_keys(records: list[dict[str, Any]]) -> list[str]:
+    """Table rows in the paper's order, then any other rows in order of appearance."""
+    seen = list(dict.fromkeys(r["row"] for r in records))
+    return [k for k in PAPER_TABLE1 if k in seen] + [k for k in seen if k not in PAPER_TABLE1]
+
+
+def _fmt(ms: tuple[float, float]) -> str:
+    m, s = ms
+    return "n/a" if not np.isfinite(m) else f"{m:.2f} ± {s:.2f}"
+
+
+def summarise(records: list[dict[str, Any]]):
+    """Table 1, the 2.5D table and the pooled table as pandas DataFrames (mean ± std strings plus raw numbers)."""
+    rows, rows25, rowsp = [], [], []
+    for key in _row_keys(records):
+        rec = [r for r in records if r["row"] == key]
+        fid = [r["value"] for r in rec if r["metric"] == "fid" and r["protocol"] == "pair" and r["view"] == "axial"]
+        isv = [r["value"] for r in rec if r["metric"] == "is"]
+        nan = (float("nan"), float("nan"))
+        paper = PAPER_TABLE1.get(key, {"label": key, "is": nan, "fid": nan})
+        fm, fs = mean_std(fid)
+        im, is_ = mean_std(isv)
+        rows.append({"Data Source": paper["label"], "IS (↑) ours": _fmt((im, is_)),
+                     "IS (↑) paper": _fmt(paper["is"]), "FID (↓) ours": _fmt((fm, fs)),
+                     "FID (↓) paper": _fmt(paper["fid"]), "fid_mean": fm, "fid_std": fs, "is_mean": im,
+                     "is_std": is_, "n_pairs": len(fid), "n_volumes_is": len(isv)})
+        r25 = {"Data Source": paper["label"]}
+        rp = {"Data Source": paper["label"]}
+        for view in VIEWS:
+            v = [r["value"] for r in rec if r["metric"] == "fid" and r["protocol"] == "pair" and r["view"] == view]
+            if v:
+                r25[f"FID {view}"] = _fmt(mean_std(v))
+            p = [r for r in rec if r["metric"] == "fid" and r["protocol"] == "pooled" and r["view"] == view]
+            if p:
+                rp[f"pooled FID {view}"] = f"{p[0]['value']:.2f}"
+                rp[f"slices per side ({view})"] = "/".join(str(n) for n in p[0]["n_slices"])
+        rows25.append(r25)
+        rowsp.append(rp)
+    return pd.DataFrame(rows), pd.DataFrame(rows25), pd.DataFrame(rowsp)
+
+
+def provenance(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """The settings every table states (taken from the records so tables cannot drift from the metrics)."""
+    r = records[0]
+    return {k: r.get(k) for k in ("profile", "data_source", "extractor", "weights_kind", "weights_sha256", "seed",
+                                  "hardware", "comparable_to_paper", "extractor_note", "max_slices", "n_pairs_cfg")}
+
+
+def table_markdown(df, prov: dict[str, Any], title: str) -> str:
+    """A markdown table with its provenance block and, when it applies, the not-comparable warning in it."""
+    cols = [c for c in df.columns if not c.startswith(("fid_", "is_")) and c not in ("n_pairs", "n_volumes_is")]
+    lines = [f"**{title}**", ""]
+    if not prov.get("comparable_to_paper"):
+        lines += [f"> **NOT COMPARABLE TO THE PAPER**: {prov.get('extractor_note')}.", ""]
+    lines += ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for _, r in df.iterrows():
+        lines.append("| " + " | ".join(str(r[c]) for c in cols) + " |")
+    lines += ["", f"profile: {prov['profile']} · data: {prov['data_source']} · extractor: {prov['extractor']} "
+              f"({prov['weights_kind']}, weights SHA-256 {prov['weights_sha256']}) · seed: {prov['seed']} · "
+              f"slices per volume: {prov['max_slices'] or 'all'} · hardware: {prov['hardware']}"]
+    return "\n".join(lines) + "\n"
+
+
+def write_tables(records: list[dict[str, Any]], out_dir: str | Path) -> dict[str, Any]:
+    """Write ``table1.csv``/``table1.md`` (+ ``table_2p5d.*`` and ``table_pooled.*``) atomically; return the frames."""
+    out_dir = Path(out_dir)
+    t1, t25, tp = summarise(records)
+    prov = provenance(records)
+    frames = {"table1": t1, "table_2p5d": t25, "table_pooled": tp}
+    titles = {"table1": "Table 1: slice-wise IS and FID (axial, random scan pairs, mean ± std; the paper's rows: "
+                        "CT-SGAN at 224³, 3D GAN at 128³ resized to 224³; ours at this profile's sizes)",
+              "table_2p5d": "2.5D pair FID per view (mean ± std; beyond the paper)",
+              "table_pooled": "Pooled FID: all slices of many volumes per side (beyond the paper)"}
+    for name, df in frames.items():
+        full = df.copy()
+        for k, v in prov.items():
+            full[k] = v  # the table itself carries profile, data, extractor + hash, seed, hardware, comparability
+        atomic_write_text(out_dir / f"{name}.csv", full.to_csv(index=False))
+        atomic_write_text(out_dir / f"{name}.md", table_markdown(df, prov, titles[name]))
+    return {**frames, "provenance": prov}
+
+
+def fidelity_caption(prov: dict[str, Any]) -> str:
+    """Provenance line for saved figures (``viz.save_figure``): profile, data, seed, extractor + hash, hardware."""
+    extra = f"{prov['extractor']} [{prov['weights_kind']}] weights sha256 {str(prov['weights_sha256'])[:12]}"
+    if not prov.get("comparable_to_paper"):
+        extra += " · NOT ImageNet features: not comparable to the paper"
+    return figure_caption(prov["profile"], prov["data_source"], prov["seed"], extra=extra, hardware=prov["hardware"])
+
+
+def plot_fid_boxplots(records: list[dict[str, Any]], ax=None, view: str = "axial"):
+    """Box plots of the per-pair FID distributions, one box per Table 1 row, with the paper's mean ± std marked."""
+    if ax is None:
+        _, ax = plt.subplots(figsize=(7, 4))
+    keys = _row_keys(records)
+    data = [[r["value"] for r in records if r["row"] == k and r["metric"] == "fid" and r["protocol"] == "pair"
+             and r["view"] == view] for k in keys]
+    ax.boxplot(data, showmeans=True)
+    ax.set_xticks(range(1, len(keys) + 1), [row_label(k).split(" (")[0] for k in keys], fontsize=8)
+    for i, k in enumerate(keys, start=1):
+        if k not in PAPER_TABLE1 or view != "axial":  # the paper reports axial FID only
+            continue
+        m, s = PAPER_TABLE1[k]["fid"]
+        ax.errorbar(i + 0.3, m, yerr=s, fmt="s", color="tab:red", capsize=3,
+                    label="paper mean ± std" if i == 1 else None)
+    prov = provenance(records)
+    ax.set_ylabel(f"per-pair FID ({view})")
+    note = "" if prov["comparable_to_paper"] else "\nNOT ImageNet features: not comparable to the paper"
+    ax.set_title(f"FID over random scan pairs · profile {prov['profile']} · {prov['extractor']} "
+                 f"{str(prov['weights_sha256'])[:12]} · seed {prov['seed']}{note}", fontsize=8)
+    if ax.get_legend_handles_labels()[1]:
+        ax.legend(fontsize=7)
+    return ax
+
+
+def ordering_statement(table1) -> str:
+    """The FID ordering of the Table 1 rows as found (never assumed), beside the paper's."""
+    names = {"Real Data": "real-real", PAPER_TABLE1["gan3d"]["label"]: "3D GAN", PAPER_TABLE1["ctsgan"]["label"]:
+             "CT-SGAN"}
+    rows = sorted(((r["fid_mean"], names.get(r["Data Source"], r["Data Source"])) for _, r in table1.iterrows()),
+                  key=lambda t: t[0])
+    ours = " < ".join(f"{n} ({m:.1f})" for m, n in rows)
+    paper = " < ".join(f"{n} ({PAPER_TABLE1[k]['fid'][0]:.1f})" for k, n in
+                       (("real", "real-real"), ("ctsgan", "CT-SGAN"), ("gan3d", "3D GAN")))
+    return f"FID ordering found: {ours}. Paper: {paper}."
+
+
+def run_table1(cfg, device: str | None = None, progress: bool = True) -> dict[str, Any]:
+    """Notebook 05 in one call: every metric of Table 1 (+ 2.5D and pooled, computed by
+    :func:`ctsgan_lib.eval.fidelity.run_fidelity`) and the tables on disk.
+
+    Writes ``runs/<P>/fidelity/metrics.jsonl`` (replaced atomically, so a rerun does not duplicate lines),
+    ``table1.csv``/``table1.md``, ``table_2p5d.*`` and ``table_pooled.*``.
+
+    Returns
+    -------
+    dict
+        ``records``, ``table1``, ``table_2p5d``, ``table_pooled`` (DataFrames) and ``provenance``.
+    """
+    real, rows = table1_sources(cfg)
+    out_dir = cfg.runs_dir / "fidelity"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir / "metrics.jsonl.new"
+    tmp.unlink(missing_ok=True)
+    records = run_fidelity(cfg, real, rows, out=tmp, device=device, progress=progress)
+    tmp.replace(out_dir / "metrics.jsonl")
+    return {"records": records, **write_tables(records, out_dir)}
+
+
+def records_as_jsonl(records: list[dict[str, Any]]) -> str:
+    """Records as JSON lines text (for display)."""
+    return "".join(json.dumps(r, sort_keys=True, default=str) + "\n" for r in records)
