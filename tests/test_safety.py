@@ -29,7 +29,7 @@ from ctsgan_lib.config import load_profile
 from ctsgan_lib.data.cohort import Cohort, CohortWriter
 from ctsgan_lib.data.io import nifti_affine, write_dicom_series, write_nifti
 from ctsgan_lib.models.ctsgan import build_ctsgan
-from ctsgan_lib.train.checkpoint import save_checkpoint
+from ctsgan_lib.utils.checkpoint import save_checkpoint
 from ctsgan_lib.utils.atomic import file_sha256
 
 VOL = np.random.default_rng(1).integers(-1000, 1000, size=(6, 8, 10)).astype(np.float32)

@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from ctsgan_lib import experiments as ex
+from ctsgan_lib.reporting import classifier as reporting_classifier
 from ctsgan_lib.utils.paths import shareable_path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -99,11 +99,11 @@ def test_fig3b_footer_and_metadata_use_project_relative_paths(tmp_root):
               "data": {"real_source": str(tmp_root / "data" / "smoke" / "debiased"), "real_sources": ["phantom"],
                        "synthetic_source": str(tmp_root / "data" / "smoke" / "synthetic" / "ctsgan"),
                        "injector": {"checkpoint": str(tmp_root / "runs" / "smoke" / "nodules" / "injector" / "c.pt")}}}
-    note = ex.caption([record], "Fig 3b")
+    note = reporting_classifier.classifier_caption([record], "Fig 3b")
     assert "real data data/smoke/debiased" in note and "synthetic data/smoke/synthetic/ctsgan" in note
     assert not _offenders(note) and os.sep + tmp_root.name not in note
     table = pd.DataFrame({"regime": ["real", "real"], "size_vox": [4.0, 6.0], "accuracy_mean": [0.5, 0.6],
                           "accuracy_std": [0.1, 0.1]})
-    fig, (png, pdf) = ex.plot_fig3b(table, tmp_root / "fig3b", note=note)
+    fig, (png, pdf) = reporting_classifier.plot_fig3b(table, tmp_root / "fig3b", note=note)
     plt.close(fig)
     assert _footer(png) == note and note.split(" | ")[1] in _pdf_text(pdf)

@@ -70,7 +70,7 @@ def _decode(df: pd.DataFrame, manifest: Path) -> pd.DataFrame:
     return df
 
 
-def _encode(row: Mapping[str, Any]) -> dict[str, str]:
+def encode_row(row: Mapping[str, Any]) -> dict[str, str]:
     """One manifest row as CSV strings (JSON for lists)."""
     out = {}
     for k, v in row.items():
@@ -475,7 +475,7 @@ class CohortWriter:
     def flush(self) -> None:
         """Rewrite ``manifest.csv`` (sorted by id) and ``failures.csv`` atomically."""
         df = self.frame()
-        text = pd.DataFrame([_encode(r) for r in df.to_dict(orient="records")],
+        text = pd.DataFrame([encode_row(r) for r in df.to_dict(orient="records")],
                             columns=df.columns).to_csv(index=False)
         if text != self._written_manifest:  # an unchanged manifest is not rewritten (finished, read-only cohort)
             atomic_write_bytes(self.root / "manifest.csv", text.encode("utf-8"))

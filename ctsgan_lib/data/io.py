@@ -13,13 +13,19 @@ axis-aligned orientations are permuted/flipped onto it. On disk, NIfTI files are
 
 World positions (``origin_mm``) are LPS millimetres ``(x, y, z)`` of voxel ``[0, 0, 0]``, exactly like DICOM's
 ImagePositionPatient, so ``ctsgan convert`` keeps a scan where the scanner put it (like dcm2niix).
+
+Why this module is long: it is the one place where files meet arrays. Each reader carries its refusals (oblique or
+sheared geometry, spacing, NaN positions, HU outside the stored type, missing decoders, declared size) beside the code
+they guard, and the DICOM writer mirrors the reader's conventions; split apart, one contract would live in two files.
 """
 from __future__ import annotations
 
 import fnmatch
+import gzip
 import os
 import shutil
 import tempfile
+import zlib
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -75,7 +81,8 @@ def _missing_decoder(ds: Any, exc: Exception) -> str | None:
 # ------------------------------------------------------------------------------------------------------------------
 # DICOM
 # ------------------------------------------------------------------------------------------------------------------
-def _is_ignored(name: str, ignore: Sequence[str]) -> bool:
+def is_ignored(name: str, ignore: Sequence[str]) -> bool:
+    """True when the file name matches one of the shell patterns in ``ignore`` (e.g. :data:`IGNORED_FILES`)."""
     return any(fnmatch.fnmatch(name, pat) for pat in ignore)
 
 
@@ -102,7 +109,7 @@ def _header_list(folder: Path, ignore: Sequence[str]) -> list[tuple[Path, Any]]:
         raise InputFileError(folder, "folder not found")
     if not folder.is_dir():
         raise InputFileError(folder, "not a folder (a DICOM series is a folder of slice files)")
-    files = sorted(p for p in folder.iterdir() if p.is_file() and not _is_ignored(p.name, ignore))
+    files = sorted(p for p in folder.iterdir() if p.is_file() and not is_ignored(p.name, ignore))
     if not files:
         raise InputFileError(folder, "empty folder: no DICOM files found")
     headers = []
@@ -544,9 +551,6 @@ def _check_declared_bytes(path: Path, img: Any, shape: tuple[int, ...], dtype: n
     gzip the trailer's ISIZE gives the uncompressed size (modulo 2³²); when it does not suffice (multi-member files,
     sizes above 4 GiB) the stream is decompressed in chunks and counted, never held.
     """
-    import gzip
-    import zlib
-
     name = path.name.lower()
     if not (name.endswith(".nii") or name.endswith(".nii.gz")):
         return  # a .hdr/.img pair keeps its data in the other file; nibabel checks it on read

@@ -30,7 +30,7 @@ from ..utils.paths import claim_output_folder, undo_new_folder
 from . import phantom
 from . import preprocess as pp
 from .cohort import CohortWriter
-from .io import IGNORED_FILES, _is_ignored, lps_to_index, read_dicom_series, read_nifti
+from .io import IGNORED_FILES, is_ignored, lps_to_index, read_dicom_series, read_nifti
 
 SOURCES = ("phantom", "dicom", "nifti", "lidc-nlst")
 
@@ -157,7 +157,7 @@ def find_series_folders(root: Path) -> list[Path]:
     out = []
     for dpath, dnames, fnames in os.walk(root):
         dnames[:] = sorted(d for d in dnames if not d.startswith("."))
-        if any(not _is_ignored(f, IGNORED_FILES) for f in fnames):
+        if any(not is_ignored(f, IGNORED_FILES) for f in fnames):
             out.append(Path(dpath))
     return sorted(out)
 
@@ -166,7 +166,7 @@ def _first_header(folder: Path):
     import pydicom  # 0.2 s to import; only the DICOM sources need it
 
     for f in sorted(folder.iterdir()):
-        if f.is_file() and not _is_ignored(f.name, IGNORED_FILES):
+        if f.is_file() and not is_ignored(f.name, IGNORED_FILES):
             try:
                 return pydicom.dcmread(f, stop_before_pixels=True)
             except Exception:
@@ -332,7 +332,7 @@ def nlst_scans(nlst_dir: Path) -> tuple[list[RawScan], list[tuple[str, str]]]:
             ds = _first_header(folder)
             if ds is None or str(getattr(ds, "Modality", "")) != "CT":
                 continue
-            n = sum(1 for f in folder.iterdir() if f.is_file() and not _is_ignored(f.name, IGNORED_FILES))
+            n = sum(1 for f in folder.iterdir() if f.is_file() and not is_ignored(f.name, IGNORED_FILES))
             if n > best_n:
                 best, best_n = folder, n
         if best is None:

@@ -31,7 +31,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..data.cohort import MANIFEST_COLUMNS, SPLITS, CohortWriter, read_manifest
-from ..data.cohort import _encode  # the one manifest encoder; private until data/cohort.py exports it
+from ..data.cohort import encode_row
 from ..data.io import write_dicom_series
 from ..data.lidc import sample_diameter_mm, sample_nodule_count
 from ..data.preprocess import lung_mask, lung_mask_flags
@@ -301,7 +301,7 @@ def merge_shards(out: str | Path, n_shards: int) -> Path:
     if merged["id"].duplicated().any():
         raise CTSGANError(f"{out}: shards overlap (duplicated ids); were they run with the same --n and --batch?")
     cols = MANIFEST_COLUMNS + [c for c in merged.columns if c not in MANIFEST_COLUMNS]
-    rows = [_encode(r) for r in merged.to_dict(orient="records")]
+    rows = [encode_row(r) for r in merged.to_dict(orient="records")]
     text = pd.DataFrame(rows, columns=cols).to_csv(index=False)
     atomic_write_text(out / "manifest.csv", text)
     return out / "manifest.csv"
