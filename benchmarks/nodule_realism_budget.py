@@ -1,0 +1,127 @@
+"""How many injector iterations until the nodule realism AUC levels off? (issue 19 [injector])
+
+Trains the sphere injector (``nodules.injector: sphere``) for the profile's iterations, then the learned injector in
+segments, and after each segment runs the realism check of :mod:`ctsgan_lib.nodules.realism` on the held-out scans
+(same sites, same realism-CNN seed every time). One JSON line per checkpoint goes to ``--out`` (iterations, training
+seconds so far, AUC with bootstrap interval for the learned and the sphere injector, diameter MAE, hardware, load
+average, commit). The last checkpoint's full result is saved as the stage's record
+(``runs/<P>/nodules/realism/``) and, with ``--figures``, rendered into ``figures/<P>/`` (``nodule_realism.{csv,md}``,
+``figB4_nodule_realism.{png,pdf}``).
+
+Needs the prepared cohort (``ctsgan prepare --profile demo``). The committed demo run:
+
+    CTSGAN_ROOT=/tmp/demo .venv/bin/python benchmarks/nodule_realism_budget.py --profile demo \
+        --checkpoints 100 200 300 --figures --out benchmarks/results/cpu/nodule_realism_budget.jsonl
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+import pandas as pd
+
+from ctsgan_lib.config import checkout_root, load_profile
+from ctsgan_lib.data.cohort import Cohort
+from ctsgan_lib.nodules import NoduleInjector, phantom_truth, train_nodule_gan
+from ctsgan_lib.nodules.realism import load_realism, run_realism, save_realism, size_errors
+from ctsgan_lib.reporting.nodules import save_realism_figure, write_realism_report
+from ctsgan_lib.utils.hardware import git_commit, hardware_info, hardware_label
+from ctsgan_lib.utils.logs import append_jsonl
+from ctsgan_lib.viz import figure_caption
+
+
+def _record(cfg, iterations, train_s, check_s, result, hw, commit, overrides) -> dict:
+    se = result["size_errors"]
+    mae = {s: round(float((se.loc[se.source == s, "mae_vox"] * se.loc[se.source == s, "n"]).sum()
+                          / se.loc[se.source == s, "n"].sum()), 3) for s in sorted(set(se.source))}
+    return {"bench": "nodule_realism_budget", "profile": cfg.profile, "iterations": int(iterations),
+            "train_seconds": round(train_s, 1), "check_seconds": round(check_s, 1), "auc": result["auc"],
+            "diameter_mae_vox": mae, "n_sites": result["n_sites"],
+            "settings": {k: getattr(cfg.nodules, k) for k in ("voi_size", "mask_size", "base_channels", "batch",
+                                                              "realism_steps", "realism_folds")},
+            "hardware": hw, "hardware_label": hardware_label("cpu"), "loadavg": list(os.getloadavg()),
+            "contention": "shared 2-core CPU, other agents running: timings are under contention",
+            "git_commit": commit, "overrides": overrides}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--profile", default="demo")
+    ap.add_argument("--checkpoints", type=int, nargs="+", default=[100, 200, 300],
+                    help="learned-injector iterations at which the realism check runs")
+    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="profile overrides (dotted keys)")
+    ap.add_argument("--max-sites", type=int, default=None, help="cap on held-out nodule sites (quick trials)")
+    ap.add_argument("--sphere-external", action="store_true",
+                    help="wait for runs/<P>/nodules/injector_sphere to be trained by another process")
+    ap.add_argument("--figures", action="store_true", help="write figures/<P>/nodule_realism.* and figB4")
+    ap.add_argument("--out", default="benchmarks/results/cpu/nodule_realism_budget.jsonl")
+    args = ap.parse_args()
+    overrides = dict(kv.split("=", 1) for kv in args.set)
+    overrides = {k: (float(v) if v.replace(".", "", 1).isdigit() and "." in v else
+                     int(v) if v.isdigit() else v) for k, v in overrides.items()}
+    cfg = load_profile(args.profile, **overrides)
+    cohort = Cohort(cfg.data_dir / "cohort")
+    run_dir = cfg.runs_dir / "nodules"
+    hw, commit = hardware_info("cpu"), git_commit(checkout_root())
+
+    t0 = time.perf_counter()
+    held_out = [r for s in ("val", "test") for r in cohort.ids(split=s, has_nodule=1)]
+    truths = {r: phantom_truth(cfg, cohort.row(r)) for r in held_out}   # rendered once, reused by every check
+    truth_s = time.perf_counter() - t0
+    print(f"{len(truths)} nodule-free truths rendered in {truth_s:.0f} s")
+
+    learned_cfg = cfg.replace(**{"nodules.injector": "learned"})
+    train_s, result = 0.0, None
+    for it in sorted(args.checkpoints):
+        t0 = time.perf_counter()
+        res = train_nodule_gan(learned_cfg, "injector", out_dir=run_dir / "injector", device="cpu", iterations=it,
+                               progress=False)
+        train_s += time.perf_counter() - t0
+        injectors = {"learned": NoduleInjector.from_checkpoint(res["checkpoint"], paste="centre"),
+                     "learned_local": NoduleInjector.from_checkpoint(res["checkpoint"], paste="local")}
+        t0 = time.perf_counter()
+        result = run_realism(learned_cfg, injectors, cohort, truth_fn=lambda row: truths[row["id"]],
+                             max_sites=args.max_sites)
+        rec = _record(cfg, it, train_s, time.perf_counter() - t0, result, hw, commit, overrides)
+        append_jsonl(args.out, rec)
+        print(f"iterations {it}: AUC {rec['auc']}; train {train_s:.0f} s, MAE {rec['diameter_mae_vox']}")
+
+    # the sphere injector: trained here, or (--sphere-external) by a parallel process into the same folder
+    sphere_cfg = cfg.replace(**{"nodules.injector": "sphere"})
+    sphere_dir = run_dir / "injector_sphere"
+    if args.sphere_external:
+        while not (sphere_dir / f"ckpt_{cfg.nodules.iterations:06d}.pt").is_file():
+            time.sleep(10)
+    else:
+        train_nodule_gan(sphere_cfg, "injector", out_dir=sphere_dir, device="cpu", progress=False)
+    sphere = NoduleInjector.from_checkpoint(sphere_dir)
+    sphere_s = float(pd.read_csv(sphere_dir / "log.csv")["seconds"].sum())
+    t0 = time.perf_counter()
+    sph = run_realism(sphere_cfg, {"sphere": sphere}, cohort, truth_fn=lambda row: truths[row["id"]],
+                      max_sites=args.max_sites)
+    rec = _record(cfg, sphere.step, sphere_s, time.perf_counter() - t0, sph, hw, commit, overrides)
+    append_jsonl(args.out, rec)
+    print(f"sphere injector, {sphere.step} iterations: AUC {rec['auc']}; train {sphere_s:.0f} s")
+
+    # the stage's record: the last checkpoint, with the sphere injector of the first check (same sites and seeds)
+    result["auc"]["sphere"] = sph["auc"]["sphere"]
+    result["rows"] = pd.concat([result["rows"], sph["rows"][sph["rows"]["source"] == "sphere"]], ignore_index=True)
+    result["size_errors"] = size_errors(result["rows"])
+    result["examples"]["sphere"] = sph["examples"]["sphere"]
+    result["injector_steps"]["sphere"] = int(sphere.step)
+    note = (f"benchmarks/nodule_realism_budget.py --profile {cfg.profile} --checkpoints "
+            f"{' '.join(map(str, args.checkpoints))} at commit {commit}, {hardware_label('cpu')} (shared, under "
+            f"contention); learned injector {max(args.checkpoints)} iterations ({train_s:.0f} s), sphere injector "
+            f"{sphere.step} iterations ({sphere_s:.0f} s)" + (f"; overrides {overrides}" if overrides else ""))
+    save_realism(result, run_dir / "realism", note)
+    if args.figures:
+        rec = load_realism(run_dir / "realism")
+        out = cfg.root / "figures" / cfg.profile
+        cap = figure_caption(cfg.profile, "phantom cohort", cfg.seed)
+        paths = write_realism_report(rec, out, cap) + save_realism_figure(rec, out, cap)
+        print("wrote", ", ".join(str(p) for p in paths))
+
+
+if __name__ == "__main__":
+    main()
