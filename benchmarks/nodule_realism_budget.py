@@ -20,6 +20,7 @@ import os
 import time
 
 import pandas as pd
+import torch
 
 from ctsgan_lib.config import checkout_root, load_profile
 from ctsgan_lib.data.cohort import Cohort
@@ -54,6 +55,10 @@ def main() -> None:
     ap.add_argument("--max-sites", type=int, default=None, help="cap on held-out nodule sites (quick trials)")
     ap.add_argument("--sphere-external", action="store_true",
                     help="wait for runs/<P>/nodules/injector_sphere to be trained by another process")
+    ap.add_argument("--record-at", type=int, default=None,
+                    help="checkpoint whose result becomes runs/<P>/nodules/realism (default nodules.iterations)")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads (1: on the shared 2-core CPU, 2 threads ran 2x slower per step)")
     ap.add_argument("--figures", action="store_true", help="write figures/<P>/nodule_realism.* and figB4")
     ap.add_argument("--out", default="benchmarks/results/cpu/nodule_realism_budget.jsonl")
     args = ap.parse_args()
@@ -61,6 +66,10 @@ def main() -> None:
     overrides = {k: (float(v) if v.replace(".", "", 1).isdigit() and "." in v else
                      int(v) if v.isdigit() else v) for k, v in overrides.items()}
     cfg = load_profile(args.profile, **overrides)
+    torch.set_num_threads(args.threads)
+    record_at = args.record_at or cfg.nodules.iterations
+    if record_at not in args.checkpoints:
+        raise SystemExit(f"--record-at {record_at} is not one of --checkpoints {args.checkpoints}")
     cohort = Cohort(cfg.data_dir / "cohort")
     run_dir = cfg.runs_dir / "nodules"
     hw, commit = hardware_info("cpu"), git_commit(checkout_root())
@@ -72,7 +81,7 @@ def main() -> None:
     print(f"{len(truths)} nodule-free truths rendered in {truth_s:.0f} s")
 
     learned_cfg = cfg.replace(**{"nodules.injector": "learned"})
-    train_s, result = 0.0, None
+    train_s, result, kept = 0.0, None, None
     for it in sorted(args.checkpoints):
         t0 = time.perf_counter()
         res = train_nodule_gan(learned_cfg, "injector", out_dir=run_dir / "injector", device="cpu", iterations=it,
@@ -85,6 +94,8 @@ def main() -> None:
                              max_sites=args.max_sites)
         rec = _record(cfg, it, train_s, time.perf_counter() - t0, result, hw, commit, overrides)
         append_jsonl(args.out, rec)
+        if it == record_at:
+            kept, kept_s = result, train_s
         print(f"iterations {it}: AUC {rec['auc']}; train {train_s:.0f} s, MAE {rec['diameter_mae_vox']}")
 
     # the sphere injector: trained here, or (--sphere-external) by a parallel process into the same folder
@@ -104,7 +115,8 @@ def main() -> None:
     append_jsonl(args.out, rec)
     print(f"sphere injector, {sphere.step} iterations: AUC {rec['auc']}; train {sphere_s:.0f} s")
 
-    # the stage's record: the last checkpoint, with the sphere injector of the first check (same sites and seeds)
+    # the stage's record: the learned injector at --record-at, with the sphere injector (same sites and seeds)
+    result, train_s = kept, kept_s
     result["auc"]["sphere"] = sph["auc"]["sphere"]
     result["rows"] = pd.concat([result["rows"], sph["rows"][sph["rows"]["source"] == "sphere"]], ignore_index=True)
     result["size_errors"] = size_errors(result["rows"])
@@ -112,7 +124,7 @@ def main() -> None:
     result["injector_steps"]["sphere"] = int(sphere.step)
     note = (f"benchmarks/nodule_realism_budget.py --profile {cfg.profile} --checkpoints "
             f"{' '.join(map(str, args.checkpoints))} at commit {commit}, {hardware_label('cpu')} (shared, under "
-            f"contention); learned injector {max(args.checkpoints)} iterations ({train_s:.0f} s), sphere injector "
+            f"contention); learned injector {record_at} iterations ({train_s:.0f} s), sphere injector "
             f"{sphere.step} iterations ({sphere_s:.0f} s)" + (f"; overrides {overrides}" if overrides else ""))
     save_realism(result, run_dir / "realism", note)
     if args.figures:
