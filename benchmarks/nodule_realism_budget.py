@@ -25,7 +25,8 @@ import torch
 from ctsgan_lib.config import checkout_root, load_profile
 from ctsgan_lib.data.cohort import Cohort
 from ctsgan_lib.nodules import NoduleInjector, phantom_truth, train_nodule_gan
-from ctsgan_lib.nodules.realism import load_realism, run_realism, save_realism, size_errors
+from ctsgan_lib.nodules.realism import (experiment_size_check, load_realism, run_realism, save_realism,
+                                        size_errors)
 from ctsgan_lib.reporting.nodules import save_realism_figure, write_realism_report
 from ctsgan_lib.utils.hardware import git_commit, hardware_info, hardware_label
 from ctsgan_lib.utils.logs import append_jsonl
@@ -59,6 +60,8 @@ def main() -> None:
                     help="checkpoint whose result becomes runs/<P>/nodules/realism (default nodules.iterations)")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads (1: on the shared 2-core CPU, 2 threads ran 2x slower per step)")
+    ap.add_argument("--finish-only", action="store_true",
+                    help="skip training and checks: add the study-size check to the saved record and render it")
     ap.add_argument("--figures", action="store_true", help="write figures/<P>/nodule_realism.* and figB4")
     ap.add_argument("--out", default="benchmarks/results/cpu/nodule_realism_budget.jsonl")
     args = ap.parse_args()
@@ -73,6 +76,9 @@ def main() -> None:
     cohort = Cohort(cfg.data_dir / "cohort")
     run_dir = cfg.runs_dir / "nodules"
     hw, commit = hardware_info("cpu"), git_commit(checkout_root())
+
+    if args.finish_only:
+        return _finish(cfg, args.figures)
 
     t0 = time.perf_counter()
     held_out = [r for s in ("val", "test") for r in cohort.ids(split=s, has_nodule=1)]
@@ -127,7 +133,19 @@ def main() -> None:
             f"contention); learned injector {record_at} iterations ({train_s:.0f} s), sphere injector "
             f"{sphere.step} iterations ({sphere_s:.0f} s)" + (f"; overrides {overrides}" if overrides else ""))
     save_realism(result, run_dir / "realism", note)
-    if args.figures:
+    _finish(cfg, args.figures)
+
+
+def _finish(cfg, figures: bool) -> None:
+    """Add the size check at the study's sizes (``nodules.diameters_vox``) to the saved record; render it."""
+    run_dir = cfg.runs_dir / "nodules"
+    rec = load_realism(run_dir / "realism")
+    injectors = {"learned": NoduleInjector.from_checkpoint(run_dir / "injector", paste="centre"),
+                 "sphere": NoduleInjector.from_checkpoint(run_dir / "injector_sphere")}
+    rec["experiment_sizes"] = experiment_size_check(injectors, Cohort(cfg.data_dir / "cohort"),
+                                                    cfg.nodules.diameters_vox, n_scans=6, seed=cfg.seed)
+    save_realism(rec, run_dir / "realism", rec.get("note", ""))
+    if figures:
         rec = load_realism(run_dir / "realism")
         out = cfg.root / "figures" / cfg.profile
         cap = figure_caption(cfg.profile, "phantom cohort", cfg.seed)

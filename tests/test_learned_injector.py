@@ -11,7 +11,9 @@ from ctsgan_lib.data.cohort import Cohort
 from ctsgan_lib.errors import CTSGANError
 from ctsgan_lib.nodules import (NoduleEraser, NoduleInjector, centre_feather_weight, erasure_check, extract_voi,
                                 measure_nodule, train_nodule_gan)
-from ctsgan_lib.nodules.realism import realism_vois
+from ctsgan_lib.nodules.realism import (experiment_size_check, load_realism, realism_vois, run_realism,
+                                        save_realism)
+from ctsgan_lib.reporting.nodules import save_realism_figure, write_realism_report
 
 from nodule_fixtures import make_cohort
 
@@ -144,3 +146,20 @@ def test_realism_vois_are_matched_sites_of_the_held_out_truth(learned):
     cen = c.row(rid)["nodules"][0]["center_vox"]
     t = extract_voi(truth[rid], cen, data.native.shape[1])
     assert np.array_equal(data.injected["learned"][0][0], t[0])
+
+
+def test_realism_record_round_trips_into_the_report_and_figure(learned, tmp_path):
+    c, truth = learned["cohort"], learned["truth"]
+    cfg = learned["cfg"].replace(**{"nodules.realism_steps": 10, "nodules.realism_folds": 2,
+                                    "nodules.realism_bootstrap": 20})
+    inj = {"learned": learned["inj"], "sphere": learned["sph"]}
+    res = run_realism(cfg, inj, c, truth_fn=lambda row: truth[row["id"]], splits=("train", "test"), max_sites=12)
+    res["experiment_sizes"] = experiment_size_check(inj, c, [3.0, 5.0], n_scans=2)
+    save_realism(res, tmp_path / "rec", note="test run")
+    rec = load_realism(tmp_path / "rec")
+    assert rec["auc"]["learned"]["auc"] == pytest.approx(res["auc"]["learned"]["auc"])
+    assert set(rec["experiment_sizes"]["source"]) == {"learned", "sphere"}
+    paths = write_realism_report(rec, tmp_path / "fig", "caption") + save_realism_figure(rec, tmp_path / "fig")
+    md = (tmp_path / "fig" / "nodule_realism.md").read_text()
+    assert "Run: test run" in md and f"{rec['auc']['sphere']['auc']:.3f}" in md and "study's sizes" in md
+    assert all(p.is_file() and p.stat().st_size > 0 for p in paths)

@@ -37,6 +37,7 @@ from torch import nn
 from ..data.intensity import hu_to_model
 from ..errors import CTSGANError, MissingInputError
 from ..utils.atomic import atomic_path, atomic_write_text
+from .checks import injection_check
 from .geometry import ball, extract_voi, lung_of, measure_nodule, place_nodules_indexed
 
 NODULE_FLOOR_HU = -650.0      # nodule region for the measurements: ground glass (about -550 HU) and brighter
@@ -326,7 +327,7 @@ def examples_per_size(data: RealismSet, per_size: int = 1) -> dict[str, np.ndarr
 
 
 def run_realism(cfg, injectors: Mapping[str, object], cohort, truth_fn=None, seed: int | None = None,
-                max_sites: int | None = None) -> dict:
+                max_sites: int | None = None, splits: Sequence[str] = ("val", "test")) -> dict:
     """The realism check of the nodule stage: matched VOIs, realism AUC per injector, measurements, size errors.
 
     Parameters
@@ -334,7 +335,8 @@ def run_realism(cfg, injectors: Mapping[str, object], cohort, truth_fn=None, see
     cfg : Config
         ``cfg.nodules.realism_folds`` / ``realism_steps`` / ``realism_bootstrap``, ``mask_size``, ``seed``.
     injectors : {name: NoduleInjector}, e.g. ``{"learned": ..., "sphere": ...}``
-    cohort : the prepared cohort (held-out splits ``val`` and ``test``).
+    cohort : the prepared cohort.
+    splits : the held-out splits (default ``val`` and ``test``).
     truth_fn : ``row -> hu`` nodule-free truth (phantom), optional.
 
     Returns
@@ -345,7 +347,7 @@ def run_realism(cfg, injectors: Mapping[str, object], cohort, truth_fn=None, see
     """
     nc = cfg.nodules
     seed = cfg.seed if seed is None else int(seed)
-    data = realism_vois(cohort, injectors, nc.mask_size, truth_fn, seed=seed, max_sites=max_sites)
+    data = realism_vois(cohort, injectors, nc.mask_size, truth_fn, splits=splits, seed=seed, max_sites=max_sites)
     aucs = compare_injectors(data, folds=nc.realism_folds, steps=nc.realism_steps, seed=seed,
                              n_boot=nc.realism_bootstrap)
     return {"auc": {k: {kk: vv for kk, vv in v.items() if kk not in ("scores", "labels")} for k, v in aucs.items()},
@@ -354,12 +356,29 @@ def run_realism(cfg, injectors: Mapping[str, object], cohort, truth_fn=None, see
             "injector_steps": {k: int(getattr(v, "step", 0)) for k, v in injectors.items()}}
 
 
+def experiment_size_check(injectors: Mapping[str, object], cohort, diameters_vox: Sequence[float], n_scans: int = 6,
+                          seed: int = 0) -> pd.DataFrame:
+    """Size control at the detection study's sizes (``nodules.diameters_vox``, Fig 3b): each injector paints every
+    size into ``n_scans`` nodule-free scans (test, val, then train); one row per nodule with ``source``,
+    ``requested_vox`` and ``measured_vox`` (half maximum). Sizes above the training nodules' are extrapolation for
+    the learned injector."""
+    frames = []
+    for name, inj in injectors.items():
+        sizes = [float(d) for d in diameters_vox if float(d) <= inj.mask_size]
+        df = injection_check(inj, cohort, sizes, n_scans=n_scans, seed=seed)
+        frames.append(df.assign(source=name)[["source", "scan", "requested_vox", "measured_vox", "core_hu"]])
+    return pd.concat(frames, ignore_index=True)
+
+
 def save_realism(result: dict, folder: str | Path, note: str = "") -> Path:
     """Write a :func:`run_realism` result to ``folder``: ``realism.json`` (AUCs, protocol, ``note`` saying which run
     made it), ``rows.csv`` (measurements), ``size_errors.csv`` and ``examples.npz`` (figure VOIs). Atomic per file."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    for name, df in (("rows.csv", result["rows"]), ("size_errors.csv", result["size_errors"])):
+    tables = [("rows.csv", result["rows"]), ("size_errors.csv", result["size_errors"])]
+    if result.get("experiment_sizes") is not None:
+        tables.append(("experiment_sizes.csv", result["experiment_sizes"]))
+    for name, df in tables:
         with atomic_path(folder / name) as tmp:
             df.to_csv(tmp, index=False)
     with atomic_path(folder / "examples.npz") as tmp:
@@ -381,6 +400,8 @@ def load_realism(folder: str | Path) -> dict:
     out = json.loads((folder / "realism.json").read_text())
     out["rows"] = pd.read_csv(folder / "rows.csv", keep_default_na=True)
     out["size_errors"] = pd.read_csv(folder / "size_errors.csv")
+    if (folder / "experiment_sizes.csv").is_file():
+        out["experiment_sizes"] = pd.read_csv(folder / "experiment_sizes.csv")
     with np.load(folder / "examples.npz") as z:
         out["examples"] = {k: z[k] for k in z.files}
     return out

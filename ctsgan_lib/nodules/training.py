@@ -231,13 +231,13 @@ def train_nodule_gan(cfg: Config, role: str = "injector", cohort_dir: str | Path
     last = latest_checkpoint(out) if resume else None
     if last is not None:
         ck = load_checkpoint(last, kind=f"nodule_{role}", map_location="cpu")
+        if role == "injector" and ck["extra"].get("injector", "sphere") != kind:
+            raise CTSGANError(f"{last}: a {ck['extra'].get('injector', 'sphere')} injector, but nodules.injector is "
+                              f"{kind!r}; pass --fresh (or resume=False) to start over")
         load_state_strict(gen, ck["models"]["generator"], str(last))
         load_state_strict(disc, ck["models"]["discriminator"], str(last))
         opt_g.load_state_dict(ck["optimizers"]["g"])
         opt_d.load_state_dict(ck["optimizers"]["d"])
-        if role == "injector" and ck["extra"].get("injector", "sphere") != kind:
-            raise CTSGANError(f"{last}: a {ck['extra'].get('injector', 'sphere')} injector, but nodules.injector is "
-                              f"{kind!r}; pass --fresh (or resume=False) to start over")
         if ck.get("rng"):
             set_rng_state(ck["rng"])
         step, resumed_from = int(ck["step"]), str(last)
