@@ -25,7 +25,7 @@ import torch
 from ctsgan_lib.config import checkout_root, load_profile
 from ctsgan_lib.data.cohort import Cohort
 from ctsgan_lib.nodules import NoduleInjector, phantom_truth, train_nodule_gan
-from ctsgan_lib.nodules.realism import (experiment_size_check, load_realism, run_realism, save_realism,
+from ctsgan_lib.nodules.realism import (NoInjection, experiment_size_check, load_realism, run_realism, save_realism,
                                         size_errors)
 from ctsgan_lib.reporting.nodules import save_realism_figure, write_realism_report
 from ctsgan_lib.utils.hardware import git_commit, hardware_info, hardware_label
@@ -60,6 +60,11 @@ def main() -> None:
                     help="checkpoint whose result becomes runs/<P>/nodules/realism (default nodules.iterations)")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads (1: on the shared 2-core CPU, 2 threads ran 2x slower per step)")
+    ap.add_argument("--recheck", action="store_true",
+                    help="checks only, on the learned checkpoints (waited for) another process trains; the sphere "
+                         "injector and the power baseline with the first one")
+    ap.add_argument("--none-only", action="store_true",
+                    help="only the power baseline (no injection) into runs/<P>/nodules/realism_none (parallel run)")
     ap.add_argument("--finish-only", action="store_true",
                     help="skip training and checks: add the study-size check to the saved record and render it")
     ap.add_argument("--figures", action="store_true", help="write figures/<P>/nodule_realism.* and figB4")
@@ -79,6 +84,10 @@ def main() -> None:
 
     if args.finish_only:
         return _finish(cfg, args.figures)
+    if args.none_only:
+        return _none_baseline(cfg)
+    if args.recheck:
+        return _recheck(cfg, args, hw, commit, overrides, record_at)
 
     t0 = time.perf_counter()
     held_out = [r for s in ("val", "test") for r in cohort.ids(split=s, has_nodule=1)]
@@ -136,14 +145,85 @@ def main() -> None:
     _finish(cfg, args.figures)
 
 
+def _wait(path) -> None:
+    while not path.is_file():
+        time.sleep(10)
+    time.sleep(2)   # the checkpoint is written atomically; give the writer a moment to finish its log line
+
+
+def _recheck(cfg, args, hw, commit, overrides, record_at) -> None:
+    """The checks of the main mode, on checkpoints trained by another process (to use both cores)."""
+    cohort = Cohort(cfg.data_dir / "cohort")
+    run_dir = cfg.runs_dir / "nodules"
+    held_out = [r for s in ("val", "test") for r in cohort.ids(split=s, has_nodule=1)]
+    truths = {r: phantom_truth(cfg, cohort.row(r)) for r in held_out}
+    sphere_dir = run_dir / "injector_sphere"
+    _wait(sphere_dir / f"ckpt_{cfg.nodules.iterations:06d}.pt")
+    sphere = NoduleInjector.from_checkpoint(sphere_dir)
+    kept = None
+    for k, it in enumerate(sorted(args.checkpoints)):
+        ck = run_dir / "injector" / f"ckpt_{it:06d}.pt"
+        _wait(ck)
+        injectors = {"learned": NoduleInjector.from_checkpoint(ck, paste="centre"),
+                     "learned_local": NoduleInjector.from_checkpoint(ck, paste="local")}
+        if k == 0:
+            injectors.update({"sphere": sphere, "none": NoInjection(cfg.nodules.voi_size, cfg.nodules.mask_size)})
+        t0 = time.perf_counter()
+        res = run_realism(cfg, injectors, cohort, truth_fn=lambda row: truths[row["id"]], max_sites=args.max_sites)
+        log = pd.read_csv(run_dir / "injector" / "log.csv")
+        train_s = float(log.loc[log["step"] <= it, "seconds"].sum())
+        rec = _record(cfg, it, train_s, time.perf_counter() - t0, res, hw, commit, overrides)
+        rec["cnn_pooling"] = "flatten"
+        append_jsonl(args.out, rec)
+        print(f"iterations {it}: AUC { {n: round(a['auc'], 3) for n, a in res['auc'].items()} }", flush=True)
+        if k == 0:
+            first = res
+        if it == record_at:
+            kept, kept_s = res, train_s
+    # the record: the learned injector at record_at, with the sphere and the power baseline of the first check
+    for name in ("sphere", "none"):
+        if name not in kept["auc"]:
+            kept["auc"][name] = first["auc"][name]
+            kept["rows"] = pd.concat([kept["rows"], first["rows"][first["rows"]["source"] == name]],
+                                     ignore_index=True)
+    kept["size_errors"] = size_errors(kept["rows"])
+    kept["examples"]["sphere"] = first["examples"]["sphere"]
+    kept["injector_steps"]["sphere"] = int(sphere.step)
+    sphere_s = float(pd.read_csv(sphere_dir / "log.csv")["seconds"].sum())
+    note = (f"benchmarks/nodule_realism_budget.py --profile {cfg.profile} --recheck --checkpoints "
+            f"{' '.join(map(str, args.checkpoints))} at commit {commit}, {hardware_label('cpu')} (shared, under "
+            f"contention); learned injector {record_at} iterations ({kept_s:.0f} s of steps), sphere injector "
+            f"{sphere.step} iterations ({sphere_s:.0f} s); sites, seeds and realism-CNN seeds identical for all"
+            + (f"; overrides {overrides}" if overrides else ""))
+    save_realism(kept, run_dir / "realism", note)
+    _finish(cfg, args.figures)
+
+
+def _none_baseline(cfg) -> None:
+    """The realism check's power baseline: native nodules against the same sites of the truth, nothing injected."""
+    cohort = Cohort(cfg.data_dir / "cohort")
+    none = run_realism(cfg, {"none": NoInjection(cfg.nodules.voi_size, cfg.nodules.mask_size)}, cohort,
+                       truth_fn=lambda row: phantom_truth(cfg, row))
+    save_realism(none, cfg.runs_dir / "nodules" / "realism_none", "power baseline (no injection)")
+    print(f"power baseline: AUC {none['auc']['none']}")
+
+
 def _finish(cfg, figures: bool) -> None:
     """Add the size check at the study's sizes (``nodules.diameters_vox``) to the saved record; render it."""
     run_dir = cfg.runs_dir / "nodules"
     rec = load_realism(run_dir / "realism")
     injectors = {"learned": NoduleInjector.from_checkpoint(run_dir / "injector", paste="centre"),
                  "sphere": NoduleInjector.from_checkpoint(run_dir / "injector_sphere")}
-    rec["experiment_sizes"] = experiment_size_check(injectors, Cohort(cfg.data_dir / "cohort"),
-                                                    cfg.nodules.diameters_vox, n_scans=6, seed=cfg.seed)
+    cohort = Cohort(cfg.data_dir / "cohort")
+    rec["experiment_sizes"] = experiment_size_check(injectors, cohort, cfg.nodules.diameters_vox, n_scans=6,
+                                                    seed=cfg.seed)
+    if "none" not in rec["auc"]:   # the power baseline: native nodules against no nodule at all
+        if not (run_dir / "realism_none" / "realism.json").is_file():
+            _none_baseline(cfg)
+        none = load_realism(run_dir / "realism_none")
+        rec["auc"]["none"] = none["auc"]["none"]
+        rec["rows"] = pd.concat([rec["rows"], none["rows"][none["rows"]["source"] == "none"]], ignore_index=True)
+        rec["size_errors"] = size_errors(rec["rows"])
     save_realism(rec, run_dir / "realism", rec.get("note", ""))
     if figures:
         rec = load_realism(run_dir / "realism")

@@ -10,7 +10,7 @@ from ctsgan_lib.config import load_profile
 from ctsgan_lib.data.cohort import Cohort
 from ctsgan_lib.errors import CTSGANError
 from ctsgan_lib.nodules import (NoduleEraser, NoduleInjector, centre_feather_weight, erasure_check, extract_voi,
-                                measure_nodule, train_nodule_gan)
+                                measure_nodule, paste_voi, train_nodule_gan)
 from ctsgan_lib.nodules.realism import (experiment_size_check, load_realism, realism_vois, run_realism,
                                         save_realism)
 from ctsgan_lib.reporting.nodules import save_realism_figure, write_realism_report
@@ -103,13 +103,11 @@ def test_paste_back_leaves_everything_outside_the_voi_bit_identical(learned):
         out, nods = inj.inject(hu, [3.0, 4.0, 5.0], np.random.default_rng(0), lung=lung)
         near = np.zeros(hu.shape, bool)
         support = np.zeros(hu.shape, bool)
-        w = inj.paste_weight(4.0)
         for n in nods:
             lo = [v - inj.voi_size // 2 for v in n["center_vox"]]
             near[tuple(slice(max(l, 0), l + inj.voi_size) for l in lo)] = True
-            box = tuple(slice(max(l, 0), l + inj.voi_size) for l in lo)
-            crop = tuple(slice(max(0, -l), max(0, -l) + (s.stop - s.start)) for l, s in zip(lo, box))
-            support[box] |= w[crop][tuple(slice(0, s.stop - s.start) for s in box)] > 0
+            w = inj.paste_weight(n["diameter_vox"])
+            support |= paste_voi(np.zeros(hu.shape, np.float32), np.ones_like(w), n["center_vox"], w) > 0
         assert np.array_equal(out[~near], hu[~near])
         assert np.array_equal(out[~support], hu[~support])                       # not even inside the VOI's rim
         assert not np.array_equal(out, hu)

@@ -12,7 +12,7 @@ from matplotlib.figure import Figure
 from ..utils.atomic import atomic_path, atomic_write_text
 from ..viz import save_figure
 
-SOURCES_ORDER = ("native", "learned", "learned_local", "sphere")
+SOURCES_ORDER = ("native", "learned", "learned_local", "sphere", "none")
 FEATURES = {"measured_vox": "equivalent diameter (vox)", "mean_hu": "mean HU", "sd_hu": "HU spread (SD)",
             "sphericity": "sphericity (voxel faces)", "ggo_share": "ground-glass share"}
 
@@ -99,6 +99,13 @@ def write_realism_report(record: dict, out: str | Path, caption: str = "") -> li
         lo, sp = record["auc"]["learned"]["auc"], record["auc"]["sphere"]["auc"]
         better = (f"The learned injector's AUC is {'below' if lo < sp else 'NOT below'} the sphere injector's "
                   f"({lo:.3f} vs {sp:.3f}); closer to 0.5 is more realistic.\n\n")
+    if "none" in record["auc"]:
+        nb = record["auc"]["none"]
+        better += (f"Power baseline `none` (native nodules against the same sites with no nodule at all): AUC "
+                   f"{nb['auc']:.3f} [{nb['ci_low']:.3f}, {nb['ci_high']:.3f}]. "
+                   + ("Its interval includes 0.5: the CNN cannot even find these nodules, so the injector AUCs above "
+                      "cannot rank the injectors on this cohort.\n\n" if nb["ci_low"] <= 0.5 else
+                      "The CNN finds the native nodules, so the check has power.\n\n"))
     md = ["# Nodule realism: native against injected nodules", "",
           f"Run: {record.get('note') or 'not recorded'}", "",
           f"Protocol: held-out scans (val + test), {record['n_sites']} native nodules; each injector paints a nodule "
