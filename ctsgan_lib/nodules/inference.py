@@ -44,6 +44,7 @@ class _Loaded:
     kind: str
     feather_vox: float
     paste: str
+    max_train_vox: float
 
 
 def injector_kind(extra: dict, role: str) -> str:
@@ -81,11 +82,14 @@ def _load_generator(path: str | Path, role: str, device: str | torch.device) -> 
     load_state_strict(g, ck["models"]["generator"], str(path))
     g.eval().to(device)
     return _Loaded(g, role, int(ex["voi_size"]), int(ex["mask_size"]), float(ex["hu_min"]), float(ex["hu_max"]),
-                   int(ck["step"]), str(path), kind, float(ex.get("feather_vox", 0.0)), str(ex.get("paste", "centre")))
+                   int(ck["step"]), str(path), kind, float(ex.get("feather_vox", 0.0)), str(ex.get("paste", "centre")),
+                   float(np.percentile(ex["train_diameters_vox"], 90)) if ex.get("train_diameters_vox")
+                   else float("inf"))
 
 
 class _NoduleModel:
     role = ""
+    max_train_vox = float("inf")   # learned injector: 90th percentile of its training nodules' diameters
 
     def __init__(self, generator: NoduleGenerator, voi_size: int, mask_size: int, hu_min: float = -1000.0,
                  hu_max: float = 400.0, device: str | torch.device = "cpu", step: int = 0, source: str = "",
@@ -110,8 +114,10 @@ class _NoduleModel:
         ``paste`` (learned injector): ``"centre"`` / ``"local"``; default the checkpoint's ``nodules.paste``.
         """
         ld = _load_generator(path, cls.role, device)
-        return cls(ld.generator, ld.voi_size, ld.mask_size, ld.hu_min, ld.hu_max, device, ld.step, ld.path, ld.kind,
-                   ld.feather_vox, paste if paste is not None else ld.paste)
+        model = cls(ld.generator, ld.voi_size, ld.mask_size, ld.hu_min, ld.hu_max, device, ld.step, ld.path, ld.kind,
+                    ld.feather_vox, paste if paste is not None else ld.paste)
+        model.max_train_vox = ld.max_train_vox
+        return model
 
     def _check_diameter(self, d: float) -> None:
         if not 0 < d <= self.mask_size:
@@ -258,6 +264,12 @@ class NoduleInjector(_NoduleModel):
         """
         for d in diameters_vox:
             self._check_diameter(float(d))
+        if self.kind == "learned" and max(map(float, diameters_vox), default=0.0) > self.max_train_vox:
+            # the learned injector paints what it saw: beyond its training sizes it may paint nothing (demo: 3-8 vox)
+            warnings.warn(f"learned injector asked for {max(map(float, diameters_vox)):g} vox nodules but 90 % of its "
+                          f"training nodules are below {self.max_train_vox:.2f} vox: size control is not trained there "
+                          f"(docs/nodules.md); the sphere injector (nodules.injector: sphere) paints any size",
+                          stacklevel=2)
         if lung is None:
             lung = lung_mask(hu)
         placed = place_nodules_indexed(lung, diameters_vox, rng, existing)

@@ -97,8 +97,14 @@ def write_realism_report(record: dict, out: str | Path, caption: str = "") -> li
     better = ""
     if {"learned", "sphere"} <= set(record["auc"]):
         lo, sp = record["auc"]["learned"]["auc"], record["auc"]["sphere"]["auc"]
-        better = (f"The learned injector's AUC is {'below' if lo < sp else 'NOT below'} the sphere injector's "
-                  f"({lo:.3f} vs {sp:.3f}); closer to 0.5 is more realistic.\n\n")
+        better = (f"The learned injector's AUC (Jin et al.'s paste-back of the whole centre) is "
+                  f"{'below' if lo < sp else 'NOT below'} the sphere injector's ({lo:.3f} vs {sp:.3f}); closer to "
+                  "0.5 is more realistic.")
+        if "learned_local" in record["auc"]:
+            ll = record["auc"]["learned_local"]["auc"]
+            better += (f" With the local paste-back (`nodules.paste: local`) it is {'below' if ll < sp else 'NOT below'}"
+                       f" ({ll:.3f}).")
+        better += "\n\n"
     if "none" in record["auc"]:
         nb = record["auc"]["none"]
         better += (f"Power baseline `none` (native nodules against the same sites with no nodule at all): AUC "
