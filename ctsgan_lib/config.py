@@ -63,6 +63,12 @@ class NoduleConfig:
     diameters_vox: list[float] = field(default_factory=lambda: [3.0, 5.0])  # experiment sizes (paper: 6..16 at 224³)
     nodule_hu: float = 40.0             # solid-nodule density the injector's nodule map starts from (HU)
     eraser_pairs_per_scan: int = 4      # injected nodules per nodule-free training scan for the eraser's pairs
+    injector: str = "learned"           # "learned" (Jin et al.: the GAN paints shape and density) or "sphere"
+    feather_vox: float = 0.0            # width of the paste-back blend across the mask border; 0 = mask_size / 4
+    paste: str = "centre"               # learned injector paste-back: "centre" (Jin et al.) or "local" (docs/nodules.md)
+    realism_steps: int = 150            # realism CNN: training steps per fold (docs/nodules.md)
+    realism_folds: int = 4              # ... folds, grouped by scan (held-out scores for every VOI)
+    realism_bootstrap: int = 1000       # ... bootstrap resamples for the AUC interval
 
 
 @dataclass

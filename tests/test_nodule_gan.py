@@ -21,10 +21,11 @@ from nodule_fixtures import make_cohort
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """A toy cohort plus an injector and an eraser trained at smoke size (24 iterations each)."""
+    """A toy cohort plus a *sphere* injector and an eraser trained at smoke size (24 iterations each); the learned
+    injector has its own tests (test_learned_injector.py)."""
     root = tmp_path_factory.mktemp("nodgan")
     cohort_dir, truth = make_cohort(root / "cohort")
-    cfg = load_profile("smoke", **{"nodules.iterations": 24, "nodules.ckpt_every": 12})
+    cfg = load_profile("smoke", **{"nodules.iterations": 24, "nodules.ckpt_every": 12, "nodules.injector": "sphere"})
     train_nodule_gan(cfg, "injector", cohort_dir, root / "injector", device="cpu", progress=False)
     train_nodule_gan(cfg, "eraser", cohort_dir, root / "eraser", device="cpu", injector_dir=root / "injector",
                      progress=False)
@@ -120,22 +121,32 @@ def test_too_many_nodules_is_a_reported_shortfall_not_a_hang(trained):
 
 
 # ------------------------------------------------------------------------------------------------ model
-def test_generator_controls_the_nodule_through_the_shape_channel():
+def test_sphere_generator_controls_the_nodule_through_the_shape_channel():
     torch.manual_seed(0)
     for v in (16, 32):
         g = NoduleGenerator(v, 4, prior_model=(-0.8, 0.4))
         cond = torch.randn(2, 3, v, v, v)
-        b, n = g(cond)
-        assert b.shape == n.shape == (2, 1, v, v, v)
-        assert abs(b.mean().item() + 0.8) < 0.1 and abs(n.mean().item() - 0.4) < 0.1   # starts at the data prior
         s = (torch.rand(2, 1, v, v, v) > 0.5).float()
-        out = g.compose("injector", b, n, s)
+        cond[:, 2:3] = s
+        raw = g(cond)
+        b, n = raw[:, :1], raw[:, 1:]
+        assert raw.shape == (2, 2, v, v, v)
+        assert abs(b.mean().item() + 0.8) < 0.1 and abs(n.mean().item() - 0.4) < 0.1   # starts at the data prior
+        out = g.compose(raw, cond)
         assert torch.equal(out[s == 0], b[s == 0])
         t = n - (n * s).sum((1, 2, 3, 4), keepdim=True) / s.sum((1, 2, 3, 4), keepdim=True)
         assert torch.allclose(out[s == 1], (0.4 + t)[s == 1].clamp(-1, 1), atol=1e-5)   # level + zero-mean texture
         assert PatchDiscriminator3D(4)(out, cond).shape[:2] == (2, 1)
     with pytest.raises(ValueError):
         NoduleGenerator(24)
+
+
+def test_learned_generator_has_five_inputs_and_paints_one_map():
+    g = NoduleGenerator(16, 4, prior_model=(-0.7, -0.7), in_channels=5, out_channels=1)
+    cond = torch.randn(2, 5, 16, 16, 16)
+    out = g(cond)
+    assert out.shape == (2, 1, 16, 16, 16) and torch.equal(g.compose(out, cond), out)
+    assert abs(out.mean().item() + 0.7) < 0.1
 
 
 # ------------------------------------------------------------------------------------------------ training

@@ -22,6 +22,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_profile_args(t)
     t.add_argument("--cohort", default=None, help="cohort folder (default data/<P>/cohort)")
     t.add_argument("--out", default=None, help="run folder (default runs/<P>/nodules/<role>)")
+    t.add_argument("--injector", choices=["learned", "sphere"], default=None,
+                   help="injector kind (default the profile's nodules.injector); another kind than the profile's "
+                        "trains into runs/<P>/nodules/injector_<kind> (e.g. the sphere control of the realism check)")
     mode = t.add_mutually_exclusive_group()
     mode.add_argument("--resume", action="store_true",
                       help="continue from the newest checkpoint (the default; accepted for symmetry with --fresh)")
@@ -51,7 +54,13 @@ def run_train(args: argparse.Namespace) -> int:
     from ..nodules import train_nodule_gan
 
     cfg = config_from_args(args)
-    res = train_nodule_gan(cfg, args.role, cohort_dir=args.cohort, out_dir=args.out, resume=not args.fresh,
+    out = args.out
+    kind = getattr(args, "injector", None)
+    if kind and kind != cfg.nodules.injector:
+        if args.role == "injector" and out is None:
+            out = cfg.runs_dir / "nodules" / f"injector_{kind}"
+        cfg = cfg.replace(**{"nodules.injector": kind})
+    res = train_nodule_gan(cfg, args.role, cohort_dir=args.cohort, out_dir=out, resume=not args.fresh,
                            device=args.device, progress=not args.no_progress)
     print(f"{args.role}: step {res['step']}, {res['n_train']} training VOIs, checkpoint {res['checkpoint']}")
     return 0

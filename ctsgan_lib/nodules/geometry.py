@@ -108,6 +108,22 @@ def voi_blend_weight(voi_size: int, mask_size: int) -> np.ndarray:
     return (w1[:, None, None] * w1[None, :, None] * w1[None, None, :]).astype(np.float32)
 
 
+def centre_feather_weight(voi_size: int, mask_size: int, feather_vox: float = 0.0) -> np.ndarray:
+    """Jin-style paste-back weight: 1 over the centre cube, a raised-cosine feather across its border, 0 beyond.
+
+    Per axis the weight falls from 1 at ``mask_size / 2 - feather / 2`` voxels from the centre voxel to 0 at
+    ``mask_size / 2 + feather / 2`` (``feather_vox`` 0 means ``max(2, mask_size / 4)``; capped so the weight is 0
+    on the VOI's faces); the 3D weight is the product of the three axes. Where it is 0 nothing is written.
+    """
+    f = max(2.0, mask_size / 4.0) if feather_vox <= 0 else float(feather_vox)
+    half = mask_size / 2.0
+    outer = min(half + f / 2.0, float(_reach(voi_size)))
+    inner = max(min(half - f / 2.0, outer - 1.0), 0.0)
+    x = np.abs(np.arange(voi_size, dtype=np.float32) - _centre_index(voi_size))
+    w1 = _raised_cosine((x - inner) / max(outer - inner, 1e-6))
+    return (w1[:, None, None] * w1[None, :, None] * w1[None, None, :]).astype(np.float32)
+
+
 def _voi_slices(center: Sequence[int], size: int) -> tuple[tuple[slice, ...], tuple[int, ...]]:
     lo = [int(c) - size // 2 for c in center]
     return tuple(slice(a, a + size) for a in lo), tuple(lo)

@@ -1,7 +1,15 @@
 """Nodule injection and erasure on whole volumes: the inference side of the nodule cGANs (paper §3.1, Fig B.1/B.2).
 
 :class:`NoduleInjector` / :class:`NoduleEraser` load a trained generator and paint / remove nodules, using the VOI
-geometry of :mod:`ctsgan_lib.nodules.geometry`.
+geometry of :mod:`ctsgan_lib.nodules.geometry`. The injector is one of two kinds (``nodules.injector``, recorded
+in the checkpoint):
+
+- ``learned`` (default, Jin et al.): the generator paints the whole masked centre from the context, a size scalar,
+  a soft size hint and noise; the generated centre is pasted back with a feathered weight across the mask border
+  (:func:`~ctsgan_lib.nodules.geometry.centre_feather_weight`). Everything outside that weight's support, and so
+  everything outside the VOI, is bit-identical.
+- ``sphere`` (the previous default): a partial-volume sphere of the requested diameter at a fixed density plus
+  learned texture, composited into the real tissue with the sphere's occupancy.
 """
 from __future__ import annotations
 
@@ -17,9 +25,9 @@ from ..data.intensity import hu_to_model, model_to_hu
 from ..data.preprocess import lung_mask
 from ..errors import CTSGANError
 from ..utils.checkpoint import latest_checkpoint, load_checkpoint, load_state_strict
-from .geometry import (PlacementError, ball, centre_mask, extract_voi, nodule_blend_weight, paste_voi,
-                       place_nodules_indexed, voi_blend_weight)
-from .networks import NoduleGenerator
+from .geometry import (PlacementError, ball, centre_feather_weight, centre_mask, extract_voi, nodule_blend_weight,
+                       paste_voi, place_nodules_indexed, voi_blend_weight)
+from .networks import INJECTORS, LEARNED_CHANNELS, SPHERE_CHANNELS, NoduleGenerator, learned_condition
 
 
 # ------------------------------------------------------------------------------------------------ models
@@ -33,6 +41,29 @@ class _Loaded:
     hu_max: float
     step: int
     path: str
+    kind: str
+    feather_vox: float
+    paste: str
+    max_train_vox: float
+
+
+def injector_kind(extra: dict, role: str) -> str:
+    """``learned`` / ``sphere`` for an injector checkpoint's ``extra`` (checkpoints older than the learned injector
+    carry no ``injector`` key and are sphere injectors), ``eraser`` for the eraser."""
+    if role == "eraser":
+        return "eraser"
+    kind = str(extra.get("injector", "sphere"))
+    if kind not in INJECTORS:
+        raise CTSGANError(f"unknown injector kind {kind!r} in checkpoint; expected one of {INJECTORS}")
+    return kind
+
+
+def build_generator(kind: str, voi_size: int, base_channels: int, prior_model) -> NoduleGenerator:
+    """The generator of a ``learned`` / ``sphere`` injector or of the ``eraser`` (channels: networks docstring)."""
+    if kind == "learned":
+        return NoduleGenerator(voi_size, base_channels, tuple(prior_model), LEARNED_CHANNELS, 1)
+    return NoduleGenerator(voi_size, base_channels, tuple(prior_model), SPHERE_CHANNELS,
+                           2 if kind == "sphere" else 1)
 
 
 def _load_generator(path: str | Path, role: str, device: str | torch.device) -> _Loaded:
@@ -46,19 +77,30 @@ def _load_generator(path: str | Path, role: str, device: str | torch.device) -> 
         path = found
     ck = load_checkpoint(path, kind=f"nodule_{role}", map_location="cpu")
     ex = ck["extra"]
-    g = NoduleGenerator(int(ex["voi_size"]), int(ex["base_channels"]), tuple(ex["prior_model"]))
+    kind = injector_kind(ex, role)
+    g = build_generator(kind, int(ex["voi_size"]), int(ex["base_channels"]), ex["prior_model"])
     load_state_strict(g, ck["models"]["generator"], str(path))
     g.eval().to(device)
     return _Loaded(g, role, int(ex["voi_size"]), int(ex["mask_size"]), float(ex["hu_min"]), float(ex["hu_max"]),
-                   int(ck["step"]), str(path))
+                   int(ck["step"]), str(path), kind, float(ex.get("feather_vox", 0.0)), str(ex.get("paste", "centre")),
+                   float(np.percentile(ex["train_diameters_vox"], 90)) if ex.get("train_diameters_vox")
+                   else float("inf"))
 
 
 class _NoduleModel:
     role = ""
+    max_train_vox = float("inf")   # learned injector: 90th percentile of its training nodules' diameters
 
     def __init__(self, generator: NoduleGenerator, voi_size: int, mask_size: int, hu_min: float = -1000.0,
-                 hu_max: float = 400.0, device: str | torch.device = "cpu", step: int = 0, source: str = ""):
+                 hu_max: float = 400.0, device: str | torch.device = "cpu", step: int = 0, source: str = "",
+                 kind: str | None = None, feather_vox: float = 0.0, paste: str | None = None):
         self.generator = generator.to(device).eval()
+        if kind is None:
+            kind = "eraser" if self.role == "eraser" else ("learned" if generator.in_channels == LEARNED_CHANNELS
+                                                            else "sphere")
+        self.kind, self.feather_vox = kind, float(feather_vox)
+        if paste is not None:
+            self.paste = paste
         self.voi_size, self.mask_size = int(voi_size), int(mask_size)
         self.hu_min, self.hu_max = float(hu_min), float(hu_max)
         self.device = torch.device(device)
@@ -66,10 +108,16 @@ class _NoduleModel:
         self._mask = centre_mask(self.voi_size, self.mask_size)
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, device: str | torch.device = "cpu"):
-        """Load the generator from a checkpoint file, or the newest ``ckpt_*.pt`` in a folder."""
+    def from_checkpoint(cls, path: str | Path, device: str | torch.device = "cpu", paste: str | None = None):
+        """Load the generator from a checkpoint file, or the newest ``ckpt_*.pt`` in a folder.
+
+        ``paste`` (learned injector): ``"centre"`` / ``"local"``; default the checkpoint's ``nodules.paste``.
+        """
         ld = _load_generator(path, cls.role, device)
-        return cls(ld.generator, ld.voi_size, ld.mask_size, ld.hu_min, ld.hu_max, device, ld.step, ld.path)
+        model = cls(ld.generator, ld.voi_size, ld.mask_size, ld.hu_min, ld.hu_max, device, ld.step, ld.path, ld.kind,
+                    ld.feather_vox, paste if paste is not None else ld.paste)
+        model.max_train_vox = ld.max_train_vox
+        return model
 
     def _check_diameter(self, d: float) -> None:
         if not 0 < d <= self.mask_size:
@@ -79,7 +127,9 @@ class _NoduleModel:
     @torch.no_grad()
     def run_voi(self, voi_hu: np.ndarray, shape: np.ndarray, nodule_hu: float | None = None,
                 parts: bool = False):
-        """Run the generator on one VOI (HU) with a shape map; returns the composed VOI in HU.
+        """Run the sphere injector or the eraser on one VOI (HU) with a shape map; returns the composed VOI in HU.
+
+        (The learned injector takes a size, not a shape: :meth:`NoduleInjector.generate_voi`.)
 
         Parameters
         ----------
@@ -89,22 +139,25 @@ class _NoduleModel:
             Also return the generated background and the painted nodule map (HU): ``(composed, background,
             painted)``.
         """
+        if self.kind == "learned":
+            raise CTSGANError("the learned injector takes a diameter, not a shape map: use generate_voi / inject_at")
         level = None if nodule_hu is None else float(hu_to_model(np.float32(nodule_hu), self.hu_min, self.hu_max))
         x = hu_to_model(voi_hu.astype(np.float32), self.hu_min, self.hu_max)
         if self.role == "injector":
             x = x * (1.0 - self._mask)   # Jin et al.: the centre is blanked, the model sees only the context
         cond = torch.from_numpy(np.stack([x, self._mask, shape]).astype(np.float32))[None].to(self.device)
-        b, n = self.generator(cond)
-        s = cond[:, 2:3]
-        out = self.generator.compose(self.role, b, n, s, level)
+        raw = self.generator(cond)
+        out = self.generator.compose(raw, cond, level)
 
         def hu(t):
             return model_to_hu(t[0, 0].float().cpu().numpy(), self.hu_min, self.hu_max).astype(np.float32)
 
         if not parts:
             return hu(out)
-        painted = self.generator.paint(n, s, level) if self.role == "injector" else b
-        return hu(out), hu(b), hu(painted)
+        if self.role != "injector":
+            return hu(out), hu(out), hu(out)
+        painted = self.generator.paint(raw[:, 1:2], cond[:, 2:3], level)
+        return hu(out), hu(raw[:, :1]), hu(painted)
 
 
 class NoduleInjector(_NoduleModel):
@@ -118,27 +171,67 @@ class NoduleInjector(_NoduleModel):
 
     role = "injector"
 
+    @torch.no_grad()
+    def generate_voi(self, voi_hu: np.ndarray, diameter_vox: float, rng: np.random.Generator | None = None
+                     ) -> np.ndarray:
+        """Learned injector: the generator's whole VOI (HU) for a masked ``voi_hu`` and a requested diameter.
+
+        ``rng`` draws the noise channel (default ``default_rng(0)``): the same VOI and size with other noise gives
+        another nodule.
+        """
+        if self.kind != "learned":
+            raise CTSGANError(f"generate_voi needs a learned injector; this one is {self.kind!r}")
+        rng = np.random.default_rng(0) if rng is None else rng
+        noise = rng.standard_normal((self.voi_size,) * 3).astype(np.float32)
+        x = hu_to_model(voi_hu.astype(np.float32), self.hu_min, self.hu_max)
+        cond = learned_condition(x, self._mask, float(diameter_vox), self.mask_size, noise)
+        out = self.generator(torch.from_numpy(cond)[None].to(self.device))
+        return model_to_hu(out[0, 0].float().cpu().numpy(), self.hu_min, self.hu_max).astype(np.float32)
+
+    #: learned injector's paste-back: ``"centre"`` (Jin et al.: the whole generated centre cube, feathered at the
+    #: mask border) or ``"local"`` (ours: only a ball of diameter + 2 voxels around the nodule, feathered over 2)
+    paste = "centre"
+
+    def paste_weight(self, diameter_vox: float | None = None) -> np.ndarray:
+        """The learned injector's paste-back weight (zero on the VOI faces); see :attr:`paste`."""
+        if self.paste == "local":
+            d = float(diameter_vox if diameter_vox is not None else self.mask_size / 2)
+            return nodule_blend_weight(self.voi_size, min(d + 2.0, float(self.mask_size)), 2.0)
+        if self.paste != "centre":
+            raise CTSGANError(f"paste must be 'centre' or 'local', got {self.paste!r}")
+        return centre_feather_weight(self.voi_size, self.mask_size, self.feather_vox)
+
+    def inject_voi(self, voi_hu: np.ndarray, diameter_vox: float, rng: np.random.Generator | None = None
+                   ) -> np.ndarray:
+        """One VOI (HU) with a nodule injected at its centre voxel, blended as :meth:`inject_at` does."""
+        c = [self.voi_size // 2] * 3
+        return self.inject_at(voi_hu, c, diameter_vox, rng=rng)
+
     def inject_at(self, hu: np.ndarray, center: Sequence[int], diameter_vox: float, blend: str = "nodule",
-                  shape: np.ndarray | None = None, nodule_hu: float | None = None) -> np.ndarray:
+                  shape: np.ndarray | None = None, nodule_hu: float | None = None,
+                  rng: np.random.Generator | None = None) -> np.ndarray:
         """Inject one nodule centred at ``center``.
 
         Parameters
         ----------
         blend : {"nodule", "voi"}
-            ``"nodule"`` (default) keeps the real tissue and composites the generated nodule (mean density +
-            learned texture) with its partial-volume occupancy ``s``: ``(1 - s) hu + s nodule``, so nothing
-            changes where ``s = 0`` and the edge is as soft as a real partial-volume edge. ``"voi"`` pastes the
-            generator's whole centre cube (background too, as in Jin et al.) with a raised-cosine taper to the
-            VOI faces.
+            Sphere injector only. ``"nodule"`` (default) keeps the real tissue and composites the sphere (mean
+            density + learned texture) with its partial-volume occupancy ``s``: ``(1 - s) hu + s nodule``.
+            ``"voi"`` pastes the generator's whole centre cube with a raised-cosine taper to the VOI faces. The
+            learned injector always pastes its generated centre with :meth:`paste_weight`.
         shape : ndarray, optional
-            A custom ``voi_size``³ shape map in [0, 1] (e.g. a real LIDC mask from
-            :func:`ctsgan_lib.data.lidc.nodule_mask`); default a ball of ``diameter_vox``.
+            Sphere injector: a custom ``voi_size``³ shape map in [0, 1]; default a ball of ``diameter_vox``.
         nodule_hu : float, optional
-            Mean density of the nodule (default: the checkpoint's ``cfg.nodules.nodule_hu``, a solid nodule).
+            Sphere injector: mean density of the nodule (default: the checkpoint's ``cfg.nodules.nodule_hu``).
+        rng : numpy Generator, optional
+            Learned injector: the noise channel (default ``default_rng(0)``).
         """
         self._check_diameter(diameter_vox)
+        voi = extract_voi(hu, center, self.voi_size)
+        if self.kind == "learned":
+            return paste_voi(hu, self.generate_voi(voi, diameter_vox, rng), center, self.paste_weight(diameter_vox))
         s = ball(self.voi_size, diameter_vox) if shape is None else np.asarray(shape, dtype=np.float32)
-        composed, _, painted = self.run_voi(extract_voi(hu, center, self.voi_size), s, nodule_hu, parts=True)
+        composed, _, painted = self.run_voi(voi, s, nodule_hu, parts=True)
         if blend == "nodule":
             # keep the real tissue; composite the generated nodule with its partial-volume occupancy
             return paste_voi(hu, painted, center, s)
@@ -156,7 +249,7 @@ class NoduleInjector(_NoduleModel):
         ----------
         hu : ndarray (z, y, x), HU
         diameters_vox : sequence of float
-        rng : numpy Generator (placement)
+        rng : numpy Generator (placement, then the learned injector's noise)
         lung : ndarray of bool, optional
             Lung mask; default :func:`ctsgan_lib.data.preprocess.lung_mask`.
         existing : nodules already in the volume (not overlapped).
@@ -171,6 +264,12 @@ class NoduleInjector(_NoduleModel):
         """
         for d in diameters_vox:
             self._check_diameter(float(d))
+        if self.kind == "learned" and max(map(float, diameters_vox), default=0.0) > self.max_train_vox:
+            # the learned injector paints what it saw: beyond its training sizes it may paint nothing (demo: 3-8 vox)
+            warnings.warn(f"learned injector asked for {max(map(float, diameters_vox)):g} vox nodules but 90 % of its "
+                          f"training nodules are below {self.max_train_vox:.2f} vox: size control is not trained there "
+                          f"(docs/nodules.md); the sphere injector (nodules.injector: sphere) paints any size",
+                          stacklevel=2)
         if lung is None:
             lung = lung_mask(hu)
         placed = place_nodules_indexed(lung, diameters_vox, rng, existing)
@@ -187,10 +286,12 @@ class NoduleInjector(_NoduleModel):
         sp = float(np.prod(spacing_mm) ** (1 / 3)) if spacing_mm is not None else None
         nodules = []
         for c, d in zip(centers, placed_d):
-            out = self.inject_at(out, c, float(d), blend=blend, nodule_hu=nodule_hu)
+            out = self.inject_at(out, c, float(d), blend=blend, nodule_hu=nodule_hu, rng=rng)
+            # the learned injector decides solid vs part-solid itself: the manifest records what made it
             nodules.append({"center_vox": [int(v) for v in c], "diameter_vox": float(d),
-                            "diameter_mm": None if sp is None else float(d) * sp, "kind": "solid",
-                            "action": "injected"})
+                            "diameter_mm": None if sp is None else float(d) * sp,
+                            "kind": "solid" if self.kind == "sphere" else "generated", "action": "injected",
+                            "injector": self.kind})
         self.last_shortfall = shortfall
         return out, nodules
 

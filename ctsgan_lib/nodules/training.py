@@ -1,10 +1,12 @@
 """Training loop of the nodule injector and eraser cGANs (paper §3.1; Jin et al. 2018; CT-GAN details).
 
-- **Injector**: VOIs cut around the nodules of the nodule-bearing (lidc-like) training scans. Input: the VOI with its
-  centre cube blanked, the mask channel and the nodule's shape (the partial-volume occupancy of a sphere with the
-  recorded sub-voxel centre and diameter). Target: the real VOI.
-- **Eraser**: pairs from nodule-free (nlst-like) training scans: nodules are injected by the trained injector at
-  random lung positions; input = injected VOI + mask + the region to replace, target = the original VOI.
+- **Injector**: VOIs cut around the nodules of the nodule-bearing (lidc-like) training scans. Target: the real VOI.
+  Input (``nodules.injector``): ``learned`` (default): the VOI with its centre cube blanked, the mask, the recorded
+  diameter as a scalar channel, a soft size hint and fresh noise each step (:mod:`~.networks`); ``sphere``: the
+  blanked VOI, the mask and the partial-volume sphere of the recorded sub-voxel centre and diameter.
+- **Eraser**: pairs from nodule-free (nlst-like) training scans: nodules of the cohort's real sizes are injected by
+  the trained injector (whichever kind it is) at random lung positions; input = injected VOI + mask + the region to
+  replace, target = the original VOI.
 
 Loss (both): LSGAN adversarial + ``l1_inside`` × L1 inside the centre cube + ``l1_outside`` × L1 outside it.
 Checkpoints every ``ckpt_every`` steps (``ckpt_<step>.pt``, plain state dicts, atomic) and at the end; ``log.csv``
@@ -29,8 +31,9 @@ from ..utils.checkpoint import latest_checkpoint, load_checkpoint, load_state_st
 from ..utils.hardware import default_device
 from ..utils.logs import CSVLog
 from .geometry import ball, centre_mask, extract_voi, lung_of, nodule_blend_weight, place_nodules_indexed
-from .inference import NoduleInjector
-from .networks import ROLES, NoduleGenerator, PatchDiscriminator3D, lsgan_d_loss, lsgan_g_loss, multi_mask_l1
+from .inference import NoduleInjector, build_generator
+from .networks import (INJECTORS, ROLES, PatchDiscriminator3D, learned_condition, lsgan_d_loss, lsgan_g_loss,
+                       multi_mask_l1)
 
 LOG_FIELDS = ["step", "loss_d", "loss_g", "adv_g", "l1_inside", "l1_outside", "d_real", "d_fake", "seconds"]
 
@@ -48,8 +51,11 @@ class VOISet:
         return len(self.target)
 
 
-def injector_vois(cfg: Config, cohort, split: str = "train") -> VOISet:
-    """VOIs around every nodule of the nodule-bearing scans of ``split`` (see module docstring)."""
+def injector_vois(cfg: Config, cohort, split: str = "train", kind: str | None = None) -> VOISet:
+    """VOIs around every nodule (diameter <= ``mask_size``) of the nodule-bearing scans of ``split`` (module
+    docstring); ``kind`` defaults to ``cfg.nodules.injector``. The learned injector's noise channel is left at 0 here
+    and drawn per step by the training loop."""
+    kind = cfg.nodules.injector if kind is None else kind
     v, m = cfg.nodules.voi_size, cfg.nodules.mask_size
     mask = centre_mask(v, m)
     conds, targets, diams, srcs = [], [], [], []
@@ -63,11 +69,16 @@ def injector_vois(cfg: Config, cohort, split: str = "train") -> VOISet:
                 continue
             c = [int(round(float(x))) for x in nod["center_vox"]]
             d = float(nod["diameter_vox"])
+            if d > m:
+                continue   # does not fit the masked centre
             voi = hu_to_model(extract_voi(hu, c, v), cfg.data.hu_min, cfg.data.hu_max).astype(np.float32)
-            # partial-volume sphere at the recorded (sub-voxel) centre: a sub-voxel nodule is faint, as in the data
-            sub = [v // 2 + float(x) - ci for x, ci in zip(nod["center_vox"], c)]
-            shape = ball(v, d, center=sub) * mask  # the model may only paint inside the blanked cube
-            conds.append(np.stack([voi * (1 - mask), mask, shape]))
+            if kind == "learned":
+                conds.append(learned_condition(voi, mask, d, m, np.zeros_like(voi)))
+            else:
+                # partial-volume sphere at the recorded (sub-voxel) centre: a sub-voxel nodule is faint, as in data
+                sub = [v // 2 + float(x) - ci for x, ci in zip(nod["center_vox"], c)]
+                shape = ball(v, d, center=sub) * mask  # the model may only paint inside the blanked cube
+                conds.append(np.stack([voi * (1 - mask), mask, shape]))
             targets.append(voi[None])
             diams.append(d)
             srcs.append(f"{rid}#{k}")
@@ -98,7 +109,7 @@ def eraser_vois(cfg: Config, cohort, injector, split: str = "train", per_scan: i
         placed = place_nodules_indexed(lung, ds, rng)
         for k, c in placed.items():
             d = float(ds[k])
-            injected = injector.inject_at(hu, c, d)
+            injected = injector.inject_at(hu, c, d, rng=rng)
             orig = hu_to_model(extract_voi(hu, c, v), cfg.data.hu_min, cfg.data.hu_max).astype(np.float32)
             inj = hu_to_model(extract_voi(injected, c, v), cfg.data.hu_min, cfg.data.hu_max).astype(np.float32)
             conds.append(np.stack([inj, mask, nodule_blend_weight(v, d)]))
@@ -110,15 +121,19 @@ def eraser_vois(cfg: Config, cohort, injector, split: str = "train", per_scan: i
     return VOISet(np.stack(conds), np.stack(targets), np.asarray(diams), srcs)
 
 
-def _priors(cfg: Config, role: str, data: VOISet) -> tuple[float, float]:
+def _priors(cfg: Config, role: str, data: VOISet, kind: str = "sphere") -> tuple[float, float]:
     """Where the generator starts (model units): the training targets' median tissue around the nodules, and the
-    solid-nodule density ``cfg.nodules.nodule_hu``.
+    solid-nodule density ``cfg.nodules.nodule_hu`` (sphere injector; the learned injector starts at the median of
+    its whole centre cube and has no nodule prior).
 
     The nodule density is a physical prior rather than a data median because at low resolution (smoke, demo) most
     real nodules are sub-voxel and partial-volume faint; the shape channel carries the partial volume, so the
     nodule map itself should hold the density of solid tissue.
     """
     shape, mask = data.cond[:, 2:3], data.cond[:, 1:2]
+    if role == "injector" and kind == "learned":
+        bg = float(np.median(data.target[mask > 0.5]))
+        return bg, bg
     near = (shape < 0.01) & (mask > 0.5)
     bg = float(np.median(data.target[near])) if near.any() else -0.8
     if role == "eraser":
@@ -129,8 +144,10 @@ def _priors(cfg: Config, role: str, data: VOISet) -> tuple[float, float]:
     return bg, nod
 
 
-def _batch(data: VOISet, batch: int, seed: int, step: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Batch of step ``step``: indices and random flips from ``default_rng([seed, step])`` (resume-exact)."""
+def _batch(data: VOISet, batch: int, seed: int, step: int, noise: bool = False
+           ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Batch of step ``step``: indices, random flips and (``noise``: the learned injector's last channel) noise from
+    ``default_rng([seed, 1, step])`` (resume-exact)."""
     rng = np.random.default_rng([seed, 1, step])
     idx = rng.integers(0, len(data), size=batch)
     flips = rng.random((batch, 3)) < 0.5
@@ -138,6 +155,9 @@ def _batch(data: VOISet, batch: int, seed: int, step: int) -> tuple[torch.Tensor
     for i, f in zip(idx, flips):
         axes = tuple(a + 1 for a in range(3) if f[a])  # spatial axes of (C, Z, Y, X)
         c, t = data.cond[i], data.target[i]
+        if noise:
+            c = c.copy()
+            c[-1] = rng.standard_normal(c.shape[1:]).astype(np.float32) * c[1]   # inside the mask only
         if axes:
             c, t = np.flip(c, axes), np.flip(t, axes)
         conds.append(np.ascontiguousarray(c))
@@ -180,6 +200,8 @@ def train_nodule_gan(cfg: Config, role: str = "injector", cohort_dir: str | Path
     if role not in ROLES:
         raise CTSGANError(f"role must be one of {', '.join(ROLES)}, got {role!r}")
     nc = cfg.nodules
+    if nc.injector not in INJECTORS:
+        raise CTSGANError(f"nodules.injector must be one of {', '.join(INJECTORS)}, got {nc.injector!r}")
     total = int(iterations if iterations is not None else nc.iterations)
     cohort = Cohort(cohort_dir if cohort_dir is not None else cfg.data_dir / "cohort")
     out = Path(out_dir) if out_dir is not None else cfg.runs_dir / "nodules" / role
@@ -187,8 +209,9 @@ def train_nodule_gan(cfg: Config, role: str = "injector", cohort_dir: str | Path
     device = torch.device(device or default_device())
 
     injector_src = ""
+    kind = nc.injector if role == "injector" else "eraser"
     if role == "injector":
-        data = injector_vois(cfg, cohort)
+        data = injector_vois(cfg, cohort, kind=kind)
     else:
         inj_dir = Path(injector_dir) if injector_dir is not None else cfg.runs_dir / "nodules" / "injector"
         injector = NoduleInjector.from_checkpoint(inj_dir)
@@ -198,9 +221,9 @@ def train_nodule_gan(cfg: Config, role: str = "injector", cohort_dir: str | Path
         data = eraser_vois(cfg, cohort, injector, per_scan=nc.eraser_pairs_per_scan, diameters_vox=pool)
 
     torch.manual_seed(cfg.seed + ROLES.index(role))
-    prior = _priors(cfg, role, data)
-    gen = NoduleGenerator(nc.voi_size, nc.base_channels, prior).to(device)
-    disc = PatchDiscriminator3D(nc.base_channels).to(device)
+    prior = _priors(cfg, role, data, kind)
+    gen = build_generator(kind, nc.voi_size, nc.base_channels, prior).to(device)
+    disc = PatchDiscriminator3D(nc.base_channels, 1 + gen.in_channels).to(device)
     opt_g = torch.optim.Adam(gen.parameters(), lr=nc.lr, betas=tuple(nc.betas))
     opt_d = torch.optim.Adam(disc.parameters(), lr=nc.lr, betas=tuple(nc.betas))
 
@@ -208,6 +231,9 @@ def train_nodule_gan(cfg: Config, role: str = "injector", cohort_dir: str | Path
     last = latest_checkpoint(out) if resume else None
     if last is not None:
         ck = load_checkpoint(last, kind=f"nodule_{role}", map_location="cpu")
+        if role == "injector" and ck["extra"].get("injector", "sphere") != kind:
+            raise CTSGANError(f"{last}: a {ck['extra'].get('injector', 'sphere')} injector, but nodules.injector is "
+                              f"{kind!r}; pass --fresh (or resume=False) to start over")
         load_state_strict(gen, ck["models"]["generator"], str(last))
         load_state_strict(disc, ck["models"]["discriminator"], str(last))
         opt_g.load_state_dict(ck["optimizers"]["g"])
@@ -223,7 +249,9 @@ def train_nodule_gan(cfg: Config, role: str = "injector", cohort_dir: str | Path
     extra = {"role": role, "voi_size": nc.voi_size, "mask_size": nc.mask_size, "base_channels": nc.base_channels,
              "prior_model": [float(p) for p in prior], "hu_min": cfg.data.hu_min, "hu_max": cfg.data.hu_max,
              "n_train": len(data), "train_diameters_vox": [float(d) for d in data.diameters_vox],
-             "cohort": str(cohort.root), "injector_checkpoint": injector_src}
+             "cohort": str(cohort.root), "injector_checkpoint": injector_src,
+             "injector": kind if role == "injector" else None, "feather_vox": nc.feather_vox,
+             "paste": nc.paste}
 
     def save(at: int) -> Path:
         return save_checkpoint(out / f"ckpt_{at:06d}.pt", kind=f"nodule_{role}", step=at, config=cfg.to_dict(),
@@ -238,10 +266,9 @@ def train_nodule_gan(cfg: Config, role: str = "injector", cohort_dir: str | Path
         for k in tqdm(range(step + 1, total + 1), desc=f"nodule {role}", disable=not progress, initial=step,
                       total=total):
             t0 = time.perf_counter()
-            cond, real = (t.to(device) for t in _batch(data, nc.batch, cfg.seed, k))
-            mask, shape = cond[:, 1:2], cond[:, 2:3]
-            b, n = gen(cond)
-            fake = gen.compose(role, b, n, shape)
+            cond, real = (t.to(device) for t in _batch(data, nc.batch, cfg.seed, k, noise=kind == "learned"))
+            mask = cond[:, 1:2]
+            fake = gen.compose(gen(cond), cond)
 
             opt_d.zero_grad(set_to_none=True)
             d_real, d_fake = disc(real, cond), disc(fake.detach(), cond)

@@ -5,7 +5,7 @@ saves it as PNG + PDF under ``figures/<P>/`` with a provenance caption (profile,
 returns the written paths. :func:`make_all` runs them all and writes ``figures/<P>/MANIFEST.md``.
 
 File names start with the paper's label: ``fig1_…``, ``figA1_…``, ``figA2_…``, ``figB1_…``, ``figB2_…``,
-``figB3_…``, ``fig3a_…``, ``fig3b_…``, ``table1.csv``, ``table1.md``.
+``figB3_…``, ``figB4_…`` (+ ``nodule_realism.{csv,md}``), ``fig3a_…``, ``fig3b_…``, ``table1.csv``, ``table1.md``.
 """
 from __future__ import annotations
 
@@ -26,14 +26,16 @@ from ..data import lidc
 from ..data.cohort import Cohort
 from ..data.preprocess import lung_mask
 from ..errors import MissingInputError
-from ..nodules import (NoduleEraser, NoduleInjector, ball, centre_mask, domain_leakage, extract_voi,
-                       nodule_blend_weight, place_nodules)
+from ..nodules import (NoduleEraser, NoduleInjector, ball, centre_mask, domain_leakage, extract_voi, paste_voi,
+                       phantom_truth, place_nodules)
+from ..nodules.realism import load_realism
 from ..pipeline import require_inputs
 from ..utils.atomic import atomic_write_text
 from ..utils.hardware import git_commit, hardware_label
 from ..utils.logs import read_jsonl
 from ..viz import figure_caption, panel_grid, save_figure, show_three_views
 from . import classifier as classifier_report
+from . import nodules as nodules_report
 
 #: Axial positions (fractions of the z extent) for Fig A.2's "several regions", apex to base.
 REGIONS = (0.2, 0.35, 0.5, 0.65, 0.8)
@@ -124,7 +126,8 @@ def _voi_figure(panels: dict[str, np.ndarray], title: str, window: tuple[float, 
 
 
 def figB1_injector(cfg: Config, out: Path) -> list[Path]:
-    """Fig B.1: injector at inference: VOI → masked VOI → synthetic nodule (centre axial slice of each VOI)."""
+    """Fig B.1: injector at inference. Top: training-style VOIs around real nodules (real → masked → generated);
+    bottom: injection into a nodule-free scan (VOI → masked input → injected), centre axial slice of each VOI."""
     inj_dir = cfg.runs_dir / "nodules" / "injector"
     require_inputs(inj_dir, made_by="02_nodule_gans.ipynb (or `ctsgan nodules train injector`)")
     inj = NoduleInjector.from_checkpoint(inj_dir)
@@ -135,6 +138,8 @@ def figB1_injector(cfg: Config, out: Path) -> list[Path]:
         hu, _ = real.read(rid)
         lung = lung_mask(hu)
         for d in sorted(cfg.nodules.diameters_vox, reverse=True):   # the largest size that fits reads best
+            if d > inj.mask_size:
+                continue
             centers = place_nodules(lung, [float(d)], rng)[0]
             if centers:
                 found = (rid, hu, float(d), centers[0])
@@ -143,18 +148,36 @@ def figB1_injector(cfg: Config, out: Path) -> list[Path]:
             break
     if found is None:
         raise MissingInputError(f"{real.root}: no nodule-free scan has room for a nodule in its lung mask")
+    panels: dict[str, np.ndarray] = {}
+    held = [r for s in ("test", "val") for r in real.ids(split=s, has_nodule=1)]
+    if held:   # a real nodule, masked, and what the injector paints there for the same size
+        row = real.row(held[0])
+        nod = max(row["nodules"], key=lambda n: float(n["diameter_vox"]))
+        dn = min(float(nod["diameter_vox"]), float(inj.mask_size))
+        voi_r = extract_voi(real.read(held[0])[0], [int(round(v)) for v in nod["center_vox"]], inj.voi_size)
+        panels[f"real nodule ({float(nod['diameter_vox']):.1f} vox)"] = voi_r
+        panels["masked (input)"] = np.where(centre_mask(inj.voi_size, inj.mask_size) > 0, -1000.0, voi_r)
+        panels["generated, same size"] = _inject_voi(inj, voi_r, dn, rng)
     rid, hu, d, center = found
     voi = extract_voi(hu, center, inj.voi_size)
-    masked = np.where(centre_mask(inj.voi_size, inj.mask_size) > 0, -1000.0, voi)
-    injected = inj.run_voi(voi, ball(inj.voi_size, d))
-    fig = _voi_figure({"volume of interest": voi, "masked VOI (input)": masked,
-                       f"injected ({d:g} vox nodule)": injected},
-                      f"Fig B.1 · nodule injector (step {inj.step}), scan {rid}", (cfg.data.hu_min, cfg.data.hu_max))
+    panels[f"nodule-free VOI ({rid})"] = voi
+    panels["masked VOI (input)"] = np.where(centre_mask(inj.voi_size, inj.mask_size) > 0, -1000.0, voi)
+    panels[f"injected ({d:g} vox nodule)"] = _inject_voi(inj, voi, d, rng)
+    fig = _voi_figure(panels, f"Fig B.1 · nodule injector ({inj.kind}, step {inj.step})",
+                      (cfg.data.hu_min, cfg.data.hu_max))
     return save_figure(fig, out / "figB1_injector", _caption(cfg))
 
 
+def _inject_voi(inj: NoduleInjector, voi: np.ndarray, d: float, rng: np.random.Generator) -> np.ndarray:
+    """One VOI with a nodule of ``d`` voxels at its centre, pasted back as the injector pastes into volumes."""
+    if inj.kind == "learned":
+        return inj.inject_voi(voi, d, rng)
+    return paste_voi(voi, inj.run_voi(voi, ball(inj.voi_size, d), parts=True)[2], [inj.voi_size // 2] * 3,
+                     ball(inj.voi_size, d))
+
+
 def figB2_eraser(cfg: Config, out: Path) -> list[Path]:
-    """Fig B.2: eraser at inference: VOI with a real nodule → erased VOI."""
+    """Fig B.2: eraser at inference: VOI with a real nodule → erased VOI (→ the phantom's nodule-free truth)."""
     er_dir = cfg.runs_dir / "nodules" / "eraser"
     require_inputs(er_dir, made_by="02_nodule_gans.ipynb (or `ctsgan nodules train eraser`)")
     er = NoduleEraser.from_checkpoint(er_dir)
@@ -163,16 +186,25 @@ def figB2_eraser(cfg: Config, out: Path) -> list[Path]:
     if not ids:
         raise MissingInputError(f"{real.root}: no scan with nodules to erase")
     rid = ids[0]
-    nod = max(real.row(rid)["nodules"], key=lambda n: n["diameter_vox"])
+    row = real.row(rid)
+    nod = max(row["nodules"], key=lambda n: n["diameter_vox"])
     hu, _ = real.read(rid)
     c = [int(round(v)) for v in nod["center_vox"]]
-    voi = extract_voi(hu, c, er.voi_size)
-    d = min(float(nod["diameter_vox"]), float(er.mask_size))
-    erased = er.run_voi(voi, nodule_blend_weight(er.voi_size, d))
-    fig = _voi_figure({"VOI with real nodule (input)": voi, "erased (output)": erased},
-                      f"Fig B.2 · nodule eraser (step {er.step}), scan {rid}, nodule {nod['diameter_vox']:.1f} vox",
-                      (cfg.data.hu_min, cfg.data.hu_max))
+    erased = extract_voi(er.erase(hu, [nod]), c, er.voi_size)
+    panels = {"VOI with real nodule (input)": extract_voi(hu, c, er.voi_size), "erased (output)": erased}
+    if str(row.get("source")) == "phantom" and row.get("seed") not in (None, ""):
+        panels["nodule-free truth (phantom)"] = extract_voi(phantom_truth(cfg, row), c, er.voi_size)
+    fig = _voi_figure(panels, f"Fig B.2 · nodule eraser (step {er.step}), scan {rid}, nodule "
+                              f"{nod['diameter_vox']:.1f} vox", (cfg.data.hu_min, cfg.data.hu_max))
     return save_figure(fig, out / "figB2_eraser", _caption(cfg))
+
+
+def figB4_nodule_realism(cfg: Config, out: Path) -> list[Path]:
+    """Fig B.4 and ``nodule_realism.{csv,md}``: native vs injected nodules at matched sizes, realism AUC
+    (:mod:`ctsgan_lib.nodules.realism`; the record ``runs/<P>/nodules/realism/`` is written by notebook 02)."""
+    rec = load_realism(cfg.runs_dir / "nodules" / "realism")
+    cap = _caption(cfg)
+    return nodules_report.write_realism_report(rec, out, cap) + nodules_report.save_realism_figure(rec, out, cap)
 
 
 def figB3_radius_distribution(cfg: Config, out: Path) -> list[Path]:
@@ -265,6 +297,7 @@ def table1(cfg: Config, out: Path) -> list[Path]:
 FIGURES: dict[str, Callable[[Config, Path], list[Path]]] = {
     "fig1": fig1_three_views, "figA1": figA1_middle_region, "figA2": figA2_regions,
     "figB1": figB1_injector, "figB2": figB2_eraser, "figB3": figB3_radius_distribution,
+    "figB4": figB4_nodule_realism,
     "fig3a": fig3a_debiasing, "fig3b": fig3b_accuracy_vs_size, "table1": table1,
 }
 
