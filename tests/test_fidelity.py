@@ -236,14 +236,41 @@ def test_paper_profile_without_weights_says_what_to_fetch(tmp_path):
         I.resolve_extractor("paper", weights_path=str(tmp_path / "nope.pth"))
 
 
-def test_hub_weights_with_recorded_hash_are_used(fallback):
+def test_torch_hub_hash_convention_is_a_sha256_prefix(tmp_path):
+    """The name suffix 6726825d follows torch hub's convention: hub checks it as the file's SHA-256 prefix."""
+    import hashlib
+    import re
+
+    import torch.hub
+
+    assert I.OFFICIAL_SHA256_PREFIX == "6726825d"
+    assert torch.hub.HASH_REGEX.search(I.OFFICIAL_WEIGHTS_NAME).group(1) == I.OFFICIAL_SHA256_PREFIX
+    # torch hub's own check: a local file downloaded with a wrong prefix is refused, with the right one kept
+    src = tmp_path / "w.bin"
+    src.write_bytes(b"not weights")
+    sha = hashlib.sha256(src.read_bytes()).hexdigest()
+    torch.hub.download_url_to_file(src.as_uri(), str(tmp_path / "ok.bin"), hash_prefix=sha[:8], progress=False)
+    with pytest.raises(RuntimeError, match="invalid hash value"):
+        torch.hub.download_url_to_file(src.as_uri(), str(tmp_path / "bad.bin"), hash_prefix="6726825d",
+                                       progress=False)
+    assert re.fullmatch("[0-9a-f]{8}", I.OFFICIAL_SHA256_PREFIX)
+
+
+def test_fallback_weights_at_hub_path_are_refused_the_imagenet_label(fallback, tmp_path):
     hub = I.hub_weights_path()
     hub.parent.mkdir(parents=True, exist_ok=True)
     shutil.copy(fallback.weights_path, hub)
     with pytest.raises(InputFileError, match="no recorded SHA-256"):
         I.resolve_extractor("smoke")
-    ex = I.resolve_extractor("smoke", weights_sha256=fallback.sha256)
-    assert ex.kind == "imagenet" and ex.weights_path == str(hub) and ex.comparable_to_paper
+    # even with its (correct) hash recorded, a file whose SHA-256 lacks hub's prefix is not the official weights
+    assert not fallback.sha256.startswith(I.OFFICIAL_SHA256_PREFIX)
+    with pytest.raises(InputFileError, match="not the official"):
+        I.resolve_extractor("smoke", weights_sha256=fallback.sha256)
+    hub.unlink()
+    # passed explicitly, the same file is usable, but labelled custom and not comparable
+    ex = I.resolve_extractor("smoke", weights_path=fallback.weights_path, weights_sha256=fallback.sha256)
+    assert ex.kind == "custom" and not ex.comparable_to_paper
+    assert I.is_official_sha256("6726825d" + "0" * 56) and not I.is_official_sha256(fallback.sha256)
 
 
 # ------------------------------------------------------------------------------------------------ whole protocol
