@@ -38,7 +38,7 @@ from ..utils.atomic import atomic_path
 from ..utils.hardware import hardware_label
 from ..utils.logs import append_jsonl, read_jsonl
 from . import domain as DM
-from .distances import kid_from_features, msssim_3d
+from .distances import fid_from_features, is_from_logits, kid_from_features, msssim_3d  # noqa: F401 (re-exported)
 from .inception import FEATURES, Extractor, hub_weights_path, resolve_extractor
 
 FID_LAYER, IS_LAYER = FEATURES  # the Inception layers; an Extractor names its own (``fid_layer``, ``is_layer``)
@@ -220,52 +220,6 @@ class FeatureCache:
         self.misses += 1
         self._mem[key] = feats
         return feats
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# metrics from features
-# --------------------------------------------------------------------------------------------------------------------
-def fid_from_features(f1: np.ndarray, f2: np.ndarray) -> float:
-    """FID between two feature sets (rows = samples), equal to torch-fidelity's computation.
-
-    With ``A_i`` the centred features and ``Σ_i = A_iᵀA_i/(n_i-1)``, the non-zero eigenvalues of ``Σ_1Σ_2`` are the
-    squared singular values of ``A_1A_2ᵀ/√((n_1-1)(n_2-1))``, so ``tr √(Σ_1Σ_2)`` is their sum. Exact, and cheap when
-    ``n_i`` is small; for large sets torch-fidelity's own ``fid_statistics_to_metric`` is used.
-    """
-    f1 = np.asarray(f1)
-    f2 = np.asarray(f2)
-    if f1.ndim != 2 or f2.ndim != 2 or f1.shape[1] != f2.shape[1]:
-        raise CTSGANError(f"feature sets do not match: {f1.shape} vs {f2.shape}")
-    n1, n2 = len(f1), len(f2)
-    if n1 < 2 or n2 < 2:
-        raise CTSGANError(f"FID needs at least 2 slices per side, got {n1} and {n2}")
-    if min(n1, n2) >= f1.shape[1]:
-        from torch_fidelity.metric_fid import fid_features_to_statistics, fid_statistics_to_metric  # torch-fidelity: 1.6 s to import (torchvision)
-
-        s1 = fid_features_to_statistics(torch.from_numpy(f1))
-        s2 = fid_features_to_statistics(torch.from_numpy(f2))
-        return float(fid_statistics_to_metric(s1, s2, False)["frechet_inception_distance"])
-    a = f1.astype(np.float64)
-    b = f2.astype(np.float64)
-    diff = a.mean(0) - b.mean(0)
-    a = a - a.mean(0)
-    b = b - b.mean(0)
-    tr1 = float((a * a).sum()) / (n1 - 1)
-    tr2 = float((b * b).sum()) / (n2 - 1)
-    sv = np.linalg.svd(a @ b.T, compute_uv=False) / math.sqrt((n1 - 1) * (n2 - 1))
-    return float(diff @ diff + tr1 + tr2 - 2.0 * sv.sum())
-
-
-def is_from_logits(logits: np.ndarray, splits: int = 10, seed: int = 2020) -> float:
-    """Inception Score from unbiased logits via torch-fidelity's ``isc_features_to_metric`` (shuffled, seeded)."""
-    from torch_fidelity.metric_isc import isc_features_to_metric  # torch-fidelity: 1.6 s to import (torchvision)
-
-    logits = np.asarray(logits)
-    if splits < 1 or len(logits) < splits:
-        raise CTSGANError(f"Inception Score with {splits} splits needs at least {splits} slices, got {len(logits)}; "
-                          "lower fidelity.isc_splits or raise fidelity.max_slices")
-    out = isc_features_to_metric(torch.from_numpy(logits), splits, True, int(seed))
-    return float(out["inception_score_mean"])
 
 
 # --------------------------------------------------------------------------------------------------------------------

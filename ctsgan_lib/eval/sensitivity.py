@@ -10,8 +10,8 @@ variation. Corruptions and the variants that can see them:
   ``hu_shift`` (HU offset), ``lung_to_soft`` (a share of the lung field, from the caudal end, replaced by soft tissue
   at 40 HU with noise): every variant;
 * ``z_shuffle`` (a share of the slices permuted along z), ``cc_flip`` (the cranial share of the volume reversed
-  along z) and ``cc_flip_full`` (the whole volume reversed, one level): only variants that see z order, the coronal view (2.5D) and the 3D encoder. A set of axial slices is
-  unchanged by both by construction.
+  along z) and ``cc_flip_full`` (the whole volume reversed, one level): only variants that see z order, the coronal
+  view (2.5D) and the 3D encoder. A set of axial slices is unchanged by them by construction.
 """
 from __future__ import annotations
 
@@ -24,7 +24,8 @@ from scipy import ndimage, stats
 from ..data.preprocess import lung_mask
 from ..errors import CTSGANError
 from .domain import Domain3DRunner, DomainExtractor, lung_field_extent
-from .fidelity import FeatureRunner, fid_from_features, volume_slices
+from .distances import fid_from_features
+from .fidelity import FeatureRunner, volume_slices
 from .inception import Extractor
 
 #: corruption → severities (levels 1, 2, 3; level 0 is the clean real–real baseline)
@@ -33,12 +34,13 @@ SEVERITIES: dict[str, tuple[float, ...]] = {
     "noise": (15.0, 40.0, 100.0),       # σ in HU of in-plane-correlated noise (1-voxel Gaussian kernel)
     "hu_shift": (30.0, 100.0, 300.0),   # HU added
     "z_shuffle": (0.1, 0.25, 0.5),      # share of the slices permuted along z (saturates past ~0.5: measured)
-    "cc_flip": (0.1, 0.2, 0.3),         # share of the volume (cranial end) reversed along z; a full flip is checked
-                                        # on its own (:func:`full_flip_check`): partial flips past ~1/3 are stranger
-                                        # volumes than the full flip (measured), so they are not a graded scale
+    "cc_flip": (0.1, 0.2, 0.3),         # share of the volume (cranial end) reversed along z; partial flips past
+                                        # ~1/3 are stranger volumes than the full flip (measured), so the full flip
+                                        # is its own one-level corruption:
+    "cc_flip_full": (1.0,),             # the whole volume reversed along z: must exceed the real–real baseline
     "lung_to_soft": (0.25, 0.5, 1.0),   # share of the lung field (from the caudal end) turned to soft tissue
 }
-Z_ORDER_ONLY = ("z_shuffle", "cc_flip")
+Z_ORDER_ONLY = ("z_shuffle", "cc_flip", "cc_flip_full")
 
 
 def corruption_applies(kind: str, variant: str) -> bool:
