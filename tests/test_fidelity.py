@@ -279,7 +279,8 @@ def _cfg(**extra):
 
     base = {"fidelity.n_pairs": 2, "fidelity.volumes_per_source": 2, "fidelity.max_slices": 2,
             "fidelity.views": "axial,sagittal", "fidelity.pooled_volumes": 2, "fidelity.isc_splits": 1,
-            "fidelity.calibration_slices": 4, "fidelity.batch": 16}
+            "fidelity.calibration_slices": 4, "fidelity.batch": 16, "fidelity.metrics_3d": False,
+            "fidelity.kid_subsets": 5}
     return load_profile("smoke", **{**base, **extra})
 
 
@@ -344,18 +345,24 @@ def test_cli_fid_real_vs_real_and_errors(tmp_root, capsys):
     one = write_cohort(tmp_root / "one", 1, seed=2)
     out = tmp_root / "m.jsonl"
     sets = ["--set", "fidelity.n_pairs=2", "--set", "fidelity.volumes_per_source=2", "--set",
-            "fidelity.max_slices=2", "--set", "fidelity.pooled_volumes=1", "--set", "fidelity.isc_splits=1",
-            "--set", "fidelity.calibration_slices=4"]
+            "fidelity.max_slices=4", "--set", "fidelity.pooled_volumes=1", "--set", "fidelity.isc_splits=1",
+            "--set", "fidelity.calibration_slices=4", "--set", "fidelity.domain_steps=10", "--set",
+            "fidelity.kid_subsets=5"]
     rc = main(["fid", str(real.root), str(real.root), "--profile", "smoke", "--out", str(out), "--views", "axial",
                "--tables", *sets])
     assert rc == 0, capsys.readouterr().err
     lines = [json.loads(x) for x in out.read_text().splitlines()]
-    assert {r["protocol"] for r in lines} == {"pair", "pooled", "volume"}
-    assert all(r["row"] == "real" and r["weights_kind"] == "fallback" for r in lines)
-    assert "not comparable to the paper" in capsys.readouterr().out
-    assert (tmp_root / "table1.md").is_file()
-    fb = list((cfg.runs_dir / "fidelity" / "extractor").glob("*.pth"))
-    assert len(fb) == 1 and (fb[0].parent / (fb[0].name + ".json")).is_file()
+    assert {r["protocol"] for r in lines} == {"pair", "pooled", "volume", "within"}
+    assert {r["metric"] for r in lines} == {"fid", "kid", "is", "fid3d", "mmd3d", "msssim"}
+    # the offline default is the domain extractor, named in every line and in the printout
+    assert all(r["row"] == "real" and r["weights_kind"] == "domain" and r["extractor"] == "ctsgan-domain2d"
+               and r["extractor_3d"] == "ctsgan-domain3d" for r in lines)
+    printed = capsys.readouterr().out
+    assert "not comparable to the paper" in printed and "relative FD 1.00" in printed and "KID" in printed
+    assert "3D FID" in printed and "MS-SSIM" in printed and "ctsgan-domain2d" in printed
+    assert "ctsgan-domain2d" in (tmp_root / "table1.md").read_text()
+    weights = sorted(p.name.split("-")[0] for p in (cfg.runs_dir / "fidelity" / "extractor").glob("*.pt"))
+    assert weights == ["domain2d", "domain3d"]
     assert main(["fid", str(one.root), str(one.root), "--out", str(out), *sets]) == 2
     assert "two different patients" in capsys.readouterr().err
     assert main(["fid", str(tmp_root / "missing"), str(real.root), "--out", str(out)]) == 2

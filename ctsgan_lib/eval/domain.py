@@ -439,9 +439,7 @@ def resolve_domain_extractor(folder: str | Path, volumes: Callable[[], tuple[lis
         return found
     vols, ids, desc = volumes()
     x, y = training_samples(vols, cfg.dims, cfg.n_regions, hu_min, hu_max)
-    threads = torch.get_num_threads()
     net, losses = train_domain_net(x, y, cfg, log)
-    torch.set_num_threads(threads)
     meta = {"kind": "domain", "name": DOMAIN2D_NAME if cfg.dims == 2 else DOMAIN3D_NAME, "config": asdict(cfg),
             "training_data_digest": digest, "training_data": desc, "n_training_volumes": len(vols),
             "n_training_samples": int(len(x)), "window_hu": [hu_min, hu_max], "final_losses": losses}
