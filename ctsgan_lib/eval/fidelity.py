@@ -20,6 +20,7 @@ values of ``A1 A2ᵀ``), which equals torch-fidelity's ``fid_statistics_to_metri
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import math
 from dataclasses import dataclass
@@ -426,8 +427,10 @@ def _records_3d(encoder3d, real: Source, other: Source, pairs, other_ids, row, s
         out.append({**pair, "metric": "fid3d", "value": fid_from_features(fa, fb)})
         out.append({**pair, "metric": "mmd3d", "value": kid_from_features(fa, fb, kid_subsets, seed + k)})
     if len(other_ids) >= 2:
-        within = draw_pairs(other_ids, other_ids, len(pairs), seed + 7, same_source=True)
-        for k, (a, b) in enumerate(within):
+        # distinct unordered pairs of two different volumes (a repeated pair would only repeat a number)
+        combos = list(itertools.combinations(sorted(other_ids), 2))
+        order = np.random.default_rng(seed + 7).permutation(len(combos))[:len(pairs)]
+        for k, (a, b) in enumerate(combos[i] for i in order):
             va, vb = other.cohort.read(a)[0], other.cohort.read(b)[0]
             out.append({**row, "metric": "msssim", "protocol": "within", "view": "3d", "pair": k, "a": a, "b": b,
                         "value": msssim_3d(va, vb, *hu_window)})
