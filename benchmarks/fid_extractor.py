@@ -4,6 +4,7 @@ Table 1 at a profile's scale.
 Usage::
 
     python benchmarks/fid_extractor.py --profile paper --slices 64 --batch 32 [--device cuda]
+    python benchmarks/fid_extractor.py --extractor domain --profile paper --slices 512 --batch 64   # issue 21
 
 Speed does not depend on the weights' values, so when the official weights are absent an offline fallback file
 (calibrated on random slices, never used for metrics) is built in a temporary folder. One JSON line with the result,
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
@@ -29,6 +31,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ctsgan_lib.config import load_profile  # noqa: E402
+from ctsgan_lib.eval import domain as DM  # noqa: E402
 from ctsgan_lib.eval import inception as I  # noqa: E402
 from ctsgan_lib.eval.fidelity import FeatureRunner  # noqa: E402
 from ctsgan_lib.utils.hardware import hardware_info, hardware_label  # noqa: E402
@@ -42,6 +45,12 @@ def _extractor(cfg, scratch: Path) -> I.Extractor:
         rng = np.random.default_rng(0)
         cal = rng.integers(0, 256, (4, 3, 64, 64), dtype=np.uint8)
         return I.build_fallback_weights(cal, 0, scratch / "bench_fallback.pth", "benchmark only: random slices")
+
+
+def _domain_extractor(scratch: Path) -> I.Extractor:
+    """An untrained-but-standardised domain CNN file: the speed does not depend on its weights."""
+    net = DM.DomainNet(2, 24)
+    return DM.save_domain_extractor(net, scratch / "bench_domain.pt", {"config": {"dims": 2}}).as_extractor()
 
 
 def table1_slices(cfg) -> dict[str, int]:
@@ -64,13 +73,15 @@ def main(argv=None) -> int:
     ap.add_argument("--size", type=int, default=None, help="input slice side (default: the profile's data.size; "
                     "torch-fidelity resizes to 299 anyway)")
     ap.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    ap.add_argument("--extractor", choices=("inception", "domain"), default="inception",
+                    help="torch-fidelity InceptionV3 (ImageNet or fallback weights) or the CT domain CNN")
     ap.add_argument("--out", default=None, help="JSON-lines file (default runs/<profile>/bench/fid_extractor.jsonl)")
     args = ap.parse_args(argv)
     cfg = load_profile(args.profile)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     size = args.size or cfg.data.size
     with tempfile.TemporaryDirectory() as tmp:
-        ex = _extractor(cfg, Path(tmp))
+        ex = _domain_extractor(Path(tmp)) if args.extractor == "domain" else _extractor(cfg, Path(tmp))
         runner = FeatureRunner(ex, args.batch, device)
         x = np.random.default_rng(1).integers(0, 256, (args.slices, 3, size, size), dtype=np.uint8)
         runner(x[: min(args.batch, args.slices)])  # warm-up (model build, allocator, cudnn autotune)
@@ -86,7 +97,8 @@ def main(argv=None) -> int:
     rec = {"bench": "fid_extractor", "profile": args.profile, "device": device, "hardware": hardware_label(device),
            "hardware_info": hardware_info(device), "torch_threads": torch.get_num_threads(), "batch": args.batch,
            "input_size": size, "slices_timed": args.slices, "wall_s": round(wall, 3),
-           "slices_per_s": round(rate, 3), "weights_kind": ex.kind, **need,
+           "slices_per_s": round(rate, 3), "weights_kind": ex.kind, "extractor": ex.name, **need,
+           "loadavg": list(os.getloadavg()),
            "table1_cached_axial_h": round(need["cached_axial"] / rate / 3600, 3),
            "table1_cached_all_views_h": round(need["cached_all_views"] / rate / 3600, 3),
            "table1_naive_axial_h": round(need["naive_axial"] / rate / 3600, 3)}

@@ -99,6 +99,8 @@ class CTSGANConfig:
     dslice_position: str = "fourier"    # Dslice's position embedding: fourier (smooth) | table (one row per position,
                                         # what checkpoints from before 2026-11-26 used; docs/ctsgan.md)
     dslab_position: bool = False        # tell Dslab where its slab starts (not in the paper; docs/ctsgan.md)
+    rv_init: str = "random"             # Rv's (h0, c0): random per volume (MoCoGAN; paper "random inputs (εi and h0)")
+                                        # or "learned" constants (checkpoints from before issue 21)
 
 
 @dataclass
@@ -119,6 +121,7 @@ class GAN3DConfig:
     ckpt_every: int = 10
     sample_every: int = 10
     bf16: bool = False                  # CUDA autocast: less memory, 20 % slower than TF32 on an H200 (performance.md)
+    d_steps: int = 0                    # critic updates per generator update; 0 = ctsgan.d_steps (same schedule)
 
 
 @dataclass
@@ -146,6 +149,13 @@ class FidelityConfig:
     weights_path: str = ""             # InceptionV3 torch-fidelity weights; empty = hub cache, then offline fallback
     weights_sha256: str = ""            # recorded SHA-256 of those weights (else a sidecar <file>.sha256 is required)
     calibration_slices: int = 32        # BN recalibration batch for the offline fallback extractor
+    offline_extractor: str = "domain"   # no ImageNet weights (smoke/demo): "domain" (CT CNN trained on the real train
+                                        # split; chosen from the sensitivity suite, docs/fidelity.md) or "inception-fallback"
+    domain_steps: int = 200             # domain extractor training steps (2D and 3D; batch 32; under a minute on a CPU)
+    domain_regions: int = 8             # craniocaudal regions of the lung field (the IS classes)
+    domain_max_volumes: int = 64        # real train volumes the domain extractors see (seeded draw; 0 = all)
+    metrics_3d: bool = True             # 3D FID / MMD (3D domain encoder) and MS-SSIM diversity per Table 1 row
+    kid_subsets: int = 50               # KID: subsets per pair (subset size = the smaller slice count, <= 1000)
     batch: int = 32
     privacy_size: int = 16              # memorization check: volumes downsampled to this side before correlating
     privacy_percentile: float = 95.0    # copy threshold: this percentile of real-val→nearest-train correlation

@@ -238,14 +238,41 @@ def test_paper_profile_without_weights_says_what_to_fetch(tmp_path):
         I.resolve_extractor("paper", weights_path=str(tmp_path / "nope.pth"))
 
 
-def test_hub_weights_with_recorded_hash_are_used(fallback):
+def test_torch_hub_hash_convention_is_a_sha256_prefix(tmp_path):
+    """The name suffix 6726825d follows torch hub's convention: hub checks it as the file's SHA-256 prefix."""
+    import hashlib
+    import re
+
+    import torch.hub
+
+    assert I.OFFICIAL_SHA256_PREFIX == "6726825d"
+    assert torch.hub.HASH_REGEX.search(I.OFFICIAL_WEIGHTS_NAME).group(1) == I.OFFICIAL_SHA256_PREFIX
+    # torch hub's own check: a local file downloaded with a wrong prefix is refused, with the right one kept
+    src = tmp_path / "w.bin"
+    src.write_bytes(b"not weights")
+    sha = hashlib.sha256(src.read_bytes()).hexdigest()
+    torch.hub.download_url_to_file(src.as_uri(), str(tmp_path / "ok.bin"), hash_prefix=sha[:8], progress=False)
+    with pytest.raises(RuntimeError, match="invalid hash value"):
+        torch.hub.download_url_to_file(src.as_uri(), str(tmp_path / "bad.bin"), hash_prefix="6726825d",
+                                       progress=False)
+    assert re.fullmatch("[0-9a-f]{8}", I.OFFICIAL_SHA256_PREFIX)
+
+
+def test_fallback_weights_at_hub_path_are_refused_the_imagenet_label(fallback, tmp_path):
     hub = I.hub_weights_path()
     hub.parent.mkdir(parents=True, exist_ok=True)
     shutil.copy(fallback.weights_path, hub)
     with pytest.raises(InputFileError, match="no recorded SHA-256"):
         I.resolve_extractor("smoke")
-    ex = I.resolve_extractor("smoke", weights_sha256=fallback.sha256)
-    assert ex.kind == "imagenet" and ex.weights_path == str(hub) and ex.comparable_to_paper
+    # even with its (correct) hash recorded, a file whose SHA-256 lacks hub's prefix is not the official weights
+    assert not fallback.sha256.startswith(I.OFFICIAL_SHA256_PREFIX)
+    with pytest.raises(InputFileError, match="not the official"):
+        I.resolve_extractor("smoke", weights_sha256=fallback.sha256)
+    hub.unlink()
+    # passed explicitly, the same file is usable, but labelled custom and not comparable
+    ex = I.resolve_extractor("smoke", weights_path=fallback.weights_path, weights_sha256=fallback.sha256)
+    assert ex.kind == "custom" and not ex.comparable_to_paper
+    assert I.is_official_sha256("6726825d" + "0" * 56) and not I.is_official_sha256(fallback.sha256)
 
 
 # ------------------------------------------------------------------------------------------------ whole protocol
@@ -254,7 +281,8 @@ def _cfg(**extra):
 
     base = {"fidelity.n_pairs": 2, "fidelity.volumes_per_source": 2, "fidelity.max_slices": 2,
             "fidelity.views": "axial,sagittal", "fidelity.pooled_volumes": 2, "fidelity.isc_splits": 1,
-            "fidelity.calibration_slices": 4, "fidelity.batch": 16}
+            "fidelity.calibration_slices": 4, "fidelity.batch": 16, "fidelity.metrics_3d": False,
+            "fidelity.kid_subsets": 5}
     return load_profile("smoke", **{**base, **extra})
 
 
@@ -319,18 +347,24 @@ def test_cli_fid_real_vs_real_and_errors(tmp_root, capsys):
     one = write_cohort(tmp_root / "one", 1, seed=2)
     out = tmp_root / "m.jsonl"
     sets = ["--set", "fidelity.n_pairs=2", "--set", "fidelity.volumes_per_source=2", "--set",
-            "fidelity.max_slices=2", "--set", "fidelity.pooled_volumes=1", "--set", "fidelity.isc_splits=1",
-            "--set", "fidelity.calibration_slices=4"]
+            "fidelity.max_slices=4", "--set", "fidelity.pooled_volumes=1", "--set", "fidelity.isc_splits=1",
+            "--set", "fidelity.calibration_slices=4", "--set", "fidelity.domain_steps=10", "--set",
+            "fidelity.kid_subsets=5"]
     rc = main(["fid", str(real.root), str(real.root), "--profile", "smoke", "--out", str(out), "--views", "axial",
                "--tables", *sets])
     assert rc == 0, capsys.readouterr().err
     lines = [json.loads(x) for x in out.read_text().splitlines()]
-    assert {r["protocol"] for r in lines} == {"pair", "pooled", "volume"}
-    assert all(r["row"] == "real" and r["weights_kind"] == "fallback" for r in lines)
-    assert "not comparable to the paper" in capsys.readouterr().out
-    assert (tmp_root / "table1.md").is_file()
-    fb = list((cfg.runs_dir / "fidelity" / "extractor").glob("*.pth"))
-    assert len(fb) == 1 and (fb[0].parent / (fb[0].name + ".json")).is_file()
+    assert {r["protocol"] for r in lines} == {"pair", "pooled", "volume", "within"}
+    assert {r["metric"] for r in lines} == {"fid", "kid", "is", "fid3d", "mmd3d", "msssim"}
+    # the offline default is the domain extractor, named in every line and in the printout
+    assert all(r["row"] == "real" and r["weights_kind"] == "domain" and r["extractor"] == "ctsgan-domain2d"
+               and r["extractor_3d"] == "ctsgan-domain3d" for r in lines)
+    printed = capsys.readouterr().out
+    assert "not comparable to the paper" in printed and "relative FD 1.00" in printed and "KID" in printed
+    assert "3D FID" in printed and "MS-SSIM" in printed and "ctsgan-domain2d" in printed
+    assert "ctsgan-domain2d" in (tmp_root / "table1.md").read_text()
+    weights = sorted(p.name.split("-")[0] for p in (cfg.runs_dir / "fidelity" / "extractor").glob("*.pt"))
+    assert weights == ["domain2d", "domain3d"]
     assert main(["fid", str(one.root), str(one.root), "--out", str(out), *sets]) == 2
     assert "two different patients" in capsys.readouterr().err
     assert main(["fid", str(tmp_root / "missing"), str(real.root), "--out", str(out)]) == 2

@@ -29,6 +29,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="override fidelity.views (axial is the paper's)")
     p.add_argument("--weights", default=None, help="InceptionV3 weights file (override fidelity.weights_path)")
     p.add_argument("--tables", action="store_true", help="also write table1.csv/.md (and 2.5D, pooled) next to --out")
+    p.add_argument("--no-baseline", action="store_true",
+                   help="skip the real-vs-real pairs that relative FD divides by (computed by default)")
     add_device_arg(p)
     add_progress_arg(p)
     p.set_defaults(func=run)
@@ -68,19 +70,42 @@ def run(args: argparse.Namespace) -> int:
     if row == "real" and Path(args.real).resolve() != Path(args.other).resolve():
         raise CTSGANError("--row real compares two different patients of ONE cohort: pass the same folder twice")
     out = Path(args.out) if args.out else cfg.runs_dir / "fidelity" / "metrics.jsonl"
-    records = run_fidelity(cfg, Source("real", real, str(args.real)), [Source(row, other, str(args.other))],
-                           out=out, device=args.device,
+    rows = [Source(row, other, str(args.other))]
+    if row != "real" and not args.no_baseline:
+        rows.insert(0, Source("real", real, str(args.real)))  # the real–real baseline of relative FD
+    records = run_fidelity(cfg, Source("real", real, str(args.real)), rows, out=out, device=args.device,
                            progress=not args.no_progress)
     ex = records[0]
     print(f"extractor: {ex['extractor']} ({ex['weights_kind']}, sha256 {ex['weights_sha256'][:16]}…)"
-          + ("" if ex["comparable_to_paper"] else " — NOT ImageNet features: not comparable to the paper"))
-    for view in cfg.fidelity.views:
-        m, s = mean_std(r["value"] for r in records if r["metric"] == "fid" and r["protocol"] == "pair"
-                        and r["view"] == view)
-        pooled = [r["value"] for r in records if r["protocol"] == "pooled" and r["view"] == view]
-        print(f"FID {view:9s} {m:10.2f} ± {s:.2f} over {cfg.fidelity.n_pairs} pairs; pooled {pooled[0]:.2f}")
-    m, s = mean_std(r["value"] for r in records if r["metric"] == "is")
-    print(f"IS  (per volume) {m:.3f} ± {s:.3f}")
+          + (f"; 3D encoder: {ex['extractor_3d']} (sha256 {ex['weights_3d_sha256'][:16]}…)"
+             if ex.get("extractor_3d") else "")
+          + ("" if ex["comparable_to_paper"] else " — NOT ImageNet features: not comparable to the paper; "
+             "compare relative FD"))
+
+    def ms(metric, key, view=None, protocol="pair"):
+        return mean_std(r["value"] for r in records if r["metric"] == metric and r["row"] == key
+                        and r["protocol"] == protocol and (view is None or r["view"] == view))
+
+    keys = list(dict.fromkeys(r["row"] for r in records))
+    for key in keys:
+        print(f"[{key}]")
+        for view in cfg.fidelity.views:
+            m, s = ms("fid", key, view)
+            rr = ms("fid", "real", view)[0] if "real" in keys else float("nan")
+            pooled = [r["value"] for r in records if r["protocol"] == "pooled" and r["view"] == view
+                      and r["row"] == key]
+            print(f"  FID {view:9s} {m:10.2f} ± {s:.2f} over {cfg.fidelity.n_pairs} pairs; relative FD "
+                  f"{m / rr:.2f}; pooled {pooled[0]:.2f}")
+        km, ks = ms("kid", key, "axial")
+        print(f"  KID axial       {km:.5f} ± {ks:.5f}")
+        m, s = ms("is", key, protocol="volume")
+        print(f"  IS  (per volume) {m:.3f} ± {s:.3f}")
+        if any(r["metric"] == "fid3d" for r in records):
+            f3, m3 = ms("fid3d", key, "3d"), ms("mmd3d", key, "3d")
+            rr3 = ms("fid3d", "real", "3d")[0] if "real" in keys else float("nan")
+            d = ms("msssim", key, "3d", "within")
+            print(f"  3D FID {f3[0]:.2f} ± {f3[1]:.2f} (relative {f3[0] / rr3:.2f}); 3D MMD {m3[0]:.5f} ± "
+                  f"{m3[1]:.5f}; MS-SSIM within {key} {d[0]:.3f} ± {d[1]:.3f}")
     if args.tables:
         write_tables(records, out.parent)
         print(f"tables: {out.parent / 'table1.md'}")

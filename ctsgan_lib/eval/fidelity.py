@@ -23,6 +23,7 @@ them are in :mod:`ctsgan_lib.reporting.fidelity`.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import math
 from dataclasses import dataclass
@@ -40,9 +41,11 @@ from ..errors import CTSGANError
 from ..utils.atomic import atomic_path
 from ..utils.hardware import hardware_label
 from ..utils.logs import append_jsonl, read_jsonl
-from .inception import EXTRACTOR_NAME, FEATURES, Extractor, resolve_extractor
+from . import domain as DM
+from .distances import fid_from_features, is_from_logits, kid_from_features, msssim_3d  # noqa: F401 (re-exported)
+from .inception import FEATURES, Extractor, hub_weights_path, resolve_extractor
 
-FID_LAYER, IS_LAYER = FEATURES
+FID_LAYER, IS_LAYER = FEATURES  # the Inception layers; an Extractor names its own (``fid_layer``, ``is_layer``)
 
 #: Paper Table 1 (mean ± std), set beside ours. The labels leave out sizes: the paper's rows were 224³ (CT-SGAN) and
 #: 128³ → 224³ (3D GAN); ours are the profile's (``data.size``, ``gan3d.size``), which the table's caption states.
@@ -115,7 +118,8 @@ class SliceStack(torch.utils.data.Dataset):
 # features (torch-fidelity's extractor) and their cache
 # --------------------------------------------------------------------------------------------------------------------
 class FeatureRunner:
-    """torch-fidelity's ``inception-v3-compat`` extractor, created once, run on slice stacks.
+    """A torch-fidelity feature extractor (``inception-v3-compat`` or the registered ``ctsgan-domain2d``), created
+    once, run on slice stacks (on the GPU when there is one).
 
     Uses ``torch_fidelity.utils.create_feature_extractor`` and ``get_featuresdict_from_dataset``: the same code
     ``calculate_metrics`` runs, so cached features are exactly what torch-fidelity would compute.
@@ -133,13 +137,17 @@ class FeatureRunner:
         if self._net is None:
             from torch_fidelity.utils import create_feature_extractor  # torch-fidelity: 1.6 s to import (torchvision)
 
-            self._net = create_feature_extractor(EXTRACTOR_NAME, list(FEATURES), cuda=self.device == "cuda",
+            if self.extractor.name == DM.DOMAIN2D_NAME:
+                DM.register()
+            layers = [self.extractor.fid_layer, self.extractor.is_layer]
+            self._net = create_feature_extractor(self.extractor.name, layers, cuda=self.device == "cuda",
                                                  feature_extractor_weights_path=self.extractor.weights_path,
                                                  verbose=False)
         return self._net
 
     def __call__(self, slices_u8: np.ndarray) -> dict[str, np.ndarray]:
-        """Features of a uint8 (N, 3, H, W) stack: ``{"2048": (N, 2048), "logits_unbiased": (N, 1008)}``."""
+        """Features of a uint8 (N, 3, H, W) stack, keyed by layer (e.g. ``{"2048": (N, 2048), "logits_unbiased": (N,
+        1008)}`` for Inception, ``{"feat": (N, 128), "logits_unbiased": (N, regions)}`` for the domain CNN)."""
         from torch_fidelity.utils import get_featuresdict_from_dataset  # torch-fidelity: 1.6 s to import (torchvision)
 
         out = get_featuresdict_from_dataset(SliceStack(slices_u8), self.net, self.batch, self.device == "cuda",
@@ -216,52 +224,6 @@ class FeatureCache:
         self.misses += 1
         self._mem[key] = feats
         return feats
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# metrics from features
-# --------------------------------------------------------------------------------------------------------------------
-def fid_from_features(f1: np.ndarray, f2: np.ndarray) -> float:
-    """FID between two feature sets (rows = samples), equal to torch-fidelity's computation.
-
-    With ``A_i`` the centred features and ``Σ_i = A_iᵀA_i/(n_i-1)``, the non-zero eigenvalues of ``Σ_1Σ_2`` are the
-    squared singular values of ``A_1A_2ᵀ/√((n_1-1)(n_2-1))``, so ``tr √(Σ_1Σ_2)`` is their sum. Exact, and cheap when
-    ``n_i`` is small; for large sets torch-fidelity's own ``fid_statistics_to_metric`` is used.
-    """
-    f1 = np.asarray(f1)
-    f2 = np.asarray(f2)
-    if f1.ndim != 2 or f2.ndim != 2 or f1.shape[1] != f2.shape[1]:
-        raise CTSGANError(f"feature sets do not match: {f1.shape} vs {f2.shape}")
-    n1, n2 = len(f1), len(f2)
-    if n1 < 2 or n2 < 2:
-        raise CTSGANError(f"FID needs at least 2 slices per side, got {n1} and {n2}")
-    if min(n1, n2) >= f1.shape[1]:
-        from torch_fidelity.metric_fid import fid_features_to_statistics, fid_statistics_to_metric  # torch-fidelity: 1.6 s to import (torchvision)
-
-        s1 = fid_features_to_statistics(torch.from_numpy(f1))
-        s2 = fid_features_to_statistics(torch.from_numpy(f2))
-        return float(fid_statistics_to_metric(s1, s2, False)["frechet_inception_distance"])
-    a = f1.astype(np.float64)
-    b = f2.astype(np.float64)
-    diff = a.mean(0) - b.mean(0)
-    a = a - a.mean(0)
-    b = b - b.mean(0)
-    tr1 = float((a * a).sum()) / (n1 - 1)
-    tr2 = float((b * b).sum()) / (n2 - 1)
-    sv = np.linalg.svd(a @ b.T, compute_uv=False) / math.sqrt((n1 - 1) * (n2 - 1))
-    return float(diff @ diff + tr1 + tr2 - 2.0 * sv.sum())
-
-
-def is_from_logits(logits: np.ndarray, splits: int = 10, seed: int = 2020) -> float:
-    """Inception Score from unbiased logits via torch-fidelity's ``isc_features_to_metric`` (shuffled, seeded)."""
-    from torch_fidelity.metric_isc import isc_features_to_metric  # torch-fidelity: 1.6 s to import (torchvision)
-
-    logits = np.asarray(logits)
-    if splits < 1 or len(logits) < splits:
-        raise CTSGANError(f"Inception Score with {splits} splits needs at least {splits} slices, got {len(logits)}; "
-                          "lower fidelity.isc_splits or raise fidelity.max_slices")
-    out = isc_features_to_metric(torch.from_numpy(logits), splits, True, int(seed))
-    return float(out["inception_score_mean"])
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -390,7 +352,8 @@ class Source:
 
 def evaluate_source(cache: FeatureCache, real: Source, other: Source, *, n_pairs: int, pool_size: int,
                     pooled_volumes: int, views: Sequence[str], isc_splits: int, seed: int,
-                    base: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+                    base: dict[str, Any] | None = None, kid_subsets: int = 50, encoder3d=None,
+                    hu_window: tuple[float, float] = (-1000.0, 400.0)) -> list[dict[str, Any]]:
     """All metrics of one Table 1 row as JSON-ready records.
 
     ``other`` is compared against ``real``; when ``other.key == "real"`` the pairs are two different real patients
@@ -399,7 +362,9 @@ def evaluate_source(cache: FeatureCache, real: Source, other: Source, *, n_pairs
     Returns
     -------
     list of dict
-        ``metric`` (``fid``/``is``), ``protocol`` (``pair``, ``pooled``, ``volume``), ``view``, ``value`` and ids.
+        ``metric`` (``fid``, ``kid``, ``is``; with ``encoder3d`` also ``fid3d``, ``mmd3d`` per pair and ``msssim``
+        per within-source pair), ``protocol`` (``pair``, ``pooled``, ``volume``, ``within``), ``view``, ``value``
+        and ids. ``encoder3d(hu) -> (n_slabs, d)`` gives the 3D encoder's slab features of a volume.
     """
     base = dict(base or {})
     same = other.key == "real"
@@ -409,15 +374,18 @@ def evaluate_source(cache: FeatureCache, real: Source, other: Source, *, n_pairs
     pairs = draw_pairs(real_ids, other_ids, n_pairs, seed, same)
     row = {**base, "row": other.key, "row_label": row_label(other.key), "source": other.name,
            "reference": real.name}
+    fl, il = cache.runner.extractor.fid_layer, cache.runner.extractor.is_layer
     records: list[dict[str, Any]] = []
     for view in views:
         for k, (a, b) in enumerate(pairs):
             fa = cache.get(other.cohort, a, view)
             fb = cache.get(real.cohort, b, view)
             _check_shapes(fa, fb, f"{other.name} {a} vs {real.name} {b}")
-            records.append({**row, "metric": "fid", "protocol": "pair", "view": view, "pair": k, "a": a, "b": b,
-                            "n_slices": [int(len(fa[FID_LAYER])), int(len(fb[FID_LAYER]))],
-                            "value": fid_from_features(fa[FID_LAYER], fb[FID_LAYER])})
+            pair = {**row, "protocol": "pair", "view": view, "pair": k, "a": a, "b": b,
+                    "n_slices": [int(len(fa[fl])), int(len(fb[fl]))]}
+            records.append({**pair, "metric": "fid", "value": fid_from_features(fa[fl], fb[fl])})
+            records.append({**pair, "metric": "kid", "kid_subsets": kid_subsets,
+                            "value": kid_from_features(fa[fl], fb[fl], kid_subsets, seed + k)})
         # pooled: all slices of many volumes per side (disjoint patients for real vs real)
         if same:
             half = len(real_ids) // 2  # draw_pairs above already refused a one-patient cohort
@@ -428,17 +396,48 @@ def evaluate_source(cache: FeatureCache, real: Source, other: Source, *, n_pairs
         fb = [cache.get(real.cohort, v, view) for v in side_b]
         for f in fa[1:] + fb:
             _check_shapes(fa[0], f, f"pooled {other.name} vs {real.name}")
-        pa = np.concatenate([f[FID_LAYER] for f in fa])
-        pb = np.concatenate([f[FID_LAYER] for f in fb])
+        pa = np.concatenate([f[fl] for f in fa])
+        pb = np.concatenate([f[fl] for f in fb])
         records.append({**row, "metric": "fid", "protocol": "pooled", "view": view, "a": side_a, "b": side_b,
                         "n_slices": [int(len(pa)), int(len(pb))], "value": fid_from_features(pa, pb)})
     # IS per volume over its axial slices (paper: "IS was also computed slice-by-slice")
     for vid in other_ids:
         f = cache.get(other.cohort, vid, "axial")
         records.append({**row, "metric": "is", "protocol": "volume", "view": "axial", "a": vid,
-                        "n_slices": [int(len(f[IS_LAYER]))], "isc_splits": isc_splits,
-                        "value": is_from_logits(f[IS_LAYER], isc_splits, seed)})
+                        "n_slices": [int(len(f[il]))], "isc_splits": isc_splits,
+                        "value": is_from_logits(f[il], isc_splits, seed)})
+    if encoder3d is not None:
+        records += _records_3d(encoder3d, real, other, pairs, other_ids, row, seed, kid_subsets, hu_window)
     return records
+
+
+def _records_3d(encoder3d, real: Source, other: Source, pairs, other_ids, row, seed: int, kid_subsets: int,
+                hu_window: tuple[float, float]) -> list[dict[str, Any]]:
+    """3D FID and 3D MMD per scan pair (slab features of the 3D encoder) and MS-SSIM between pairs of volumes of
+    ``other`` itself (diversity; for the real row, pairs of two different patients)."""
+    feats: dict[tuple[str, str], np.ndarray] = {}
+
+    def f3(src: Source, vid: str) -> np.ndarray:
+        key = (src.name, vid)
+        if key not in feats:
+            feats[key] = encoder3d(np.asarray(src.cohort.read(vid)[0], dtype=np.float32))
+        return feats[key]
+
+    out = []
+    for k, (a, b) in enumerate(pairs):
+        fa, fb = f3(other, a), f3(real, b)
+        pair = {**row, "protocol": "pair", "view": "3d", "pair": k, "a": a, "b": b, "n_slabs": [len(fa), len(fb)]}
+        out.append({**pair, "metric": "fid3d", "value": fid_from_features(fa, fb)})
+        out.append({**pair, "metric": "mmd3d", "value": kid_from_features(fa, fb, kid_subsets, seed + k)})
+    if len(other_ids) >= 2:
+        # distinct unordered pairs of two different volumes (a repeated pair would only repeat a number)
+        combos = list(itertools.combinations(sorted(other_ids), 2))
+        order = np.random.default_rng(seed + 7).permutation(len(combos))[:len(pairs)]
+        for k, (a, b) in enumerate(combos[i] for i in order):
+            va, vb = other.cohort.read(a)[0], other.cohort.read(b)[0]
+            out.append({**row, "metric": "msssim", "protocol": "within", "view": "3d", "pair": k, "a": a, "b": b,
+                        "value": msssim_3d(va, vb, *hu_window)})
+    return out
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -476,8 +475,16 @@ def calibration_slices(cohort, n_slices: int, seed: int, views: Sequence[str], h
 
 
 def resolve_for_config(cfg, real_cohort) -> Extractor:
-    """:func:`~ctsgan_lib.eval.inception.resolve_extractor` with the paths and settings of ``cfg``."""
+    """The slice feature extractor of ``cfg``: ImageNet InceptionV3 when its weights are configured or in the hub
+    cache (and always at paper), else ``fidelity.offline_extractor``: the domain CNN (default) or the recalibrated
+    random InceptionV3 fallback (:func:`~ctsgan_lib.eval.inception.resolve_extractor`)."""
     f = cfg.fidelity
+    if f.offline_extractor not in ("domain", "inception-fallback"):
+        raise CTSGANError(f"fidelity.offline_extractor must be 'domain' or 'inception-fallback', "
+                          f"got {f.offline_extractor!r}")
+    imagenet = bool(f.weights_path) or hub_weights_path().is_file() or cfg.profile == "paper"
+    if not imagenet and f.offline_extractor == "domain":
+        return DM.domain_for_config(cfg, real_cohort, dims=2).as_extractor()
     fallback = cfg.runs_dir / "fidelity" / "extractor" / f"fallback-inception-seed{f.seed}-cal{f.calibration_slices}.pth"
     return resolve_extractor(
         cfg.profile, f.weights_path, f.weights_sha256, fallback, f.seed,
@@ -516,6 +523,12 @@ def run_fidelity(cfg, real: Source, others: Sequence[Source], out: str | Path | 
         raise CTSGANError("fidelity.views must include 'axial' (the paper's protocol)")
     precheck(real, others, f.volumes_per_source, f.seed, f.max_slices, f.isc_splits)  # fail before costly work
     extractor = extractor or resolve_for_config(cfg, real.cohort)
+    encoder3d, ex3d = None, {}
+    if f.metrics_3d:
+        d3 = DM.domain_for_config(cfg, real.cohort, dims=3)
+        r3 = DM.Domain3DRunner(d3, device)
+        encoder3d = lambda hu: r3(hu, cfg.data.hu_min, cfg.data.hu_max)  # noqa: E731
+        ex3d = {"extractor_3d": d3.name, "weights_3d_sha256": d3.sha256}
     runner = FeatureRunner(extractor, f.batch, device)
     cache = FeatureCache(cfg.runs_dir / "fidelity" / "features", runner, f.max_slices, cfg.data.hu_min,
                          cfg.data.hu_max)
@@ -523,12 +536,13 @@ def run_fidelity(cfg, real: Source, others: Sequence[Source], out: str | Path | 
             "data_source": f"real={real.name}", "max_slices": f.max_slices, "n_pairs_cfg": f.n_pairs,
             "protocol_desc": "paper §4.2: FID between the slice sets of two random scans, mean ± std over pairs; "
                              "real-vs-real pairs are two different patients; IS per volume over its slices",
-            **extractor.as_record()}
+            **extractor.as_record(), **ex3d}
     records: list[dict[str, Any]] = []
     for src in tqdm(list(others), desc="Table 1 rows", disable=not progress):
         records += evaluate_source(cache, real, src, n_pairs=f.n_pairs, pool_size=f.volumes_per_source,
                                    pooled_volumes=f.pooled_volumes, views=list(f.views), isc_splits=f.isc_splits,
-                                   seed=f.seed, base=base)
+                                   seed=f.seed, base=base, kid_subsets=f.kid_subsets, encoder3d=encoder3d,
+                                   hu_window=(cfg.data.hu_min, cfg.data.hu_max))
     sources = ", ".join(f"{s.key}={s.name}" for s in others)
     for r in records:
         r["data_source"] = f"real={real.name}; rows: {sources}"

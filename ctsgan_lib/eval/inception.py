@@ -36,6 +36,12 @@ from ..utils.atomic import atomic_write_bytes, atomic_write_text, file_sha256
 EXTRACTOR_NAME = "inception-v3-compat"
 OFFICIAL_WEIGHTS_NAME = "weights-inception-2015-12-05-6726825d.pth"
 OFFICIAL_WEIGHTS_URL = f"https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/{OFFICIAL_WEIGHTS_NAME}"
+#: torch hub's convention (``torch.hub.HASH_REGEX = r"-([a-f0-9]*)\."`` and ``download_url_to_file(hash_prefix=...)``,
+#: which checks ``sha256(file).hexdigest()[:len(prefix)] == prefix``): the hex suffix of the file name is the first
+#: hex digits of the file's SHA-256. Only a file whose SHA-256 starts with it is labelled ``imagenet`` / comparable.
+OFFICIAL_SHA256_PREFIX = OFFICIAL_WEIGHTS_NAME.rsplit("-", 1)[1].split(".")[0]
+CUSTOM_NOTE = ("user-supplied InceptionV3-shaped weights whose SHA-256 does not start with torch hub's recorded "
+               f"prefix {OFFICIAL_SHA256_PREFIX}: NOT the official ImageNet weights, not comparable to the paper")
 #: Feature layers we ask torch-fidelity for: FID uses the 2048-d pool features, IS the unbiased logits.
 FEATURES = ("2048", "logits_unbiased")
 FALLBACK_NOTE = ("features from a seeded random InceptionV3 with BatchNorm recalibrated on real slices, NOT ImageNet "
@@ -69,10 +75,12 @@ class Extractor:
     note: str
     name: str = EXTRACTOR_NAME
     meta: dict[str, Any] = field(default_factory=dict)
+    fid_layer: str = FEATURES[0]       # torch-fidelity feature layer for FID / KID
+    is_layer: str = FEATURES[1]        # ... and for IS
 
     @property
     def label(self) -> str:
-        """E.g. ``"inception-v3-compat [fallback, sha256 1a2b3c4d5e6f]"``."""
+        """E.g. ``"inception-v3-compat [fallback, sha256 1a2b3c4d5e6f]"`` (the name every table shows)."""
         return f"{self.name} [{self.kind}, sha256 {self.sha256[:12]}]"
 
     def as_record(self) -> dict[str, Any]:
@@ -80,6 +88,11 @@ class Extractor:
         return {"extractor": self.name, "weights_kind": self.kind, "weights_sha256": self.sha256,
                 "weights_file": Path(self.weights_path).name, "comparable_to_paper": self.comparable_to_paper,
                 "extractor_note": self.note}
+
+
+def is_official_sha256(sha256: str) -> bool:
+    """Whether a SHA-256 matches torch hub's prefix for the official weights (the only ``imagenet`` label)."""
+    return sha256.lower().startswith(OFFICIAL_SHA256_PREFIX)
 
 
 def hub_weights_path() -> Path:
@@ -306,10 +319,16 @@ def resolve_extractor(profile: str, weights_path: str = "", weights_sha256: str 
         if not p.is_file():
             raise InputFileError(p, f"fidelity.weights_path does not exist; {fetch_instructions(p)}")
         sha = verify_weights(p, recorded_sha256(p, weights_sha256))
+        if not is_official_sha256(sha):
+            return Extractor(str(p), sha, "custom", False, CUSTOM_NOTE)
         return Extractor(str(p), sha, "imagenet", True, "torch-fidelity ImageNet InceptionV3 (2015-12-05)")
     hub = hub_weights_path()
     if hub.is_file():
         sha = verify_weights(hub, recorded_sha256(hub, weights_sha256))
+        if not is_official_sha256(sha):
+            raise InputFileError(hub, f"not the official torch-fidelity weights: its SHA-256 {sha[:16]}… does not "
+                                 f"start with {OFFICIAL_SHA256_PREFIX}, the prefix torch hub's file-name convention "
+                                 "records; remove it, or pass it as fidelity.weights_path to use it unlabelled")
         return Extractor(str(hub), sha, "imagenet", True, "torch-fidelity ImageNet InceptionV3 (2015-12-05)")
     if profile == "paper":
         raise MissingInputError(f"Inception weights missing (the paper profile needs ImageNet features): "

@@ -2,8 +2,9 @@
 
 Four sub-networks, named as in the paper:
 
-- :class:`SliceRNN` (Rv): a BiLSTM fed with per-slice noise ε_i, with a learned initial state (h0, c0). It outputs a
-  slice-specific code for every position of a volume.
+- :class:`SliceRNN` (Rv): a BiLSTM fed with per-slice noise ε_i and a random initial state (h0, c0) per volume, as in
+  MoCoGAN (``ctsgan.rv_init="random"``, the default); learned constant h0, c0 are the option ``"learned"`` (what
+  checkpoints from before issue 21 hold). It outputs a slice-specific code for every position of a volume.
 - :class:`SliceGenerator` (Gslice): maps [patient noise, slice code] to one "3D slice" = 3 consecutive axial slices as
   channels, S×S. Patient noise is constant over a volume (patient/scanner-specific content).
 - :class:`SliceDiscriminator` (Dslice): judges single 3D slices "with respect to the slice position" (a projection
@@ -33,7 +34,8 @@ DEFAULT_META = {"spacing_mm": (1.0, 1.0, 1.0), "hu_min": -1000.0, "hu_max": 400.
 
 
 class SliceRNN(nn.Module):
-    """Rv: a BiLSTM over per-slice noise with learned initial state; outputs one slice code per position.
+    """Rv: a BiLSTM over per-slice noise from a random (per volume, MoCoGAN) or learned initial state; outputs one
+    slice code per position.
 
     Parameters
     ----------
@@ -43,23 +45,49 @@ class SliceRNN(nn.Module):
         Output size per position (both directions together, so it must be even).
     """
 
-    def __init__(self, slice_noise_dim: int, slice_code_dim: int):
+    INITS = ("random", "learned")
+    #: seed of the fixed projection patient noise → (h0, c0) in the random mode (a constant, never trained)
+    INIT_PROJ_SEED = 20211
+
+    def __init__(self, slice_noise_dim: int, slice_code_dim: int, init: str = "learned", patient_dim: int = 0):
         super().__init__()
         if slice_code_dim % 2:
             raise ValueError(f"slice_code_dim must be even (two LSTM directions), got {slice_code_dim}")
+        if init not in self.INITS:
+            raise ValueError(f"ctsgan.rv_init must be one of {self.INITS}, got {init!r}")
         hidden = slice_code_dim // 2
         self.slice_noise_dim = slice_noise_dim
+        self.init = init
         self.lstm = nn.LSTM(slice_noise_dim, hidden, batch_first=True, bidirectional=True)
-        # learned h0 and c0 (paper: "fed with random inputs (εi and h0), and its parameters are learned")
-        self.h0 = nn.Parameter(torch.zeros(2, 1, hidden))
-        self.c0 = nn.Parameter(torch.zeros(2, 1, hidden))
+        if init == "learned":
+            # learned constants h0 and c0 (our first reading of "fed with random inputs (εi and h0)")
+            self.h0 = nn.Parameter(torch.zeros(2, 1, hidden))
+            self.c0 = nn.Parameter(torch.zeros(2, 1, hidden))
+        else:
+            # MoCoGAN: h0 ~ N(0, I) per volume. Drawn from the volume's own patient noise through a fixed orthogonal-ish
+            # Gaussian projection (std 1/sqrt(patient_dim), so h0, c0 ~ N(0, I)): the volume stays a function of
+            # volume_seed alone and the noise API is unchanged. Not a parameter; rebuilt identically at load.
+            g = torch.Generator().manual_seed(self.INIT_PROJ_SEED)
+            proj = torch.randn(max(1, patient_dim), 4 * hidden, generator=g) / max(1, patient_dim) ** 0.5
+            self.register_buffer("init_proj", proj, persistent=False)
 
-    def forward(self, slice_noise: torch.Tensor) -> torch.Tensor:
-        """``slice_noise`` (B, L, slice_noise_dim) → slice codes (B, L, slice_code_dim)."""
+    def initial_state(self, batch: int, patient_noise: torch.Tensor | None, like: torch.Tensor):
+        """(h0, c0), each (2, B, hidden): learned constants, or random per volume from ``patient_noise``."""
+        hidden = self.lstm.hidden_size
+        if self.init == "learned":
+            return self.h0.expand(-1, batch, -1).contiguous(), self.c0.expand(-1, batch, -1).contiguous()
+        if patient_noise is None:  # e.g. FLOP counting of Rv alone: a zero state has the same cost
+            z = torch.zeros(4, batch, hidden, dtype=like.dtype, device=like.device)
+        else:
+            z = (patient_noise.to(like.dtype) @ self.init_proj.to(like.device)).view(batch, 4, hidden)
+            z = z.permute(1, 0, 2)
+        return z[:2].contiguous(), z[2:].contiguous()
+
+    def forward(self, slice_noise: torch.Tensor, patient_noise: torch.Tensor | None = None) -> torch.Tensor:
+        """``slice_noise`` (B, L, slice_noise_dim) → slice codes (B, L, slice_code_dim); ``patient_noise``
+        (B, patient_dim) gives the random initial state (``init="random"``)."""
         b = slice_noise.shape[0]
-        h0 = self.h0.expand(-1, b, -1).contiguous()
-        c0 = self.c0.expand(-1, b, -1).contiguous()
-        out, _ = self.lstm(slice_noise, (h0, c0))
+        out, _ = self.lstm(slice_noise, self.initial_state(b, patient_noise, slice_noise))
         return out
 
 
@@ -106,13 +134,13 @@ class CTSGANGenerator(nn.Module):
     """
 
     def __init__(self, size: int, patient_dim: int, slice_noise_dim: int, slice_code_dim: int, ngf: int,
-                 position_input: bool = False):
+                 position_input: bool = False, rv_init: str = "learned"):
         super().__init__()
         self.size = size
         self.patient_dim = patient_dim
         self.slice_noise_dim = slice_noise_dim
         self.position_input = bool(position_input)
-        self.rv = SliceRNN(slice_noise_dim + int(self.position_input), slice_code_dim)
+        self.rv = SliceRNN(slice_noise_dim + int(self.position_input), slice_code_dim, rv_init, patient_dim)
         self.gslice = SliceGenerator(patient_dim + slice_code_dim, size, ngf)
 
     @property
@@ -135,7 +163,7 @@ class CTSGANGenerator(nn.Module):
             z = torch.arange(slice_noise.shape[1], device=slice_noise.device, dtype=slice_noise.dtype)
             z = (z / max(1, self.n_positions - 1))[None, :, None].expand(slice_noise.shape[0], -1, 1)
             slice_noise = torch.cat([slice_noise, z], dim=2)
-        slice_codes = self.rv(slice_noise)
+        slice_codes = self.rv(slice_noise, patient_noise)
         pn = patient_noise[:, None, :].expand(-1, slice_codes.shape[1], -1)
         return torch.cat([pn, slice_codes], dim=2)
 
@@ -311,7 +339,8 @@ def build_ctsgan(size: int, ct) -> dict[str, nn.Module]:
     """
     g = (lambda k, d=None: ct.get(k, d)) if isinstance(ct, dict) else (lambda k, d=None: getattr(ct, k, d))
     gen = CTSGANGenerator(size, g("patient_dim"), g("slice_noise_dim"), g("slice_code_dim"), g("ngf"),
-                          position_input=bool(g("position_input", False)))
+                          position_input=bool(g("position_input", False)),
+                          rv_init=g("rv_init", "learned"))  # absent in pre-issue-21 checkpoints: learned h0, c0
     return {
         "generator": gen,
         "dslice": SliceDiscriminator(size, size - 2, g("ndf"), position_encoding=g("dslice_position", "table")),

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from ..eval.fidelity import PAPER_TABLE1, VIEWS, mean_std, row_label, run_fidelity, table1_sources
+from ..train.gan3d_loop import critic_steps
 from ..utils.atomic import atomic_write_text
 from ..viz.saving import figure_caption
 
@@ -29,25 +30,64 @@ def _fmt(ms: tuple[float, float]) -> str:
     return "n/a" if not np.isfinite(m) else f"{m:.2f} ± {s:.2f}"
 
 
-def summarise(records: list[dict[str, Any]]):
-    """Table 1, the 2.5D table and the pooled table as pandas DataFrames (mean ± std strings plus raw numbers)."""
+#: the paper's own relative FD: each row's FID over its real–real FID (130.72)
+PAPER_RELATIVE_FD = {k: v["fid"][0] / PAPER_TABLE1["real"]["fid"][0] for k, v in PAPER_TABLE1.items()}
+
+
+def _values(rec, metric: str, protocol: str = "pair", view: str | None = "axial") -> list[float]:
+    return [r["value"] for r in rec if r["metric"] == metric and r["protocol"] == protocol
+            and (view is None or r["view"] == view)]
+
+
+def summarise(records: list[dict[str, Any]], budgets: dict[str, str] | None = None):
+    """Table 1, the 2.5D table and the pooled table as pandas DataFrames (mean ± std strings plus raw numbers).
+
+    Table 1 columns: the paper's FID and ours, relative FD (ours: the row's mean pair FID over the real–real mean of
+    the same run; the paper's: 145.18 / 130.72 = 1.11 and 206.34 / 130.72 = 1.58), KID, the 3D metrics (3D FID and
+    MMD of the 3D encoder's slab features, MS-SSIM between pairs of the row's own volumes), IS, the extractor, and the
+    training budget of the GAN rows (``budgets``: row key → text).
+    """
     rows, rows25, rowsp = [], [], []
+    budgets = budgets or {}
+    real_fid = mean_std(_values([r for r in records if r["row"] == "real"], "fid"))[0]
+    real_fid3d = mean_std(_values([r for r in records if r["row"] == "real"], "fid3d", view="3d"))[0]
     for key in _row_keys(records):
         rec = [r for r in records if r["row"] == key]
-        fid = [r["value"] for r in rec if r["metric"] == "fid" and r["protocol"] == "pair" and r["view"] == "axial"]
-        isv = [r["value"] for r in rec if r["metric"] == "is"]
         nan = (float("nan"), float("nan"))
         paper = PAPER_TABLE1.get(key, {"label": key, "is": nan, "fid": nan})
+        fid = _values(rec, "fid")
+        isv = _values(rec, "is", "volume")
         fm, fs = mean_std(fid)
         im, is_ = mean_std(isv)
-        rows.append({"Data Source": paper["label"], "IS (↑) ours": _fmt((im, is_)),
-                     "IS (↑) paper": _fmt(paper["is"]), "FID (↓) ours": _fmt((fm, fs)),
-                     "FID (↓) paper": _fmt(paper["fid"]), "fid_mean": fm, "fid_std": fs, "is_mean": im,
-                     "is_std": is_, "n_pairs": len(fid), "n_volumes_is": len(isv)})
+        km, ks = mean_std(_values(rec, "kid"))
+        f3 = mean_std(_values(rec, "fid3d", view="3d"))
+        m3 = mean_std(_values(rec, "mmd3d", view="3d"))
+        ms = mean_std(_values(rec, "msssim", "within", view="3d"))
+        rel = fm / real_fid if np.isfinite(real_fid) and real_fid > 0 else float("nan")
+        rel3 = f3[0] / real_fid3d if np.isfinite(real_fid3d) and real_fid3d > 0 else float("nan")
+        ex = rec[0]
+        rows.append({"Data Source": paper["label"],
+                     "FID (↓) paper": _fmt(paper["fid"]), "FID (↓) ours": _fmt((fm, fs)),
+                     "relative FD paper": f"{PAPER_RELATIVE_FD[key]:.2f}" if key in PAPER_RELATIVE_FD else "n/a",
+                     "relative FD ours": "n/a" if not np.isfinite(rel) else f"{rel:.2f}",
+                     "KID (↓) ours": "n/a" if not np.isfinite(km) else f"{km:.4f} ± {ks:.4f}",
+                     "3D FID (↓) ours": _fmt(f3), "3D relative FD": "n/a" if not np.isfinite(rel3) else f"{rel3:.2f}",
+                     "3D MMD (↓) ours": "n/a" if not np.isfinite(m3[0]) else f"{m3[0]:.4f} ± {m3[1]:.4f}",
+                     "MS-SSIM within row (↓ = more diverse)": "n/a" if not np.isfinite(ms[0]) else
+                     f"{ms[0]:.3f} ± {ms[1]:.3f}",
+                     "IS (↑) paper": _fmt(paper["is"]), "IS (↑) ours": _fmt((im, is_)),
+                     "extractor": f"{ex.get('extractor')} [{ex.get('weights_kind')}, "
+                                  f"{str(ex.get('weights_sha256'))[:12]}]"
+                                  + (f" + {ex['extractor_3d']} [{str(ex.get('weights_3d_sha256'))[:12]}]"
+                                     if ex.get("extractor_3d") else ""),
+                     "training budget": budgets.get(key, "–"),
+                     "fid_mean": fm, "fid_std": fs, "is_mean": im, "is_std": is_, "relative_fd": rel,
+                     "kid_mean": km, "fid3d_mean": f3[0], "mmd3d_mean": m3[0], "msssim_mean": ms[0],
+                     "n_pairs": len(fid), "n_volumes_is": len(isv)})
         r25 = {"Data Source": paper["label"]}
         rp = {"Data Source": paper["label"]}
         for view in VIEWS:
-            v = [r["value"] for r in rec if r["metric"] == "fid" and r["protocol"] == "pair" and r["view"] == view]
+            v = _values(rec, "fid", view=view)
             if v:
                 r25[f"FID {view}"] = _fmt(mean_std(v))
             p = [r for r in rec if r["metric"] == "fid" and r["protocol"] == "pooled" and r["view"] == view]
@@ -59,36 +99,63 @@ def summarise(records: list[dict[str, Any]]):
     return pd.DataFrame(rows), pd.DataFrame(rows25), pd.DataFrame(rowsp)
 
 
+def training_budgets(cfg) -> dict[str, str]:
+    """The GAN rows' training budgets for Table 1: generator steps × critic updates per step, and the wall-clock
+    seconds of the run in ``runs/<P>/{ctsgan,gan3d}/log.csv`` when it exists (else the configured budget only)."""
+    out = {}
+    for key, sec, n_d in (("ctsgan", cfg.ctsgan, int(cfg.ctsgan.d_steps)), ("gan3d", cfg.gan3d, critic_steps(cfg))):
+        text = f"{sec.iterations} G steps × {n_d} critic updates (configured)"
+        log = cfg.runs_dir / key / "log.csv"
+        if log.is_file():
+            try:
+                df = pd.read_csv(log)
+                if len(df) and "seconds" in df and "step" in df:
+                    text = (f"{int(df['step'].iloc[-1])} G steps × {n_d} critic updates, "
+                            f"{float(df['seconds'].sum()):.0f} s wall-clock (log.csv)")
+            except (OSError, ValueError, pd.errors.ParserError):
+                pass
+        out[key] = text
+    return out
+
+
 def provenance(records: list[dict[str, Any]]) -> dict[str, Any]:
     """The settings every table states (taken from the records so tables cannot drift from the metrics)."""
     r = records[0]
     return {k: r.get(k) for k in ("profile", "data_source", "extractor", "weights_kind", "weights_sha256", "seed",
-                                  "hardware", "comparable_to_paper", "extractor_note", "max_slices", "n_pairs_cfg")}
+                                  "hardware", "comparable_to_paper", "extractor_note", "max_slices", "n_pairs_cfg",
+                                  "extractor_3d", "weights_3d_sha256")}
 
 
 def table_markdown(df, prov: dict[str, Any], title: str) -> str:
     """A markdown table with its provenance block and, when it applies, the not-comparable warning in it."""
-    cols = [c for c in df.columns if not c.startswith(("fid_", "is_")) and c not in ("n_pairs", "n_volumes_is")]
+    raw = ("fid_mean", "fid_std", "is_mean", "is_std", "relative_fd", "kid_mean", "fid3d_mean", "mmd3d_mean",
+           "msssim_mean", "n_pairs", "n_volumes_is")
+    cols = [c for c in df.columns if c not in raw]
     lines = [f"**{title}**", ""]
     if not prov.get("comparable_to_paper"):
-        lines += [f"> **NOT COMPARABLE TO THE PAPER**: {prov.get('extractor_note')}.", ""]
+        lines += [f"> **NOT COMPARABLE TO THE PAPER**: {prov.get('extractor_note')}. Compare the relative FD "
+                  "columns (each row's FID over the real–real FID of the same extractor), not the raw FIDs.", ""]
     lines += ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for _, r in df.iterrows():
         lines.append("| " + " | ".join(str(r[c]) for c in cols) + " |")
+    ex3d = (f" · 3D encoder: {prov['extractor_3d']} (weights SHA-256 {prov['weights_3d_sha256']})"
+            if prov.get("extractor_3d") else "")
     lines += ["", f"profile: {prov['profile']} · data: {prov['data_source']} · extractor: {prov['extractor']} "
-              f"({prov['weights_kind']}, weights SHA-256 {prov['weights_sha256']}) · seed: {prov['seed']} · "
+              f"({prov['weights_kind']}, weights SHA-256 {prov['weights_sha256']}){ex3d} · seed: {prov['seed']} · "
               f"slices per volume: {prov['max_slices'] or 'all'} · hardware: {prov['hardware']}"]
     return "\n".join(lines) + "\n"
 
 
-def write_tables(records: list[dict[str, Any]], out_dir: str | Path) -> dict[str, Any]:
+def write_tables(records: list[dict[str, Any]], out_dir: str | Path,
+                 budgets: dict[str, str] | None = None) -> dict[str, Any]:
     """Write ``table1.csv``/``table1.md`` (+ ``table_2p5d.*`` and ``table_pooled.*``) atomically; return the frames."""
     out_dir = Path(out_dir)
-    t1, t25, tp = summarise(records)
+    t1, t25, tp = summarise(records, budgets)
     prov = provenance(records)
     frames = {"table1": t1, "table_2p5d": t25, "table_pooled": tp}
-    titles = {"table1": "Table 1: slice-wise IS and FID (axial, random scan pairs, mean ± std; the paper's rows: "
-                        "CT-SGAN at 224³, 3D GAN at 128³ resized to 224³; ours at this profile's sizes)",
+    titles = {"table1": "Table 1: slice-wise FID, relative FD, KID and IS (axial, random scan pairs, mean ± std), "
+                        "3D FID / MMD and MS-SSIM diversity (beyond the paper); the paper's rows: CT-SGAN at 224³, "
+                        "3D GAN at 128³ resized to 224³; ours at this profile's sizes",
               "table_2p5d": "2.5D pair FID per view (mean ± std; beyond the paper)",
               "table_pooled": "Pooled FID: all slices of many volumes per side (beyond the paper)"}
     for name, df in frames.items():
@@ -136,7 +203,7 @@ def plot_fid_boxplots(records: list[dict[str, Any]], ax=None, view: str = "axial
 def ordering_statement(table1) -> str:
     """The FID ordering of the Table 1 rows as found (never assumed), beside the paper's."""
     names = {"Real Data": "real-real", PAPER_TABLE1["gan3d"]["label"]: "3D GAN", PAPER_TABLE1["ctsgan"]["label"]:
-             "CT-SGAN"}
+             "CT-SGAN"}  # (relative FD keeps this order: it divides every row by the same real–real mean)
     rows = sorted(((r["fid_mean"], names.get(r["Data Source"], r["Data Source"])) for _, r in table1.iterrows()),
                   key=lambda t: t[0])
     ours = " < ".join(f"{n} ({m:.1f})" for m, n in rows)
@@ -164,7 +231,7 @@ def run_table1(cfg, device: str | None = None, progress: bool = True) -> dict[st
     tmp.unlink(missing_ok=True)
     records = run_fidelity(cfg, real, rows, out=tmp, device=device, progress=progress)
     tmp.replace(out_dir / "metrics.jsonl")
-    return {"records": records, **write_tables(records, out_dir)}
+    return {"records": records, **write_tables(records, out_dir, training_budgets(cfg))}
 
 
 def records_as_jsonl(records: list[dict[str, Any]]) -> str:

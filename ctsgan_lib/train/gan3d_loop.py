@@ -19,26 +19,34 @@ from .volumes import VolumeDataset, training_dataset
 LOSS_NAMES = ["loss_d", "gp_d", "loss_g"]
 
 
+def critic_steps(cfg: Config) -> int:
+    """Critic updates per generator update of the 3D GAN: ``gan3d.d_steps``, or CT-SGAN's ``ctsgan.d_steps`` when it
+    is 0 (the default: the baseline gets the same schedule as CT-SGAN, for a fair Table 1)."""
+    n = int(getattr(cfg.gan3d, "d_steps", 0) or 0)
+    return max(1, n if n > 0 else int(cfg.ctsgan.d_steps))
+
+
 def gan3d_step(nets: dict[str, torch.nn.Module], opts: dict[str, torch.optim.Optimizer], data: VolumeDataset, g3,
-               batch: int, device: str, ctx: D.DistContext) -> dict[str, float]:
-    """One alternating update of the 3D critic then the 3D generator; returns losses as floats."""
+               batch: int, device: str, ctx: D.DistContext, d_steps: int = 1) -> dict[str, float]:
+    """One alternating update: ``d_steps`` 3D critic updates (fresh real and fake batches each), then one generator
+    update on the last fakes; returns losses as floats (D terms from the last critic update)."""
     gen, disc = nets["generator"], nets["d3d"]
     kind, amp = g3.loss, autocast(device, g3.bf16)
-    index = torch.randint(0, len(data), (batch,))
-    real = data.volumes(index).to(device)                                   # (B, 1, s, s, s)
-    z = torch.randn(batch, gen.z_dim).to(device)
-    with amp:
-        fake = gen(z).float()
-
     set_requires_grad([disc], True)
-    opts["d"].zero_grad(set_to_none=True)
-    with amp:
-        l_d = losses.d_loss(kind, disc(real), disc(fake.detach()))
-        gp = losses.gradient_penalty(disc, real, fake) if kind == "wgan-gp" else torch.zeros((), device=device)
-    loss_d = l_d + g3.gp_weight * gp
-    loss_d.backward()
-    D.all_reduce_grads(disc.parameters(), ctx)
-    opts["d"].step()
+    for k in range(max(1, int(d_steps))):
+        index = torch.randint(0, len(data), (batch,))
+        real = data.volumes(index).to(device)                               # (B, 1, s, s, s)
+        z = torch.randn(batch, gen.z_dim).to(device)
+        with amp:
+            fake = gen(z).float()
+        opts["d"].zero_grad(set_to_none=True)
+        with amp:
+            l_d = losses.d_loss(kind, disc(real), disc(fake.detach()))
+            gp = losses.gradient_penalty(disc, real, fake) if kind == "wgan-gp" else torch.zeros((), device=device)
+        loss_d = l_d + g3.gp_weight * gp
+        loss_d.backward()
+        D.all_reduce_grads(disc.parameters(), ctx)
+        opts["d"].step()
 
     set_requires_grad([disc], False)
     opts["g"].zero_grad(set_to_none=True)
@@ -91,12 +99,13 @@ def train_gan3d(cfg: Config, cohort_dir: str | Path | None = None, out_dir: str 
                      ckpt_every=g3.ckpt_every, sample_every=g3.sample_every, loss_names=LOSS_NAMES, resume=resume,
                      seed=cfg.seed, ctx=ctx, device=dev, progress=progress,
                      extra={"spacing_mm": list(full.spacing_mm), "data_source": full.source, "n_volumes": len(data),
-                            "native_size": g3.size})
+                            "native_size": g3.size, "d_steps": critic_steps(cfg)})
         per_rank = g3.batch // ctx.world_size
-        return run.run(lambda step: gan3d_step(nets, opts, data, g3, per_rank, dev, ctx),
+        n_d = critic_steps(cfg)
+        return run.run(lambda step: gan3d_step(nets, opts, data, g3, per_rank, dev, ctx, n_d),
                        lambda step: sample_grid(gen, data, cfg.seed))
     finally:
         D.shutdown(ctx)
 
 
-__all__ = ["train_gan3d", "gan3d_step", "LOSS_NAMES"]
+__all__ = ["train_gan3d", "gan3d_step", "critic_steps", "LOSS_NAMES"]
