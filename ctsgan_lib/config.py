@@ -397,14 +397,16 @@ def parse_overrides(items: list[str] | None) -> dict[str, str]:
 #: Fields that may be 0 (every other integer field must be >= 1); the comment in the dataclass says what 0 means.
 _ZERO_OK = {"seed", "generate.seed", "fidelity.volumes_per_source", "fidelity.max_slices", "fidelity.pooled_volumes",
             "fidelity.seed", "classifier.n_real_train", "classifier.patience", "classifier.finetune_epochs",
-            "nodules.eraser_pairs_per_scan", "classifier.seeds"}
+            "nodules.eraser_pairs_per_scan", "classifier.seeds", "gan3d.d_steps", "fidelity.domain_max_volumes"}
 #: Largest phantom grid we render (voxels per side): 512³ float32 is 0.5 GiB per array, and a render holds several.
 MAX_PHANTOM_SIZE = 512
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 _CHOICES = {
     "ctsgan.loss": ("wgan-gp", "js"), "gan3d.loss": ("wgan-gp", "js"), "ctsgan.dslice_position": ("table", "fourier"),
     "classifier.head_init": ("small", "kaiming"), "fidelity.views": ("axial", "coronal", "sagittal"),
-    "classifier.regimes": ("real", "synthetic", "pretrain_finetune"),
+    "classifier.regimes": ("real", "synthetic", "pretrain_finetune"), "ctsgan.rv_init": ("random", "learned"),
+    "fidelity.offline_extractor": ("domain", "inception-fallback"), "nodules.injector": ("learned", "sphere"),
+    "nodules.paste": ("centre", "local"),
 }
 #: (low, high, low_inclusive, high_inclusive) for float fields (and every element of float lists).
 _FLOAT_RANGES = {
@@ -414,7 +416,7 @@ _FLOAT_RANGES = {
     "bench.max_gib": (0.0, math.inf, True, False),
 }
 _POSITIVE_FLOATS = ("lr", "lr_g", "lr_d", "diameters_vox", "sizes")
-_NONNEG_FLOATS = ("l1_inside", "l1_outside", "gp_weight")
+_NONNEG_FLOATS = ("l1_inside", "l1_outside", "gp_weight", "feather_vox")
 
 
 def _interval(lo: float, hi: float, lo_inc: bool, hi_inc: bool) -> str:
