@@ -166,6 +166,9 @@ class ClassifierConfig:
     stem_stride: list[int] = field(default_factory=lambda: [1, 2, 2])   # first conv (z, y, x); reference (1, 2, 2)
     n_real_train: int = 0               # cap on real nodule-free training bases (first N by id); 0 = all
     workers: int = 1                    # grid cells run in this many processes (CPU; torch threads split between them)
+    stream_threshold_gib: float = 8.0   # a base set whose in-memory cell data would exceed this is streamed from disk
+                                        # (items made on demand; 0 = always stream); the results are the same
+    loader_workers: int = 0             # DataLoader worker processes that make streamed items (0 = in the trainer)
 
 
 @dataclass
@@ -381,7 +384,7 @@ def parse_overrides(items: list[str] | None) -> dict[str, str]:
 #: Fields that may be 0 (every other integer field must be >= 1); the comment in the dataclass says what 0 means.
 _ZERO_OK = {"seed", "generate.seed", "fidelity.volumes_per_source", "fidelity.max_slices", "fidelity.pooled_volumes",
             "fidelity.seed", "classifier.n_real_train", "classifier.patience", "classifier.finetune_epochs",
-            "nodules.eraser_pairs_per_scan", "classifier.seeds"}
+            "nodules.eraser_pairs_per_scan", "classifier.seeds", "classifier.loader_workers"}
 #: Largest phantom grid we render (voxels per side): 512³ float32 is 0.5 GiB per array, and a render holds several.
 MAX_PHANTOM_SIZE = 512
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
@@ -395,7 +398,7 @@ _FLOAT_RANGES = {
     "data.lidc_fraction": (0.0, 1.0, True, True), "data.split_fractions": (0.0, 1.0, True, True),
     "data.phantom_spacing_mm": (0.0, math.inf, False, False), "generate.inject_fraction": (0.0, 1.0, True, True),
     "fidelity.privacy_percentile": (0.0, 100.0, False, True), "classifier.dropout": (0.0, 1.0, True, False),
-    "bench.max_gib": (0.0, math.inf, True, False),
+    "bench.max_gib": (0.0, math.inf, True, False), "classifier.stream_threshold_gib": (0.0, math.inf, True, False),
 }
 _POSITIVE_FLOATS = ("lr", "lr_g", "lr_d", "diameters_vox", "sizes")
 _NONNEG_FLOATS = ("l1_inside", "l1_outside", "gp_weight")

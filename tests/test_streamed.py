@@ -1,0 +1,108 @@
+"""Streamed classifier data (issue 22): the streamed cell dataset yields exactly the in-memory items, and a grid cell
+reaches exactly the same results either way (same machine: bit-identity is the contract here)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from ctsgan_lib.config import ConfigError
+from ctsgan_lib.experiments import (StreamedPairedDataset, build_cell_data, cell_key, load_real_base,
+                                    load_synthetic_base, run_grid, should_stream)
+from ctsgan_lib.train.classifier_loop import ClassifierDataset
+from ctsgan_lib.utils.logs import read_jsonl
+from test_classifier import S, SphereInjector, _bases, _cfg, _syn, _write_cohort
+
+
+class PickyInjector(SphereInjector):
+    """Refuses (no nodule placed) when the lung is small, so the drop-with-twin path is exercised too."""
+
+    def inject(self, hu, diameters_vox, rng, lung=None):
+        if lung is not None and lung.sum() < 300:
+            return np.array(hu, dtype=np.float32), []
+        return super().inject(hu, diameters_vox, rng, lung)
+
+
+def _cohorts(cfg):
+    real = _bases((6, 3, 3))
+    small = real.volumes[2]
+    small.lung = np.zeros_like(small.lung)
+    small.lung[4:9, 4:9, 3:6] = True                      # 75 voxels: a lung, but too small for PickyInjector
+    _write_cohort(cfg.data_dir / "debiased", real, with_labels=True)
+    _write_cohort(cfg.data_dir / "synthetic" / "ctsgan", _syn(4), with_labels=True)
+
+
+def _items(ds):
+    return [(x.numpy(), y) for x, y in (ds[i] for i in range(len(ds)))]
+
+
+def _same(a, b):
+    assert a.ids == b.ids and np.array_equal(a.labels, b.labels)
+    for (xa, ya), (xb, yb) in zip(_items(a), _items(b)):
+        assert ya == yb and xa.dtype == xb.dtype == np.float32 and np.array_equal(xa, xb)
+
+
+def test_streamed_items_equal_in_memory_items(tmp_root):
+    cfg = _cfg(**{"data.size": S, "classifier.n_synthetic": 8})
+    _cohorts(cfg)
+    mem_real, str_real = load_real_base(cfg, progress=False, stream=False), load_real_base(cfg, progress=False,
+                                                                                          stream=True)
+    assert all(v.hu is not None for v in mem_real.volumes) and all(v.hu is None for v in str_real.volumes)
+    assert [v.lung_fallback for v in mem_real.volumes] == [v.lung_fallback for v in str_real.volumes]
+    mem_syn = load_synthetic_base(cfg, progress=False, stream=False)
+    str_syn = load_synthetic_base(cfg, progress=False, stream=True)
+    for d, seed in ((4.0, 0), (6.0, 3)):
+        a = build_cell_data(mem_real, mem_syn, d, seed, PickyInjector(), cfg)
+        b = build_cell_data(str_real, str_syn, d, seed, PickyInjector(), cfg)
+        assert a.dropped == b.dropped and a.dropped["train"] == 1    # the small-lung base went, with its twin
+        for name in ("train", "val", "test", "synthetic"):
+            ma, sb = getattr(a, name), getattr(b, name)
+            assert isinstance(ma, ClassifierDataset) and isinstance(sb, StreamedPairedDataset) and sb.nbytes == 0
+            _same(ma, sb)
+
+
+def test_streamed_items_are_the_same_in_loader_workers(tmp_root):
+    cfg = _cfg(**{"data.size": S, "classifier.loader_workers": 2})
+    _cohorts(cfg)
+    data = build_cell_data(load_real_base(cfg, progress=False, stream=True), None, 4.0, 1, SphereInjector(), cfg)
+    assert data.train.loader_workers == 2
+    direct = torch.stack([data.train[i][0] for i in range(len(data.train))])
+    loaded = torch.cat([x for x, _ in DataLoader(data.train, batch_size=3, num_workers=2)])
+    assert torch.equal(direct, loaded)
+
+
+def test_a_cell_reaches_the_same_results_streamed_or_in_memory(tmp_root):
+    """The whole cell (three regimes, with pretraining) gives identical metrics and model selection either way."""
+    cfg = _cfg(**{"data.size": S, "classifier.n_synthetic": 8, "classifier.epochs": 2,
+                  "classifier.finetune_epochs": 1})
+    _cohorts(cfg)
+    recs = {}
+    for name, threshold, workers in (("memory", 100.0, 0), ("streamed", 0.0, 2)):
+        c = cfg.replace(**{"classifier.stream_threshold_gib": threshold, "classifier.loader_workers": workers})
+        path = run_grid(c, tmp_root / name, progress=False, injector=SphereInjector(), device="cpu", sizes=[4.0])
+        recs[name] = {r["regime"]: r for r in read_jsonl(path)}
+        assert cell_key(c) == cell_key(cfg)          # the data path is not part of a cell's identity
+    assert set(recs["memory"]) == {"real", "synthetic", "pretrain_finetune"}
+    for regime, r in recs["memory"].items():
+        s = recs["streamed"][regime]
+        assert r["metrics"] == s["metrics"] and r["selection"] == s["selection"]
+        assert {k: v for k, v in r["data"].items() if k != "build_s"} == \
+               {k: v for k, v in s["data"].items() if k != "build_s"}
+
+
+def test_one_rule_decides_by_size(tmp_root):
+    cfg = _cfg(**{"data.size": S})
+    _cohorts(cfg)
+    per_base = S ** 3 * 7                                       # int16 + mask + two float16 twins
+    assert not should_stream(cfg.replace(**{"classifier.stream_threshold_gib": 12 * per_base / 2 ** 30}), 12)
+    assert should_stream(cfg.replace(**{"classifier.stream_threshold_gib": 11 * per_base / 2 ** 30}), 12)
+    assert should_stream(cfg.replace(**{"classifier.stream_threshold_gib": 0.0}), 1)
+    small = load_real_base(cfg.replace(**{"classifier.stream_threshold_gib": 11 * per_base / 2 ** 30}),
+                           progress=False)
+    assert all(v.hu is None and v.root for v in small.volumes)   # 12 bases: over the limit, streamed
+    assert all(v.hu is not None for v in load_real_base(cfg, progress=False).volumes)   # default 8 GiB: in memory
+    with pytest.raises(ConfigError, match="classifier.stream_threshold_gib"):
+        cfg.replace(**{"classifier.stream_threshold_gib": -1})
+    with pytest.raises(ConfigError, match="classifier.loader_workers"):
+        cfg.replace(**{"classifier.loader_workers": -1})
