@@ -173,6 +173,8 @@ class ClassifierConfig:
     stream_threshold_gib: float = 8.0   # a base set whose in-memory cell data would exceed this is streamed from disk
                                         # (items made on demand; 0 = always stream); the results are the same
     loader_workers: int = 0             # DataLoader worker processes that make streamed items (0 = in the trainer)
+    synthetic_source: str = "disk"      # synthetic bases from the stored cohort (disk) or made by the CT-SGAN on demand
+                                        # (generator: nothing stored; not in the paper; docs/scale.md)
 
 
 @dataclass
@@ -396,7 +398,7 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 _CHOICES = {
     "ctsgan.loss": ("wgan-gp", "js"), "gan3d.loss": ("wgan-gp", "js"), "ctsgan.dslice_position": ("table", "fourier"),
     "classifier.head_init": ("small", "kaiming"), "fidelity.views": ("axial", "coronal", "sagittal"),
-    "classifier.regimes": ("real", "synthetic", "pretrain_finetune"),
+    "classifier.regimes": ("real", "synthetic", "pretrain_finetune"), "classifier.synthetic_source": ("disk", "generator"),
 }
 #: (low, high, low_inclusive, high_inclusive) for float fields (and every element of float lists).
 _FLOAT_RANGES = {

@@ -106,3 +106,41 @@ def test_one_rule_decides_by_size(tmp_root):
         cfg.replace(**{"classifier.stream_threshold_gib": -1})
     with pytest.raises(ConfigError, match="classifier.loader_workers"):
         cfg.replace(**{"classifier.loader_workers": -1})
+
+
+def test_synthetic_regime_from_the_generator_equals_the_stored_cohort(tmp_root):
+    """classifier.synthetic_source=generator: the same volumes as the stored cohort, nothing read from disk."""
+    from ctsgan_lib.models.ctsgan import build_ctsgan
+    from ctsgan_lib.synthesis import generate_cohort
+    from ctsgan_lib.utils.checkpoint import save_checkpoint
+
+    cfg = _cfg(**{"data.size": S, "classifier.n_synthetic": 8, "generate.n_volumes": 10, "generate.batch": 2,
+                  "generate.inject_fraction": 0.0, "classifier.sizes": "[4.0]"})
+    _cohorts(cfg)
+    torch.manual_seed(0)
+    gen = build_ctsgan(S, cfg.ctsgan)["generator"]
+    ck = cfg.runs_dir / "ctsgan" / "ckpt_000001.pt"
+    save_checkpoint(ck, kind="ctsgan", step=1, config=cfg.to_dict(), models={"rv": gen.rv, "gslice": gen.gslice},
+                    extra={"spacing_mm": (6.0, 6.0, 6.0)})
+    g = cfg.generate
+    generate_cohort(ck, g.n_volumes, g.seed, cfg.data_dir / "synthetic" / "ctsgan", inject_fraction=0.0,
+                    batch=g.batch, progress=False)
+    disk = load_synthetic_base(cfg, progress=False, stream=False)
+    stream_cfg = cfg.replace(**{"classifier.synthetic_source": "generator"})
+    made = load_synthetic_base(stream_cfg, progress=False)
+    assert [v.id for v in disk.volumes] == [v.id for v in made.volumes] == [f"syn-{i:06d}" for i in range(4)]
+    assert all(v.maker is not None and v.hu is None for v in made.volumes)
+    assert [v.lung_fallback for v in disk.volumes] == [v.lung_fallback for v in made.volumes]
+    real = load_real_base(cfg, progress=False)
+    a = build_cell_data(real, disk, 4.0, 0, SphereInjector(), cfg)
+    b = build_cell_data(real, made, 4.0, 0, SphereInjector(), stream_cfg)
+    _same(a.synthetic, b.synthetic)
+    recs = {}
+    for name, c in (("disk", cfg), ("generator", stream_cfg)):
+        path = run_grid(c, tmp_root / name, progress=False, injector=SphereInjector(), device="cpu",
+                        regimes=["synthetic", "pretrain_finetune"])
+        recs[name] = {r["regime"]: r for r in read_jsonl(path)}
+    for regime in ("synthetic", "pretrain_finetune"):
+        r, s = recs["disk"][regime], recs["generator"][regime]
+        assert r["metrics"] == s["metrics"] and r["selection"] == s["selection"]
+        assert s["data"]["synthetic_source"].startswith("generator:") and s["data"]["n_synthetic"] == 8

@@ -22,8 +22,10 @@ from ..nodules.inference import NoduleInjector
 from ..train.classifier_loop import ClassifierDataset
 from ..utils.atomic import file_sha256
 from ..utils.checkpoint import latest_checkpoint
+from ..synthesis.stream import GeneratorSource
+from ..utils.hardware import default_device
 from .streamed import (MIN_LUNG_VOXELS, BaseVolume, ItemRecipe, StreamedPairedDataset, central_mask, cell_rng,
-                       inject_volume, nodule_count_fn, scan_bases, should_stream, streamed_paired_dataset)
+                       inject_volume, make_base, nodule_count_fn, scan_bases, should_stream, streamed_paired_dataset)
 
 
 @dataclass
@@ -74,7 +76,15 @@ def load_real_base(cfg: Config, root: str | Path | None = None, progress: bool =
 def load_synthetic_base(cfg: Config, root: str | Path | None = None, progress: bool = True,
                         stream: bool | None = None) -> BaseSet:
     """Nodule-free volumes of the CT-SGAN synthetic cohort (first ``n_synthetic // 2`` by id); ``stream`` as in
-    :func:`load_real_base`."""
+    :func:`load_real_base`.
+
+    With ``classifier.synthetic_source: generator`` nothing is read from disk: the same volumes (the run
+    ``generate.n_volumes``, ``generate.seed``, ``generate.batch``, ``generate.inject_fraction`` of the newest
+    checkpoint under ``runs/<P>/ctsgan``) are made by the generator when an item needs them
+    (:class:`~ctsgan_lib.synthesis.GeneratorSource`); they are always streamed.
+    """
+    if cfg.classifier.synthetic_source == "generator":
+        return _generator_base(cfg, progress)
     root = Path(root) if root is not None else cfg.data_dir / "synthetic" / "ctsgan"
     if not (root / "manifest.csv").is_file():
         raise MissingInputError(f"missing input {root}: run 04_synthetic_cohort.ipynb (or `ctsgan generate`) first")
@@ -86,6 +96,25 @@ def load_synthetic_base(cfg: Config, root: str | Path | None = None, progress: b
     for v in vols:
         v.split = "train"  # synthetic volumes only ever train (validation and test stay real)
     return BaseSet(vols, str(root), sorted({v.source for v in vols}))
+
+
+def _generator_base(cfg: Config, progress: bool) -> BaseSet:
+    folder = cfg.runs_dir / "ctsgan"
+    ck = latest_checkpoint(folder)
+    if ck is None:
+        raise MissingInputError(f"missing input {folder}/ckpt_*.pt: run 03_ctsgan_training.ipynb (or `ctsgan train "
+                                f"ctsgan`) first (classifier.synthetic_source: generator)")
+    g = cfg.generate
+    # CUDA cannot be used in forked DataLoader workers: the generator runs there on the CPU, else on the default device
+    device = "cpu" if cfg.classifier.loader_workers > 0 else default_device()
+    src = GeneratorSource(ck, g.n_volumes, g.seed, g.batch, g.inject_fraction, device)
+    ids = src.nodule_free_ids()[: max(1, cfg.classifier.n_synthetic // 2)]
+    vols = []
+    for rid in tqdm(ids, desc="synthetic base (generator)", disable=not progress, leave=False):
+        hu, label = src.read(rid)   # generated once here to check the shape and find lungs; again per item later
+        vols.append(make_base(rid, hu, label, cfg.data.size, src.origin, "synthetic", "train", "ctsgan", keep=False,
+                              maker=src))
+    return BaseSet(vols, src.origin, ["ctsgan"])
 
 
 def load_injector(cfg: Config, device: str = "cpu"):

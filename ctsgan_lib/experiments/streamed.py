@@ -49,6 +49,7 @@ class BaseVolume:
     lung: np.ndarray | None = None      # bool lung mask, or None (the injector then computes one)
     lung_fallback: bool = False         # True when no usable lung mask was found (central box used instead)
     root: str = ""                      # cohort folder of a streamed base (empty for loaded ones)
+    maker: Any = None                   # or what makes it: ``maker.read(id) -> (hu, label)`` (synthesis.GeneratorSource)
 
     @property
     def streamed(self) -> bool:
@@ -74,20 +75,27 @@ def lung_or_box(hu: np.ndarray, label: np.ndarray | None) -> tuple[np.ndarray, b
     return lung, False
 
 
+def make_base(rid: str, hu: np.ndarray, label: np.ndarray | None, size: int, where: Any, domain: str, split: str,
+              source: str, keep: bool = True, root: str = "", maker: Any = None) -> BaseVolume:
+    """A base from its HU volume (and phantom label): int16 volume and lung mask, or (``keep=False``) a streamed
+    reference that keeps only the lung fallback flag. ``where`` names the volume in the shape error."""
+    if hu.shape != (size, size, size):
+        raise InputFileError(where, f"volume shape {hu.shape} is not the profile's {size}³ "
+                                    f"(data.size={size}); rebuild the cohort for this profile")
+    lung, fallback = lung_or_box(hu, label)
+    hu16 = np.clip(np.rint(hu), -32768, 32767).astype(np.int16)
+    if not keep:
+        return BaseVolume(rid, None, domain, split, source, None, fallback, root, maker)
+    return BaseVolume(rid, hu16, domain, split, source, lung, fallback)
+
+
 def read_base(cohort: Cohort, rid: str, size: int, keep: bool = True) -> BaseVolume:
     """The base volume ``rid`` of ``cohort``, checked to be ``size``³; ``keep=False`` returns a streamed reference
     (volume and mask dropped, the lung fallback flag kept)."""
     row = cohort.row(rid)
     hu, _ = cohort.read(rid)
-    if hu.shape != (size, size, size):
-        raise InputFileError(cohort.path(rid), f"volume shape {hu.shape} is not the profile's {size}³ "
-                                               f"(data.size={size}); rebuild the cohort for this profile")
-    lung, fallback = lung_or_box(hu, cohort.read_label(rid))
-    hu16 = np.clip(np.rint(hu), -32768, 32767).astype(np.int16)
-    if not keep:
-        hu16, lung = None, None
-    return BaseVolume(rid, hu16, str(row["domain"]), str(row["split"]), str(row["source"]), lung, fallback,
-                      "" if keep else str(cohort.root))
+    return make_base(rid, hu, cohort.read_label(rid), size, cohort.path(rid), str(row["domain"]), str(row["split"]),
+                     str(row["source"]), keep, "" if keep else str(cohort.root))
 
 
 _COHORTS: dict[str, Cohort] = {}  # per process (each DataLoader worker): the manifest is parsed once, not per item
@@ -97,6 +105,9 @@ def materialize(base: BaseVolume, size: int) -> BaseVolume:
     """``base`` with its volume and lung mask in memory (read from its cohort when it is a streamed reference)."""
     if not base.streamed:
         return base
+    if base.maker is not None:
+        hu, label = base.maker.read(base.id)
+        return make_base(base.id, hu, label, size, base.maker.origin, base.domain, base.split, base.source)
     cohort = _COHORTS.get(base.root)
     if cohort is None:
         cohort = _COHORTS[base.root] = Cohort(base.root)
