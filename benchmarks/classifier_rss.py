@@ -8,8 +8,15 @@ processes). The child reports
 
 - ``main_peak_mib``: peak RSS of the process that trains (``ru_maxrss``);
 - ``workers_peak_mib``: the largest peak RSS of any of its DataLoader worker processes (``RUSAGE_CHILDREN``);
-- ``tree_pss_peak_mib``: the peak, sampled every 0.1 s, of the proportional set size (``/proc/<pid>/smaps_rollup``)
-  summed over the trainer and its workers: the memory the cell really holds, shared pages counted once.
+- ``tree_anon_peak_mib``: the peak, sampled every 0.1 s, of the anonymous resident memory (``RssAnon`` in
+  ``/proc/<pid>/status``: heaps and arrays, no shared libraries) summed over the trainer and its live workers, with
+  ``max_live_workers``. Pages a worker shares copy-on-write with the trainer are counted twice, so this is an upper
+  bound; it moves with the number of workers alive at once (an epoch's workers can overlap the next loader's).
+
+The children run with ``MALLOC_MMAP_THRESHOLD_=131072`` (``--default-malloc`` to leave glibc alone): glibc's dynamic
+mmap threshold otherwise keeps freed volume-sized blocks in the heap, so the peak RSS creeps with the number of
+allocations a run makes (more volumes, more items made), not with the data it holds; the first run below (default
+malloc, 96³) shows that creep on both paths.
 
 The nodules are painted by a sphere-painting stand-in for the injector (numpy): the injector's network is a fixed-size
 model whose memory does not depend on N, and this keeps the benchmark free of a trained checkpoint. Timings on a
@@ -84,10 +91,10 @@ def write_cohort(root: Path, n_train: int, n_eval: int, size: int) -> None:
                 k += 1
 
 
-def _pss_kib(pid: int) -> int:
+def _anon_kib(pid: int) -> int:
     try:
-        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-            if line.startswith("Pss:"):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("RssAnon:"):
                 return int(line.split()[1])
     except OSError:
         pass
@@ -105,13 +112,15 @@ def _children(pid: int) -> list[int]:
 def child(args: argparse.Namespace) -> None:
     """One cell in this process; prints one JSON line of memory figures."""
     torch.set_num_threads(args.threads)
-    peak = {"pss": 0}
+    peak = {"anon": 0, "workers": 0}
     stop = threading.Event()
 
     def sample() -> None:
         me = os.getpid()
         while not stop.is_set():
-            peak["pss"] = max(peak["pss"], _pss_kib(me) + sum(_pss_kib(c) for c in _children(me)))
+            kids = _children(me)
+            peak["anon"] = max(peak["anon"], _anon_kib(me) + sum(_anon_kib(c) for c in kids))
+            peak["workers"] = max(peak["workers"], len(kids))
             time.sleep(0.1)
 
     th = threading.Thread(target=sample, daemon=True)
@@ -130,7 +139,8 @@ def child(args: argparse.Namespace) -> None:
     rec = read_jsonl(path)[-1]
     print(json.dumps({"main_peak_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
                       "workers_peak_mib": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1),
-                      "tree_pss_peak_mib": round(peak["pss"] / 1024, 1), "wall_s": round(wall, 1),
+                      "tree_anon_peak_mib": round(peak["anon"] / 1024, 1), "max_live_workers": peak["workers"],
+                      "wall_s": round(wall, 1),
                       "n_train_items": rec["data"]["n_train"], "n_val_items": rec["data"]["n_val"],
                       "n_test_items": rec["data"]["n_test"], "test_accuracy": rec["metrics"]["accuracy"]}))
 
@@ -144,6 +154,7 @@ def main() -> None:
     ap.add_argument("--loader-workers", type=int, default=2)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--modes", nargs="+", default=["memory", "streamed"])
+    ap.add_argument("--default-malloc", action="store_true", help="do not set MALLOC_MMAP_THRESHOLD_ in the children")
     ap.add_argument("--out", default="benchmarks/results/cpu/classifier_rss.jsonl")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--mode", help=argparse.SUPPRESS)
@@ -161,12 +172,16 @@ def main() -> None:
                 cmd = [sys.executable, __file__, "--child", "--mode", mode, "--work", tmp, "--size", str(args.size),
                        "--epochs", str(args.epochs), "--loader-workers", str(args.loader_workers),
                        "--threads", str(args.threads)]
-                res = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy())
+                env = os.environ.copy()
+                if not args.default_malloc:
+                    env["MALLOC_MMAP_THRESHOLD_"] = "131072"
+                res = subprocess.run(cmd, capture_output=True, text=True, env=env)
                 if res.returncode != 0:
                     sys.exit(f"child {mode} N={n} failed:\n{res.stderr[-2000:]}")
                 rec = {"bench": "classifier_rss", "mode": mode, "n_train_bases": n, "n_eval_bases": args.eval_bases,
                        "size": args.size, "epochs": args.epochs,
                        "loader_workers": args.loader_workers if mode == "streamed" else 0,
+                       "malloc_mmap_threshold": "default" if args.default_malloc else 131072,
                        "in_memory_estimate_mib": round((n + 2 * args.eval_bases) * args.size ** 3 * 7 / 2 ** 20, 1),
                        **json.loads(res.stdout.strip().splitlines()[-1]),
                        "hardware": hardware_info("cpu"), "hardware_label": hardware_label("cpu"),
