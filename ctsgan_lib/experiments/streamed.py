@@ -76,13 +76,15 @@ def lung_or_box(hu: np.ndarray, label: np.ndarray | None) -> tuple[np.ndarray, b
 
 
 def make_base(rid: str, hu: np.ndarray, label: np.ndarray | None, size: int, where: Any, domain: str, split: str,
-              source: str, keep: bool = True, root: str = "", maker: Any = None) -> BaseVolume:
+              source: str, keep: bool = True, root: str = "", maker: Any = None, with_lung: bool = True
+              ) -> BaseVolume:
     """A base from its HU volume (and phantom label): int16 volume and lung mask, or (``keep=False``) a streamed
-    reference that keeps only the lung fallback flag. ``where`` names the volume in the shape error."""
+    reference that keeps only the lung fallback flag. ``where`` names the volume in the shape error.
+    ``with_lung=False`` skips the lung mask (a clean item needs only the volume)."""
     if hu.shape != (size, size, size):
         raise InputFileError(where, f"volume shape {hu.shape} is not the profile's {size}³ "
                                     f"(data.size={size}); rebuild the cohort for this profile")
-    lung, fallback = lung_or_box(hu, label)
+    lung, fallback = lung_or_box(hu, label) if with_lung else (None, False)
     hu16 = np.clip(np.rint(hu), -32768, 32767).astype(np.int16)
     if not keep:
         return BaseVolume(rid, None, domain, split, source, None, fallback, root, maker)
@@ -101,19 +103,23 @@ def read_base(cohort: Cohort, rid: str, size: int, keep: bool = True) -> BaseVol
 _COHORTS: dict[str, Cohort] = {}  # per process (each DataLoader worker): the manifest is parsed once, not per item
 
 
-def materialize(base: BaseVolume, size: int) -> BaseVolume:
-    """``base`` with its volume and lung mask in memory (read from its cohort when it is a streamed reference)."""
+def materialize(base: BaseVolume, size: int, with_lung: bool = True) -> BaseVolume:
+    """``base`` with its volume and (``with_lung``) lung mask in memory, read from its cohort or made by its maker
+    when it is a streamed reference."""
     if not base.streamed:
         return base
     if base.maker is not None:
         hu, label = base.maker.read(base.id)
-        return make_base(base.id, hu, label, size, base.maker.origin, base.domain, base.split, base.source)
-    cohort = _COHORTS.get(base.root)
-    if cohort is None:
-        cohort = _COHORTS[base.root] = Cohort(base.root)
-    full = read_base(cohort, base.id, size)
-    full.split = base.split  # the caller's split wins (synthetic bases only ever train)
-    return full
+        where = base.maker.origin
+    else:
+        cohort = _COHORTS.get(base.root)
+        if cohort is None:
+            cohort = _COHORTS[base.root] = Cohort(base.root)
+        hu, _ = cohort.read(base.id)
+        label = cohort.read_label(base.id) if with_lung else None
+        where = cohort.path(base.id)
+    # the caller's split wins (synthetic bases only ever train)
+    return make_base(base.id, hu, label, size, where, base.domain, base.split, base.source, with_lung=with_lung)
 
 
 def should_stream(cfg: Config, n_bases: int) -> bool:
@@ -218,7 +224,8 @@ class StreamedPairedDataset(Dataset):
 
     def unit(self, i: int) -> np.ndarray:
         base, label = self.items[i]
-        return self.recipe.unit(materialize(base, self.recipe.size), label)
+        # a clean item needs only the volume: no lung mask (about 1 s a 224³ volume on one core)
+        return self.recipe.unit(materialize(base, self.recipe.size, with_lung=bool(label)), label)
 
     def __getitem__(self, i: int):
         return torch.from_numpy(self.unit(i).astype(np.float32))[None], int(self.labels[i])
