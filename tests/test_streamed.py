@@ -144,3 +144,18 @@ def test_synthetic_regime_from_the_generator_equals_the_stored_cohort(tmp_root):
         r, s = recs["disk"][regime], recs["generator"][regime]
         assert r["metrics"] == s["metrics"] and r["selection"] == s["selection"]
         assert s["data"]["synthetic_source"].startswith("generator:") and s["data"]["n_synthetic"] == 8
+
+
+def test_shortcut_control_streamed_equals_in_memory(tmp_root):
+    from ctsgan_lib.experiments import run_shortcut_control
+    from test_classifier import _bases as bases
+
+    cfg = _cfg(**{"data.size": S, "classifier.epochs": 1})
+    _write_cohort(cfg.data_dir / "debiased", bases((8, 4, 4)), with_labels=True)
+    out = {}
+    for name, stream in (("memory", False), ("streamed", True)):
+        real = load_real_base(cfg, progress=False, stream=stream)
+        path = run_shortcut_control(cfg, tmp_root / name, progress=False, real=real, injector=SphereInjector(),
+                                    device="cpu")
+        out[name] = {r["train_cohort"]: r["metrics"] for r in read_jsonl(path)}
+    assert out["memory"] == out["streamed"] and set(out["memory"]) == {"biased", "debiased"}
