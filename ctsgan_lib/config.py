@@ -44,6 +44,10 @@ class DataConfig:
     phantom_spacing_mm: float = 5.5     # native phantom spacing (field of view = phantom_size * spacing)
     compress: bool = True               # .nii.gz (small, to share) vs .nii (fast to read)
     workers: int = 2                    # processes for phantom generation
+    n_lidc: int = 0                     # prepare --source lidc-nlst: LIDC scans drawn among those with a nodule >=
+                                        # lidc_min_nodule_mm (paper: 600; 0 = all eligible); see data.sources
+    n_nlst: int = 0                     # ... NLST scans drawn at random (paper: 600; 0 = all)
+    lidc_min_nodule_mm: float = 3.0     # LIDC eligibility: at least one nodule (mean reader diameter) this large
 
 
 @dataclass
@@ -182,6 +186,11 @@ class ClassifierConfig:
     stem_stride: list[int] = field(default_factory=lambda: [1, 2, 2])   # first conv (z, y, x); reference (1, 2, 2)
     n_real_train: int = 0               # cap on real nodule-free training bases (first N by id); 0 = all
     workers: int = 1                    # grid cells run in this many processes (CPU; torch threads split between them)
+    stream_threshold_gib: float = 8.0   # a base set whose in-memory cell data would exceed this is streamed from disk
+                                        # (items made on demand; 0 = always stream); the results are the same
+    loader_workers: int = 0             # DataLoader worker processes that make streamed items (0 = in the trainer)
+    synthetic_source: str = "disk"      # synthetic bases from the stored cohort (disk) or made by the CT-SGAN on demand
+                                        # (generator: nothing stored; not in the paper; docs/scale.md)
 
 
 @dataclass
@@ -397,7 +406,8 @@ def parse_overrides(items: list[str] | None) -> dict[str, str]:
 #: Fields that may be 0 (every other integer field must be >= 1); the comment in the dataclass says what 0 means.
 _ZERO_OK = {"seed", "generate.seed", "fidelity.volumes_per_source", "fidelity.max_slices", "fidelity.pooled_volumes",
             "fidelity.seed", "classifier.n_real_train", "classifier.patience", "classifier.finetune_epochs",
-            "nodules.eraser_pairs_per_scan", "classifier.seeds", "gan3d.d_steps", "fidelity.domain_max_volumes"}
+            "nodules.eraser_pairs_per_scan", "classifier.seeds", "gan3d.d_steps", "fidelity.domain_max_volumes",
+            "classifier.loader_workers", "data.n_lidc", "data.n_nlst"}
 #: Largest phantom grid we render (voxels per side): 512³ float32 is 0.5 GiB per array, and a render holds several.
 MAX_PHANTOM_SIZE = 512
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
@@ -406,14 +416,15 @@ _CHOICES = {
     "classifier.head_init": ("small", "kaiming"), "fidelity.views": ("axial", "coronal", "sagittal"),
     "classifier.regimes": ("real", "synthetic", "pretrain_finetune"), "ctsgan.rv_init": ("random", "learned"),
     "fidelity.offline_extractor": ("domain", "inception-fallback"), "nodules.injector": ("learned", "sphere"),
-    "nodules.paste": ("centre", "local"),
+    "nodules.paste": ("centre", "local"), "classifier.synthetic_source": ("disk", "generator"),
 }
 #: (low, high, low_inclusive, high_inclusive) for float fields (and every element of float lists).
 _FLOAT_RANGES = {
     "data.lidc_fraction": (0.0, 1.0, True, True), "data.split_fractions": (0.0, 1.0, True, True),
     "data.phantom_spacing_mm": (0.0, math.inf, False, False), "generate.inject_fraction": (0.0, 1.0, True, True),
     "fidelity.privacy_percentile": (0.0, 100.0, False, True), "classifier.dropout": (0.0, 1.0, True, False),
-    "bench.max_gib": (0.0, math.inf, True, False),
+    "bench.max_gib": (0.0, math.inf, True, False), "data.lidc_min_nodule_mm": (0.0, math.inf, True, False),
+    "classifier.stream_threshold_gib": (0.0, math.inf, True, False),
 }
 _POSITIVE_FLOATS = ("lr", "lr_g", "lr_d", "diameters_vox", "sizes")
 _NONNEG_FLOATS = ("l1_inside", "l1_outside", "gp_weight", "feather_vox")

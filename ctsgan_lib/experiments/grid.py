@@ -40,7 +40,8 @@ RESULTS = "results.jsonl"
 def cell_key(cfg: Config) -> str:
     """Hash of every setting that changes a cell's result other than (regime, size, seed)."""
     c = dataclasses.asdict(cfg.classifier)
-    for k in ("sizes", "seeds", "regimes"):
+    # the data path (in memory or streamed, and in how many loader workers) gives the same items: not part of the key
+    for k in ("sizes", "seeds", "regimes", "stream_threshold_gib", "loader_workers"):
         c.pop(k, None)
     blob = json.dumps({"classifier": c, "size": cfg.data.size, "hu": [cfg.data.hu_min, cfg.data.hu_max],
                        "profile": cfg.profile}, sort_keys=True, default=list)

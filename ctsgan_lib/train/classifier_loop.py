@@ -82,6 +82,14 @@ class ClassifierDataset(Dataset):
         return int(sum(u.nbytes for u in self.unit))
 
 
+def loader_workers(ds: Dataset) -> int:
+    """DataLoader worker processes for ``ds``: what a streamed dataset asks for (items made on demand), else 0.
+
+    The order of items is drawn in this process either way, so the number of workers never changes a result.
+    """
+    return int(getattr(ds, "loader_workers", 0))
+
+
 def _distributed() -> bool:
     return dist.is_available() and dist.is_initialized()
 
@@ -97,7 +105,7 @@ def predict(model: nn.Module, ds: Dataset, device: str | torch.device | None = N
     was_training = model.training
     model.eval()
     probs, labels, loss_sum = [], [], 0.0
-    for x, y in DataLoader(ds, batch_size=batch, shuffle=False):
+    for x, y in DataLoader(ds, batch_size=batch, shuffle=False, num_workers=loader_workers(ds)):
         x, y = x.to(device), y.to(device)
         with autocast(device.type, bf16=True):   # bf16 on CUDA only (paper scale); CPU stays float32
             logits = model(x)
@@ -201,7 +209,8 @@ def train_classifier(model: nn.Module, train_ds: Dataset, val_ds: Dataset | None
         else:
             gen.manual_seed(seed * 1000 + epoch)  # data order depends on (seed, epoch) only: resume-exact
         loader = DataLoader(train_ds, batch_size=ccfg.batch, shuffle=sampler is None, sampler=sampler,
-                            generator=gen if sampler is None else None, drop_last=len(train_ds) > ccfg.batch)
+                            generator=gen if sampler is None else None, drop_last=len(train_ds) > ccfg.batch,
+                            num_workers=loader_workers(train_ds))
         net.train()
         tot, n = 0.0, 0
         for x, y in loader:
