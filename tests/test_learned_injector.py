@@ -24,8 +24,8 @@ SIZE_MAX_VOX = 1.5     # ... and for every single nodule
 @pytest.fixture(scope="module")
 def learned(tmp_path_factory):
     """Toy cohort (12 nodule-bearing scans, about 18 nodules of 3-5 voxels), a learned injector trained 300 steps of
-    batch 8 at smoke size (~20 s on one free core), a sphere injector (24 steps) and an eraser trained on pairs made
-    by the learned injector (60 steps)."""
+    batch 8 at smoke size, a sphere injector (24 steps) and an eraser trained on pairs made by the learned injector
+    (60 steps). With test_nodule_gan.py this file took 3.6 min on the shared 2-core CPU under contention."""
     root = tmp_path_factory.mktemp("learned")
     cohort_dir, truth = make_cohort(root / "cohort", n_lidc=12, n_nlst=4)
     cfg = load_profile("smoke", **{"nodules.iterations": 300, "nodules.batch": 8, "nodules.ckpt_every": 300})

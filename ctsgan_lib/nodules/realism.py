@@ -283,7 +283,8 @@ def realism_auc(positive: np.ndarray, negative: np.ndarray, groups_pos: Sequence
                 pooling: str = "flatten") -> dict:
     """Held-out ROC AUC of :class:`RealismCNN` telling ``positive`` (native, label 1) from ``negative`` VOIs (HU).
 
-    Stratified grouped K-fold: VOIs sharing a group (a patient; matched pairs share one) never sit on both sides of a split.
+    Stratified grouped K-fold: VOIs sharing a group (a patient; matched pairs share one) never sit on both sides of
+    a split.
     Each fold trains a fresh CNN for ``steps`` balanced batches and scores the held-out VOIs.
 
     Returns

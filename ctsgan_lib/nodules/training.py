@@ -27,6 +27,7 @@ from ..config import Config
 from ..data.cohort import Cohort
 from ..data.intensity import hu_to_model
 from ..errors import CTSGANError
+from ..utils.atomic import clean_partials
 from ..utils.checkpoint import latest_checkpoint, load_checkpoint, load_state_strict, save_checkpoint, set_rng_state
 from ..utils.hardware import default_device
 from ..utils.logs import CSVLog
@@ -206,6 +207,7 @@ def train_nodule_gan(cfg: Config, role: str = "injector", cohort_dir: str | Path
     cohort = Cohort(cohort_dir if cohort_dir is not None else cfg.data_dir / "cohort")
     out = Path(out_dir) if out_dir is not None else cfg.runs_dir / "nodules" / role
     out.mkdir(parents=True, exist_ok=True)
+    clean_partials(out)   # a run killed while writing a checkpoint leaves its temporary file behind
     device = torch.device(device or default_device())
 
     injector_src = ""

@@ -102,8 +102,8 @@ def write_realism_report(record: dict, out: str | Path, caption: str = "") -> li
                   "0.5 is more realistic.")
         if "learned_local" in record["auc"]:
             ll = record["auc"]["learned_local"]["auc"]
-            better += (f" With the local paste-back (`nodules.paste: local`) it is {'below' if ll < sp else 'NOT below'}"
-                       f" ({ll:.3f}).")
+            verdict = "below" if ll < sp else "NOT below"
+            better += f" With the local paste-back (`nodules.paste: local`) it is {verdict} ({ll:.3f})."
         better += "\n\n"
     if "none" in record["auc"]:
         nb = record["auc"]["none"]
@@ -170,7 +170,8 @@ def realism_figure(record: dict, title: str = "Fig B.4 · native and injected no
         ax.set_xlabel(label, fontsize=7)
         ax.tick_params(labelsize=6)
     hax[0].legend(fontsize=6)
-    aucs = ", ".join(f"{k} AUC {a['auc']:.2f} [{a['ci_low']:.2f}, {a['ci_high']:.2f}]" for k, a in record["auc"].items())
+    aucs = ", ".join(f"{k} AUC {a['auc']:.2f} [{a['ci_low']:.2f}, {a['ci_high']:.2f}]"
+                     for k, a in record["auc"].items())
     bottom.suptitle(f"measurements, native vs injected (held-out sites); realism CNN: {aucs}", fontsize=8)
     return fig
 
