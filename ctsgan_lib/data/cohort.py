@@ -14,6 +14,7 @@ Example
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from pathlib import Path
@@ -507,3 +508,19 @@ def cohort_summary(cohort: Cohort) -> pd.DataFrame:
     total = table.sum(axis=0).to_frame().T
     total.index = pd.MultiIndex.from_tuples([("all", "", "")], names=table.index.names)
     return pd.concat([table, total])
+
+
+def volume_checksum(cohort, vid: str) -> str:
+    """The manifest's SHA-256 of volume ``vid``, or the SHA-256 of its float32 array when the manifest has none.
+
+    Feature caches and extractor digests key on it (``eval.fidelity``, ``eval.domain``).
+    """
+    try:
+        row = cohort.row(vid)
+        checksum = str(row["checksum"]) if row is not None and "checksum" in row else ""
+    except (KeyError, TypeError):
+        checksum = ""
+    if not checksum or checksum == "nan":
+        hu, _ = cohort.read(vid)
+        checksum = hashlib.sha256(np.ascontiguousarray(hu, dtype=np.float32).tobytes()).hexdigest()
+    return checksum

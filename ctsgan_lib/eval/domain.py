@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..data.cohort import volume_checksum
 from ..data.intensity import hu_to_uint8
 from ..errors import CTSGANError, InputFileError
 from ..utils.atomic import atomic_write_bytes, atomic_write_text, file_sha256
@@ -464,17 +465,6 @@ class Domain3DRunner:
         return torch.cat(out).numpy().astype(np.float32)
 
 
-def _checksum(cohort, vid: str) -> str:
-    try:
-        c = str(cohort.row(vid)["checksum"])
-    except (KeyError, TypeError):
-        c = ""
-    if not c or c == "nan":
-        hu, _ = cohort.read(vid)
-        c = hashlib.sha256(np.ascontiguousarray(hu, dtype=np.float32).tobytes()).hexdigest()
-    return c
-
-
 def domain_for_config(cfg, real_cohort, dims: int = 2, seed: int | None = None,
                       log: Callable[[str], None] | None = None) -> DomainExtractor:
     """The domain extractor of a profile: trained on the real cohort's ``train`` split (all of it when that split is
@@ -495,5 +485,5 @@ def domain_for_config(cfg, real_cohort, dims: int = 2, seed: int | None = None,
         return vols, ids, f"{len(ids)} real volumes of {where} (split train), ids {ids[0]}..{ids[-1]}"
 
     return resolve_domain_extractor(cfg.runs_dir / "fidelity" / "extractor", volumes,
-                                    [_checksum(real_cohort, v) for v in ids], tcfg, cfg.data.hu_min, cfg.data.hu_max,
+                                    [volume_checksum(real_cohort, v) for v in ids], tcfg, cfg.data.hu_min, cfg.data.hu_max,
                                     log)

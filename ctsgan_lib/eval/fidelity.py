@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..data.cohort import Cohort
+from ..data.cohort import Cohort, volume_checksum
 from ..data.intensity import hu_to_uint8
 from ..data.views import VIEW_AXIS, VIEWS
 from ..errors import CTSGANError
@@ -154,19 +154,6 @@ class FeatureRunner:
                                             save_cpu_ram=True, verbose=False)
         self.slices_done += len(slices_u8)
         return {k: v.numpy().astype(np.float32, copy=False) for k, v in out.items()}
-
-
-def volume_checksum(cohort, vid: str) -> str:
-    """The manifest's SHA-256 of the volume file (the cache key's first half)."""
-    try:
-        row = cohort.row(vid)
-        checksum = str(row["checksum"]) if row is not None and "checksum" in row else ""
-    except (KeyError, TypeError):
-        checksum = ""
-    if not checksum or checksum == "nan":
-        hu, _ = cohort.read(vid)
-        checksum = hashlib.sha256(np.ascontiguousarray(hu, dtype=np.float32).tobytes()).hexdigest()
-    return checksum
 
 
 class FeatureCache:
