@@ -74,7 +74,7 @@ def inception_weights(root: Path) -> str:
     return str(path)
 
 
-def paper_stages(n_patients: int = 8, n_volumes: int = 4, weights: str = "", device: str = "cpu",
+def paper_stages(n_patients: int = 16, n_volumes: int = 4, weights: str = "", device: str = "cpu",
                  shortcut: bool = True) -> list[Stage]:
     """The ``paper`` profile's stages at 224³ with tiny counts, in pipeline order (notebooks 01-06)."""
     d, r = f"data/{PROFILE}", f"runs/{PROFILE}"
@@ -85,7 +85,7 @@ def paper_stages(n_patients: int = 8, n_volumes: int = 4, weights: str = "", dev
 
     nod = s("nodules.iterations=2", "nodules.ckpt_every=1")
     dev = ["--device", device]
-    fid_set = s("fidelity.volumes_per_source=2", "fidelity.max_slices=8", "fidelity.pooled_volumes=2",
+    fid_set = s("fidelity.volumes_per_source=2", "fidelity.max_slices=16", "fidelity.pooled_volumes=2",
                 "fidelity.domain_steps=2", "fidelity.domain_max_volumes=4", "fidelity.batch=16",
                 f"fidelity.weights_path={weights}")
     cls_set = s("classifier.sizes=[8.0]", "classifier.seeds=[0]", "classifier.epochs=1",
@@ -245,11 +245,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default="benchmarks/results/cpu/paper_e2e.jsonl", help="JSON lines (appended)")
     ap.add_argument("--root", default=None, help="work root (default: a temporary folder, deleted unless --keep)")
     ap.add_argument("--keep", action="store_true", help="keep the work root")
-    ap.add_argument("--patients", type=int, default=8, help="phantom patients at 224³ (default 8)")
+    ap.add_argument("--patients", type=int, default=16, help="phantom patients at 224³ (default 16; 8 leave no nodule-free val base for classify)")
     ap.add_argument("--volumes", type=int, default=4, help="synthetic volumes generated (default 4)")
     ap.add_argument("--device", default="cpu", help="cpu | cuda (default cpu)")
     ap.add_argument("--inception-weights", default="", help="official InceptionV3 weights (default: seeded random)")
     ap.add_argument("--no-shortcut", action="store_true", help="skip classify's device-shortcut control")
+    ap.add_argument("--from", dest="start", default=None,
+                    help="start at this stage in an existing --root (the earlier stages' outputs must be there)")
+    ap.add_argument("--only", nargs="+", default=None, metavar="STAGE",
+                    help="run only these stages in an existing --root")
     ap.add_argument("--timeout-s", type=float, default=3600, help="per-stage limit (default 3600)")
     args = ap.parse_args(argv)
     root = Path(args.root) if args.root else Path(tempfile.mkdtemp(prefix="ctsgan-paper-e2e-"))
@@ -257,7 +261,8 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     log = root / "paper_e2e.log"
-    weights = args.inception_weights or inception_weights(root)
+    weights = args.inception_weights or (str(root / "inception_random.pth") if (root / "inception_random.pth").is_file()
+                                         else inception_weights(root))
     run_id = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     head = {"run": run_id, "benchmark": "paper_e2e", "profile": PROFILE, "size": 224, "patients": args.patients,
             "volumes": args.volumes, "device": args.device, "hardware": hardware_label(args.device),
@@ -270,8 +275,17 @@ def main(argv: list[str] | None = None) -> int:
             fh.write(json.dumps({**head, **rec}) + "\n")
 
     try:
-        recs = run_all(root, paper_stages(args.patients, args.volumes, weights, args.device, not args.no_shortcut),
-                       log, args.timeout_s, on_result=write)
+        stages = paper_stages(args.patients, args.volumes, weights, args.device, not args.no_shortcut)
+        if args.start:
+            names = [st.name for st in stages]
+            if args.start not in names or not args.root:
+                ap.error(f"--from needs --root and one of {', '.join(names)}")
+            stages = stages[names.index(args.start):]
+        if args.only:
+            if not args.root or not set(args.only) <= {st.name for st in stages}:
+                ap.error("--only needs --root and stage names")
+            stages = [st for st in stages if st.name in args.only]
+        recs = run_all(root, stages, log, args.timeout_s, on_result=write)
         out.with_suffix(".md").write_text(f"paper profile at 224³, {args.patients} phantom patients, {args.volumes} "
                                           f"synthetic volumes, {head['hardware']}, run {run_id}\n\n"
                                           + markdown_table(recs))
