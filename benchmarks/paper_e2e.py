@@ -157,7 +157,9 @@ def _gpu_used_mib() -> float | None:
 
 def _disk_bytes(folder: Path) -> int:
     """Bytes of the regular files under ``folder`` (0 when it does not exist)."""
-    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file() and not p.is_symlink()) if folder.is_dir() else 0
+    if not folder.is_dir():
+        return 0
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file() and not p.is_symlink())
 
 
 def run_stage(stage: Stage, root: Path, log: Path, timeout_s: float) -> dict:
@@ -245,7 +247,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default="benchmarks/results/cpu/paper_e2e.jsonl", help="JSON lines (appended)")
     ap.add_argument("--root", default=None, help="work root (default: a temporary folder, deleted unless --keep)")
     ap.add_argument("--keep", action="store_true", help="keep the work root")
-    ap.add_argument("--patients", type=int, default=16, help="phantom patients at 224³ (default 16; 8 leave no nodule-free val base for classify)")
+    ap.add_argument("--patients", type=int, default=16,
+                    help="phantom patients at 224³ (default 16; 8 leave no nodule-free val base for classify)")
     ap.add_argument("--volumes", type=int, default=4, help="synthetic volumes generated (default 4)")
     ap.add_argument("--device", default="cpu", help="cpu | cuda (default cpu)")
     ap.add_argument("--inception-weights", default="", help="official InceptionV3 weights (default: seeded random)")
