@@ -74,7 +74,7 @@ def inception_weights(root: Path) -> str:
     return str(path)
 
 
-def paper_stages(n_patients: int = 16, n_volumes: int = 4, weights: str = "", device: str = "cpu",
+def paper_stages(n_patients: int = 24, n_volumes: int = 4, weights: str = "", device: str = "cpu",
                  shortcut: bool = True) -> list[Stage]:
     """The ``paper`` profile's stages at 224³ with tiny counts, in pipeline order (notebooks 01-06)."""
     d, r = f"data/{PROFILE}", f"runs/{PROFILE}"
@@ -247,8 +247,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default="benchmarks/results/cpu/paper_e2e.jsonl", help="JSON lines (appended)")
     ap.add_argument("--root", default=None, help="work root (default: a temporary folder, deleted unless --keep)")
     ap.add_argument("--keep", action="store_true", help="keep the work root")
-    ap.add_argument("--patients", type=int, default=16,
-                    help="phantom patients at 224³ (default 16; 8 leave no nodule-free val base for classify)")
+    ap.add_argument("--patients", type=int, default=24,
+                    help="phantom patients at 224³ (default 24; 8 or 16 left a split without a nodule-free base)")
     ap.add_argument("--volumes", type=int, default=4, help="synthetic volumes generated (default 4)")
     ap.add_argument("--device", default="cpu", help="cpu | cuda (default cpu)")
     ap.add_argument("--inception-weights", default="", help="official InceptionV3 weights (default: seeded random)")
