@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from cli_checks import assert_one_line_error as _assert_one_line
 
 from ctsgan_lib.cli import main
 from ctsgan_lib.config import load_profile
@@ -33,14 +34,6 @@ def _run(capsys, argv) -> tuple[int, str]:
     rc = main(argv)
     err = capsys.readouterr().err.strip()
     return rc, err
-
-
-def _assert_one_line(rc: int, err: str, *needles: str) -> None:
-    assert rc == 2, err
-    assert len(err.splitlines()) == 1 and err.startswith("error: "), err
-    assert "Traceback" not in err
-    for n in needles:
-        assert n in err, (n, err)
 
 
 # ----------------------------------------------------------------------------------------------- DICOM via convert

@@ -23,6 +23,7 @@ import pandas as pd
 import pydicom
 import pytest
 import torch
+from cli_checks import assert_one_line_error as _refused
 
 from ctsgan_lib.cli import main
 from ctsgan_lib.config import load_profile
@@ -43,15 +44,6 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
 def _run(capsys, argv) -> tuple[int, str]:
     rc = main([str(a) for a in argv])
     return rc, capsys.readouterr().err.strip()
-
-
-def _refused(rc: int, err: str, *needles: str) -> None:
-    """Exit 2 and one line ``error: ...`` holding every needle, no traceback."""
-    assert rc == 2, err
-    assert len(err.splitlines()) == 1 and err.startswith("error: "), err
-    assert "Traceback" not in err
-    for n in needles:
-        assert n in err, (n, err)
 
 
 def _tree(root: Path) -> dict[str, str]:
