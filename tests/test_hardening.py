@@ -24,7 +24,7 @@ from ctsgan_lib.data.io import nifti_affine, write_dicom_series
 from ctsgan_lib.errors import CTSGANError
 from ctsgan_lib.models.ctsgan import build_ctsgan
 from ctsgan_lib.utils.checkpoint import save_checkpoint
-from killing import kill_when
+from killing import killed_at
 from test_io import BAD_DICOM, SPACING, _mixed  # the loader-level corpus builders
 
 VOLUME = np.random.default_rng(0).integers(-1000, 1000, size=(7, 9, 11)).astype(np.float32)
@@ -183,8 +183,7 @@ def test_cohort_build_killed_mid_run_resumes_to_the_same_cohort(tmp_path):
         return [sys.executable, "-m", "ctsgan_lib.cli", "prepare", *args, "--out", str(root)]
 
     killed = tmp_path / "killed"
-    proc = subprocess.Popen(cmd(killed), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    kill_when(proc, lambda: len(list((killed / "volumes").glob("phantom-*_label.nii.gz"))) >= 2)
+    killed_at("phantom-*.nii.gz", 5, cmd(killed)[1:], env)   # dies inside the 5th volume/label rename
     n_before = len(list((killed / "volumes").glob("phantom-????.nii.gz")))
     assert 0 < n_before < 8, "the kill should land mid-build"
     subprocess.run(cmd(killed), env=env, check=True, capture_output=True)

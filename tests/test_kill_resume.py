@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from ctsgan_lib.data.cohort import CohortWriter
-from killing import kill_when
+from killing import kill_when, killed_at
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
@@ -40,9 +40,8 @@ def test_ctsgan_training_killed_resumes_to_the_uninterrupted_losses(tmp_root, tm
                 str(tmp_path / "cohort"), "--out", str(out), "--no-progress", "--device", "cpu", *sets, *flags]
 
     run = tmp_path / "run"
-    proc = subprocess.Popen(cmd(run, "--fresh"), env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    kill_when(proc, lambda: (run / "ckpt_000004.pt").exists())
-    assert not (run / "ckpt_000008.pt").exists(), "the kill should land mid-run"
+    killed_at("ckpt_000004.pt", 1, cmd(run, "--fresh")[1:], ENV)   # dies while checkpoint 4 is being renamed
+    assert (run / "ckpt_000002.pt").exists() and not (run / "ckpt_000004.pt").exists()
     subprocess.run(cmd(run, "--resume"), env=ENV, check=True, capture_output=True)
     subprocess.run(cmd(tmp_path / "ref", "--fresh"), env=ENV, check=True, capture_output=True)
     rows, ref = _log_rows(run / "log.csv"), _log_rows(tmp_path / "ref" / "log.csv")
@@ -65,9 +64,8 @@ def test_nodule_injector_training_killed_resumes_to_the_uninterrupted_losses(tmp
                 "--cohort", str(cohort), "--out", str(out), "--device", "cpu", *sets, *flags]
 
     run = tmp_path / "run"
-    proc = subprocess.Popen(cmd(run, "--fresh"), env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    kill_when(proc, lambda: (run / "ckpt_000004.pt").exists())
-    assert not (run / "ckpt_000008.pt").exists(), "the kill should land mid-run"
+    killed_at("ckpt_000004.pt", 1, cmd(run, "--fresh")[1:], ENV)   # dies while checkpoint 4 is being renamed
+    assert (run / "ckpt_000002.pt").exists() and not (run / "ckpt_000004.pt").exists()
     subprocess.run(cmd(run), env=ENV, check=True, capture_output=True)           # resumes by default
     subprocess.run(cmd(tmp_path / "ref", "--fresh"), env=ENV, check=True, capture_output=True)
     rows, ref = _log_rows(run / "log.csv"), _log_rows(tmp_path / "ref" / "log.csv")

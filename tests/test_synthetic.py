@@ -18,7 +18,7 @@ from ctsgan_lib.models.ctsgan import build_ctsgan
 from ctsgan_lib.synthesis import (VolumePlan, finish_volume, generate_cohort, merge_shards, parse_shard,
                                   plan_volumes, shard_indices, summarize_cohort)
 from ctsgan_lib.utils.checkpoint import save_checkpoint
-from killing import kill_when
+from killing import killed_at
 
 SPACING = (6.0, 6.0, 6.0)
 
@@ -82,13 +82,13 @@ def test_two_shards_equal_one_run(ctsgan_ckpt, tmp_path):
 
 def test_killed_run_resumes_to_the_complete_set(ctsgan_ckpt, tmp_path):
     out = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "ctsgan_lib.cli", "generate", "--checkpoint", str(ctsgan_ckpt), "--n", "10",
-           "--seed", "5", "--out", str(out), "--batch", "1", "--inject-fraction", "0", "--device", "cpu"]
+    args = ["-m", "ctsgan_lib.cli", "generate", "--checkpoint", str(ctsgan_ckpt), "--n", "10",
+            "--seed", "5", "--out", str(out), "--batch", "1", "--inject-fraction", "0", "--device", "cpu"]
+    cmd = [sys.executable, *args]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    kill_when(proc, lambda: len(list((out / "volumes").glob("syn-*.nii.gz"))) >= 3)
-    done_before = len(list((out / "volumes").glob("syn-*.nii.gz")))
-    assert 0 < done_before < 10, "the kill should land mid-run"
+    killed_at("syn-*.nii.gz", 4, args, env)          # dies with the 4th volume written but not yet renamed
+    assert len(list((out / "volumes").glob("syn-*.nii.gz"))) == 3
+    assert list(out.rglob(".*.part*")), "the kill should leave the 4th volume's temporary file behind"
     subprocess.run(cmd, env=env, check=True, capture_output=True)
     resumed = Cohort(out)
     assert resumed.ids() == [f"syn-{i:06d}" for i in range(10)]
