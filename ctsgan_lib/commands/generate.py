@@ -40,6 +40,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-compress", action="store_true", help="write .nii (fast to read) instead of .nii.gz")
     p.add_argument("--profile", default="", help="profile name recorded in cohort.json and the DICOM "
                    "SeriesDescription (default: the profile the checkpoint was trained with)")
+    f = p.add_argument_group("fast generation path (ours, off by default; docs/performance.md)")
+    f.add_argument("--fast", action="store_true",
+                   help="CT-SGAN: BatchNorm folded into Gslice, flat slice batches, channels-last; same volumes to "
+                        "float32 rounding (1e-5 model units), not bit for bit")
+    f.add_argument("--slice-batch", type=int, default=1024,
+                   help="with --fast: (volume, position) pairs per Gslice call (default 1024)")
+    f.add_argument("--precision", choices=("checkpoint", "fp32", "bf16"), default="checkpoint",
+                   help="with --fast: checkpoint = bf16 autocast on CUDA if the checkpoint trained with ctsgan.bf16 "
+                        "(as the default path), else float32; bf16 = bf16 autocast (also on CPU, slow there)")
+    f.add_argument("--compile", action="store_true",
+                   help="with --fast: torch.compile the folded Gslice (falls back to eager with a warning)")
     p.add_argument("--allow-foreign", action="store_true",
                    help="write into an --out folder that holds other files (they are never deleted)")
     p.set_defaults(func=run)
@@ -59,6 +70,10 @@ def check_args(args: argparse.Namespace) -> None:
         raise CTSGANError(f"--seed: must be >= 0 (got {args.seed})")
     if args.batch < 1:
         raise CTSGANError(f"--batch: must be >= 1 (got {args.batch})")
+    if args.slice_batch < 1:
+        raise CTSGANError(f"--slice-batch: must be >= 1 (got {args.slice_batch})")
+    if not args.fast and (args.compile or args.precision != "checkpoint" or args.slice_batch != 1024):
+        raise CTSGANError("--slice-batch, --precision and --compile only apply with --fast")
     if not (math.isfinite(args.inject_fraction) and 0.0 <= args.inject_fraction <= 1.0):
         raise CTSGANError(f"--inject-fraction: must be in [0, 1] (got {args.inject_fraction})")
     if args.nodule_diameters and not all(math.isfinite(d) and d > 0 for d in args.nodule_diameters):
@@ -107,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
                                      inject_fraction=args.inject_fraction, nodule_diameters_vox=args.nodule_diameters,
                                      injector=args.injector, shard=shard, batch=args.batch, device=device,
                                      dicom=args.dicom, compress=not args.no_compress, profile=args.profile,
-                                     progress=not args.no_progress)
+                                     progress=not args.no_progress, fast=fast_options(args, device))
     if dist is not None and args.shard is None:
         if shard[0] == 0:
             wait_for_shards(out, shard[1])
@@ -118,6 +133,21 @@ def run(args: argparse.Namespace) -> int:
         print(f"wrote {folder}")
         print(cohort_summary(folder))
     return 0
+
+
+def fast_options(args: argparse.Namespace, device: str):
+    """The :class:`~ctsgan_lib.models.ctsgan_fast.FastOptions` that ``--fast`` asks for, or None."""
+    if not args.fast:
+        return None
+    from ..models.ctsgan_fast import FastOptions      # lazy, as every import here: keeps `ctsgan --help` fast
+    from ..utils.checkpoint import load_checkpoint
+
+    if args.precision == "checkpoint":   # as the default path: the checkpoint's ctsgan.bf16, on CUDA only
+        cfg = load_checkpoint(args.checkpoint, map_location="cpu")["config"]
+        bf16 = bool(cfg.get("ctsgan", {}).get("bf16", False)) and str(device).startswith("cuda")
+    else:
+        bf16 = args.precision == "bf16"
+    return FastOptions(slice_batch=args.slice_batch, bf16=bf16, compile=args.compile)
 
 
 def cohort_summary(folder: Path) -> str:

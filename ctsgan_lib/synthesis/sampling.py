@@ -24,6 +24,7 @@ import torch
 from ..data.intensity import model_to_hu
 from ..errors import CTSGANError
 from ..models.ctsgan import DEFAULT_META, CTSGANGenerator, build_ctsgan, generator_meta, synthesize
+from ..models.ctsgan_fast import FastOptions, synthesize_fast
 from ..models.gan3d import Generator3D, build_gan3d, upsample_volume
 from ..utils.checkpoint import load_checkpoint, load_state_strict
 
@@ -105,7 +106,8 @@ def volume_noise(generator: CTSGANGenerator, seed: int, index: int, n_positions:
 
 
 def generate_volumes(generator_or_ckpt, n: int, seed: int, batch: int = 1, device: str | torch.device = "cpu",
-                     depth: int | None = None, chunk: int | None = None, start: int = 0
+                     depth: int | None = None, chunk: int | None = None, start: int = 0,
+                     fast: FastOptions | None = None
                      ) -> Iterator[tuple[np.ndarray, tuple[float, float, float]]]:
     """Yield ``n`` CT-SGAN volumes as ``(hu, spacing_mm)``.
 
@@ -125,6 +127,10 @@ def generate_volumes(generator_or_ckpt, n: int, seed: int, batch: int = 1, devic
         Positions per Gslice call.
     start : int
         Index of the first volume (for shards).
+    fast : FastOptions, optional
+        Use the opt-in fast path (:func:`~ctsgan_lib.models.ctsgan_fast.synthesize_fast`: BatchNorm folded, flat
+        slice batches, optional bf16 / ``torch.compile``); ``chunk`` is then ignored. Default None: the
+        bit-reproducible default path. Same noise per volume either way.
 
     Yields
     ------
@@ -146,7 +152,10 @@ def generate_volumes(generator_or_ckpt, n: int, seed: int, batch: int = 1, devic
             noise = [volume_noise(gen, seed, i, depth - 2) for i in padded]
             pn = torch.stack([a for a, _ in noise])
             sn = torch.stack([b for _, b in noise])
-            vols = synthesize(gen, pn, sn, chunk, to_cpu=False)[:len(idx)]
+            if fast is None:
+                vols = synthesize(gen, pn, sn, chunk, to_cpu=False)[:len(idx)]
+            else:
+                vols = synthesize_fast(gen, pn, sn, fast, to_cpu=False)[:len(idx)]
             # HU on the generator's device, then one host copy per call (same float32 arithmetic as numpy's)
             hu_all = model_to_hu(vols, meta["hu_min"], meta["hu_max"]).cpu().numpy()
             for hu in hu_all:

@@ -17,6 +17,7 @@ Shard ``i`` of ``K`` writes a complete cohort under ``<out>/shards/shard-<i>-of-
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -36,6 +37,7 @@ from ..data.io import write_dicom_series
 from ..data.lidc import sample_diameter_mm, sample_nodule_count
 from ..data.preprocess import lung_mask, lung_mask_flags
 from ..errors import CTSGANError
+from ..models.ctsgan_fast import FastOptions
 from ..nodules.inference import NoduleInjector
 from ..utils.atomic import atomic_write_text, file_sha256
 from ..utils.hardware import hardware_label
@@ -163,7 +165,7 @@ def generate_cohort(checkpoint: str | Path, n: int, seed: int, out: str | Path, 
                     nodule_diameters_vox: Sequence[float] | None = None, injector: str | Path | None = None,
                     shard: tuple[int, int] = (0, 1), batch: int = 4, device: str = "cpu", dicom: bool = False,
                     compress: bool = True, split_fractions: Sequence[float] = (0.75, 0.125, 0.125),
-                    profile: str = "", progress: bool = True) -> Path:
+                    profile: str = "", progress: bool = True, fast: FastOptions | None = None) -> Path:
     """Generate (or resume) a synthetic cohort.
 
     Parameters
@@ -193,6 +195,10 @@ def generate_cohort(checkpoint: str | Path, n: int, seed: int, out: str | Path, 
     profile : str
         Recorded in ``cohort.json`` and the DICOM SeriesDescription; default: the profile the checkpoint was trained
         with.
+    fast : FastOptions, optional
+        CT-SGAN only: the opt-in fast generation path (:mod:`ctsgan_lib.models.ctsgan_fast`; same volumes to
+        float32 / bf16 rounding, not bit for bit). Recorded in the cohort settings, so a rerun that switches it
+        rebuilds the cohort instead of mixing the two paths.
 
     Returns
     -------
@@ -222,6 +228,8 @@ def generate_cohort(checkpoint: str | Path, n: int, seed: int, out: str | Path, 
                 "nodule_diameters_vox": [float(d) for d in nodule_diameters_vox] if nodule_diameters_vox else "lidc",
                 "injector_step": inj.step if inj else None, "batch": int(batch), "shard": [i_shard, n_shards],
                 "profile": profile}
+    if fast is not None:   # only then: default-path cohorts keep their settings (and resume) unchanged
+        settings["fast"] = dataclasses.asdict(fast)
     folder = shard_dir(out, i_shard, n_shards)
     writer = CohortWriter(folder, compress=compress, settings=settings,
                           source_defaults={"source": kind, "domain": "synthetic"})
@@ -229,13 +237,14 @@ def generate_cohort(checkpoint: str | Path, n: int, seed: int, out: str | Path, 
     bar = tqdm(total=len(todo), desc=f"generate {kind} shard {i_shard}/{n_shards}", unit="vol", disable=not progress)
     t0 = time.perf_counter()
     gen_fn = generate_volumes if kind == "ctsgan" else generate_gan3d_volumes
+    fast_kw = {"fast": fast} if fast is not None and kind == "ctsgan" else {}
     try:
         for block in _blocks(todo, batch):
             start = (block[0] // batch) * batch
             stop = min(start + batch, n)
             # Generate the whole aligned block (same batch as a single run), keep the ones still to do.
             with torch.inference_mode():
-                vols = list(gen_fn(gen, stop - start, seed, batch=batch, device=device, start=start))
+                vols = list(gen_fn(gen, stop - start, seed, batch=batch, device=device, start=start, **fast_kw))
             for offset, (hu, sp) in enumerate(vols):
                 idx = start + offset
                 if idx not in block:
