@@ -40,6 +40,8 @@ def slab_batch(gen, data: VolumeDataset, ct, batch: int, device: str, amp, with_
     """
     size, t_len = data.size, ct.slab_len
     index, start, offsets = sample_slab_batch(len(data), batch, size, t_len, ct.n_slices)
+    if getattr(ct, "async_copies", False):
+        return _slab_batch_async(gen, data, ct, batch, device, amp, with_grad, index, start, offsets)
     offsets = offsets.to(device)
     window = data.slab_windows(index, start, t_len).to(device)                 # (B, T+2, S, S)
     real3 = torch.stack([window[:, k:k + 3] for k in range(t_len)], dim=1)     # (B, T, 3, S, S) real 3D slices
@@ -56,6 +58,33 @@ def slab_batch(gen, data: VolumeDataset, ct, batch: int, device: str, amp, with_
     return real_slices, real_slab, positions, fake_slices, fake_slab, start.to(device)
 
 
+def _upload(t: torch.Tensor, device: str) -> torch.Tensor:
+    """Host → device without a host synchronisation on CUDA (pinned staging, non-blocking); a plain move elsewhere."""
+    if str(device).startswith("cuda"):
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
+
+
+def _slab_batch_async(gen, data: VolumeDataset, ct, batch: int, device: str, amp, with_grad: bool,
+                      index: torch.Tensor, start: torch.Tensor, offsets: torch.Tensor):
+    """:func:`slab_batch` with every host → device copy non-blocking (``ctsgan.async_copies``): the same draws from
+    the same RNGs in the same order, so the same values; only the copies no longer wait for the GPU to drain."""
+    t_len = ct.slab_len
+    window = _upload(data.slab_windows(index, start, t_len), device)           # (B, T+2, S, S)
+    positions = _upload((start[:, None] + offsets).reshape(-1), device)        # (B·N,)
+    offsets = _upload(offsets, device)
+    real3 = torch.stack([window[:, k:k + 3] for k in range(t_len)], dim=1)
+    real_slab = window[:, 1:t_len + 1, None].transpose(1, 2)
+    real_slices = _gather_positions(real3, offsets)
+    patient_noise, slice_noise = (_upload(t, device) for t in gen.sample_noise(batch))   # drawn on the CPU as before
+    slab_pos = _upload(start[:, None] + torch.arange(t_len)[None], device)
+    with amp, torch.set_grad_enabled(with_grad):
+        fake3 = gen(patient_noise, slice_noise, slab_pos).float()
+    fake_slab = fake3[:, :, 1][:, None]
+    fake_slices = _gather_positions(fake3, offsets)
+    return real_slices, real_slab, positions, fake_slices, fake_slab, _upload(start, device)
+
+
 def dslab_is_conditioned(dslab: torch.nn.Module) -> bool:
     """Whether Dslab takes the slab start (``ctsgan.dslab_position``); sees through the DDP wrapper."""
     return getattr(getattr(dslab, "module", dslab), "position", None) is not None
@@ -66,11 +95,13 @@ def ctsgan_step(nets: dict[str, torch.nn.Module], opts: dict[str, torch.optim.Op
     """One alternating update: ``ct.d_steps`` Dslice + Dslab updates (generator fixed), then one Gslice + Rv update
     (discriminators fixed) on the last D update's fakes.
 
-    Returns the step's losses as floats (see ``LOSS_NAMES``; D terms from the last D update).
+    Returns the step's losses as floats (see ``LOSS_NAMES``; D terms from the last D update), or as 0-d device
+    tensors with ``ct.lazy_losses`` (no host synchronisation; :class:`~.gan_common.GANRun` reads them when it logs).
     """
     gen, dslice, dslab = nets["generator"], nets["dslice"], nets["dslab"]
     kind, amp = ct.loss, autocast(device, ct.bf16)
     n_d = max(1, int(getattr(ct, "d_steps", 1)))
+    gp_fp32 = bool(getattr(ct, "gp_fp32", False))
     slab_conditioned = dslab_is_conditioned(dslab)
 
     # --- D steps (Eq. 2; the N-slice sum is averaged so Dslice's scale does not depend on N) ----------------------
@@ -84,7 +115,13 @@ def ctsgan_step(nets: dict[str, torch.nn.Module], opts: dict[str, torch.optim.Op
             l_dslice = losses.d_loss(kind, dslice(real_slices, positions), dslice(fake_slices.detach(), positions))
             l_dslab = losses.d_loss(kind, dslab(real_slab, *slab_cond), dslab(fake_slab.detach(), *slab_cond))
             gp_slice = gp_slab = torch.zeros((), device=device)
-            if kind == "wgan-gp":
+            if kind == "wgan-gp" and not gp_fp32:
+                gp_slice = losses.gradient_penalty(dslice, real_slices, fake_slices, positions)
+                gp_slab = losses.gradient_penalty(dslab, real_slab, fake_slab, *slab_cond)
+        if kind == "wgan-gp" and gp_fp32:
+            # ctsgan.gp_fp32: the penalty is a double backward of ‖∇D‖ − 1, a difference of numbers near 1: in bf16
+            # (8 mantissa bits) it would be rounding noise; eager, so no compiled graph needs double backward
+            with torch.autocast(str(device).split(":")[0], enabled=False):
                 gp_slice = losses.gradient_penalty(dslice, real_slices, fake_slices, positions)
                 gp_slab = losses.gradient_penalty(dslab, real_slab, fake_slab, *slab_cond)
         loss_d = l_dslice + l_dslab + ct.gp_weight * (gp_slice + gp_slab)
@@ -106,6 +143,8 @@ def ctsgan_step(nets: dict[str, torch.nn.Module], opts: dict[str, torch.optim.Op
     set_requires_grad([dslice, dslab], True)
 
     vals = [loss_d, l_dslice, l_dslab, gp_slice, gp_slab, loss_g, l_g_slice, l_g_slab]
+    if getattr(ct, "lazy_losses", False):   # no host sync here: GANRun reads them at its log/checkpoint steps
+        return {k: v.detach() for k, v in zip(LOSS_NAMES, vals)}
     return {k: float(v.detach()) for k, v in zip(LOSS_NAMES, vals)}
 
 

@@ -100,9 +100,24 @@ def build_gan(kind: str, size: int, sec, device: str, ctx: D.DistContext, seed: 
         init_weights(m)
         m.to(device)
         D.broadcast_module(m, ctx)
-    opts = {"g": torch.optim.Adam(nets["generator"].parameters(), lr=sec.lr_g, betas=tuple(sec.betas)),
-            "d": torch.optim.Adam(d_params, lr=sec.lr_d, betas=tuple(sec.betas))}
+    fused = bool(getattr(sec, "fused_adam", False))
+    opts = {"g": make_adam(nets["generator"].parameters(), sec.lr_g, sec.betas, fused, device),
+            "d": make_adam(d_params, sec.lr_d, sec.betas, fused, device)}
     return nets, opts
+
+
+def make_adam(params, lr: float, betas, fused: bool = False, device: str = "cpu") -> torch.optim.Adam:
+    """Adam as the paper trains with; ``fused=True`` asks for torch's fused kernel (one launch for all parameters)
+    where this torch has one for ``device``, else the multi-tensor ``foreach`` one. ``fused=False`` is torch's
+    default implementation (what every run before issue 25 used). All three compute the same update to float
+    rounding."""
+    if not fused:
+        return torch.optim.Adam(params, lr=lr, betas=tuple(betas))
+    params = list(params)
+    try:
+        return torch.optim.Adam(params, lr=lr, betas=tuple(betas), fused=True)
+    except (RuntimeError, TypeError, ValueError):   # no fused kernel for this device/dtype in this torch
+        return torch.optim.Adam(params, lr=lr, betas=tuple(betas), foreach=True)
 
 
 class GANRun:
@@ -215,12 +230,17 @@ class GANRun:
         for p in old:
             p.unlink()
 
-    def _check_finite(self, step: int, losses: dict[str, float]) -> None:
+    def _check_finite(self, step: int, losses: dict[str, float], since: int | None = None,
+                      earlier_ok: bool = True) -> None:
+        """Stop on a non-finite loss; with lazy losses ``since`` is the first step checked here and ``earlier_ok``
+        whether the steps before ``step`` were all finite."""
         bad = [k for k, v in losses.items() if not math.isfinite(v)]
-        if D.all_reduce_max(1.0 if bad else 0.0, self.ctx, self.device) > 0:
-            where = ", ".join(f"{k}={losses[k]}" for k in bad) or "on another rank"
+        if D.all_reduce_max(1.0 if bad or not earlier_ok else 0.0, self.ctx, self.device) > 0:
+            where = ", ".join(f"{k}={losses[k]}" for k in bad) or (
+                "at an earlier step" if not earlier_ok else "on another rank")
+            when = f"at step {step}" if since is None or since == step else f"between steps {since} and {step}"
             keep = self.last_checkpoint or "none (no checkpoint was written yet)"
-            raise TrainingDivergedError(f"{self.kind} training diverged at step {step}: non-finite loss ({where}); "
+            raise TrainingDivergedError(f"{self.kind} training diverged {when}: non-finite loss ({where}); "
                                         f"stopped without saving; last good checkpoint: {keep}")
 
     def run(self, step_fn: Callable[[int], dict[str, float]],
@@ -233,12 +253,29 @@ class GANRun:
         bar = tqdm(total=self.iterations, initial=self.start_step, desc=f"train {self.kind}",
                    disable=not (self.progress and self.ctx.is_main), dynamic_ncols=True)
         losses: dict[str, float] = {}
+        pending = None            # lazy losses: "all finite" of the steps not yet read, still on the device
+        since = None              # first of those steps
         try:
             for step in range(self.start_step + 1, self.iterations + 1):
                 t0 = time.perf_counter()
                 losses = step_fn(step)
-                self._check_finite(step, losses)
                 last = step == self.iterations
+                if any(isinstance(v, torch.Tensor) for v in losses.values()):
+                    # the step returned device tensors (ctsgan.lazy_losses): accumulate the finiteness check on the
+                    # device and read everything only where it is needed (log, checkpoint, sample grid, last step)
+                    ok = torch.stack([torch.as_tensor(v).detach().float().reshape(()) for v in losses.values()])
+                    ok = torch.isfinite(ok).all()
+                    pending = ok if pending is None else pending & ok
+                    since = since or step
+                    if not (step % self.log_every == 0 or step % self.ckpt_every == 0 or last
+                            or step % self.sample_every == 0):
+                        bar.update(1)
+                        continue
+                    losses = {k: float(v) for k, v in losses.items()}
+                    self._check_finite(step, losses, since=since, earlier_ok=bool(pending))
+                    pending = since = None
+                else:
+                    self._check_finite(step, losses)
                 if self.ctx.is_main and (step % self.log_every == 0 or last):
                     self.log.write(step=step, seconds=round(time.perf_counter() - t0, 4),
                                    world_size=self.ctx.world_size, **losses)
