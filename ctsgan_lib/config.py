@@ -107,7 +107,7 @@ class CTSGANConfig:
                                         # or "learned" constants (checkpoints from before issue 21)
     # training fast path (issue 25; ours, all off = the default, bit-reproducible step; docs/performance.md)
     fused_adam: bool = False            # fused Adam kernels where torch has them for the device, else foreach
-    lazy_losses: bool = False           # losses stay on the device; read (and NaN-checked) only at log/ckpt/sample steps
+    lazy_losses: bool = False           # losses stay on the device; read + NaN-checked at log/ckpt/sample steps
     gp_fp32: bool = False               # with bf16: the WGAN-GP penalty (double backward) outside autocast, in float32
     async_copies: bool = False          # CUDA: real slabs and noise go up through pinned memory, non-blocking
 
