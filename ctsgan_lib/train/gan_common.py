@@ -101,14 +101,14 @@ def build_gan(kind: str, size: int, sec, device: str, ctx: D.DistContext, seed: 
         m.to(device)
         D.broadcast_module(m, ctx)
     fused = bool(getattr(sec, "fused_adam", False))
-    opts = {"g": make_adam(nets["generator"].parameters(), sec.lr_g, sec.betas, fused, device),
-            "d": make_adam(d_params, sec.lr_d, sec.betas, fused, device)}
+    opts = {"g": make_adam(nets["generator"].parameters(), sec.lr_g, sec.betas, fused),
+            "d": make_adam(d_params, sec.lr_d, sec.betas, fused)}
     return nets, opts
 
 
-def make_adam(params, lr: float, betas, fused: bool = False, device: str = "cpu") -> torch.optim.Adam:
+def make_adam(params, lr: float, betas, fused: bool = False) -> torch.optim.Adam:
     """Adam as the paper trains with; ``fused=True`` asks for torch's fused kernel (one launch for all parameters)
-    where this torch has one for ``device``, else the multi-tensor ``foreach`` one. ``fused=False`` is torch's
+    where this torch has one for the parameters' device, else the multi-tensor ``foreach`` one. ``fused=False`` is torch's
     default implementation (what every run before issue 25 used). All three compute the same update to float
     rounding."""
     if not fused:
@@ -232,8 +232,8 @@ class GANRun:
 
     def _check_finite(self, step: int, losses: dict[str, float], since: int | None = None,
                       earlier_ok: bool = True) -> None:
-        """Stop on a non-finite loss; with lazy losses ``since`` is the first step checked here and ``earlier_ok``
-        whether the steps before ``step`` were all finite."""
+        """Stop on a non-finite loss; with lazy losses ``since`` is the first step not yet checked and ``earlier_ok``
+        whether every step from ``since`` to ``step`` was finite (checked on the device)."""
         bad = [k for k, v in losses.items() if not math.isfinite(v)]
         if D.all_reduce_max(1.0 if bad or not earlier_ok else 0.0, self.ctx, self.device) > 0:
             where = ", ".join(f"{k}={losses[k]}" for k in bad) or (
