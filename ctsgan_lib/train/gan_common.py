@@ -306,5 +306,5 @@ def orthogonal_views(volume: torch.Tensor) -> list[torch.Tensor]:
     return [volume[z // 2][None], volume[:, y // 2, :].flip(0)[None], volume[:, :, x // 2].flip(0)[None]]
 
 
-__all__ = ["GANRun", "TrainingDivergedError", "build_gan", "resolve_device", "seed_everything", "set_requires_grad",
+__all__ = ["GANRun", "TrainingDivergedError", "build_gan", "make_adam", "resolve_device", "seed_everything", "set_requires_grad",
            "orthogonal_views"]
