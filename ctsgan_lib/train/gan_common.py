@@ -107,8 +107,8 @@ def build_gan(kind: str, size: int, sec, device: str, ctx: D.DistContext, seed: 
 
 
 def make_adam(params, lr: float, betas, fused: bool = False) -> torch.optim.Adam:
-    """Adam as the paper trains with; ``fused=True`` asks for torch's fused kernel (one launch for all parameters)
-    where this torch has one for the parameters' device, else the multi-tensor ``foreach`` one. ``fused=False`` is torch's
+    """Adam as the paper trains with; ``fused=True`` asks for torch's fused kernel (one launch for all
+    parameters) where this torch has one for the parameters' device, else the multi-tensor ``foreach`` one. ``fused=False`` is torch's
     default implementation (what every run before issue 25 used). All three compute the same update to float
     rounding."""
     if not fused:
@@ -306,5 +306,5 @@ def orthogonal_views(volume: torch.Tensor) -> list[torch.Tensor]:
     return [volume[z // 2][None], volume[:, y // 2, :].flip(0)[None], volume[:, :, x // 2].flip(0)[None]]
 
 
-__all__ = ["GANRun", "TrainingDivergedError", "build_gan", "make_adam", "resolve_device", "seed_everything", "set_requires_grad",
-           "orthogonal_views"]
+__all__ = ["GANRun", "TrainingDivergedError", "build_gan", "make_adam", "resolve_device", "seed_everything",
+           "set_requires_grad", "orthogonal_views"]
