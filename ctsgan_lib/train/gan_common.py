@@ -107,10 +107,10 @@ def build_gan(kind: str, size: int, sec, device: str, ctx: D.DistContext, seed: 
 
 
 def make_adam(params, lr: float, betas, fused: bool = False) -> torch.optim.Adam:
-    """Adam as the paper trains with; ``fused=True`` asks for torch's fused kernel (one launch for all
-    parameters) where this torch has one for the parameters' device, else the multi-tensor ``foreach`` one. ``fused=False`` is torch's
-    default implementation (what every run before issue 25 used). All three compute the same update to float
-    rounding."""
+    """Adam as the paper trains with; ``fused=True`` asks for torch's fused kernel (one launch for all parameters)
+    where this torch has one for the parameters' device, else the multi-tensor ``foreach`` one. ``fused=False`` is
+    torch's default implementation (what every run before issue 25 used). All three compute the same update to
+    float rounding."""
     if not fused:
         return torch.optim.Adam(params, lr=lr, betas=tuple(betas))
     params = list(params)
