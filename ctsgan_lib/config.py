@@ -105,6 +105,8 @@ class CTSGANConfig:
     dslab_position: bool = False        # tell Dslab where its slab starts (not in the paper; docs/ctsgan.md)
     rv_init: str = "random"             # Rv's (h0, c0): random per volume (MoCoGAN; paper "random inputs (εi and h0)")
                                         # or "learned" constants (checkpoints from before issue 21)
+    cond_dim: int = 8                   # conditional CT-SGAN only (`ctsgan train ctsgan_cond`, issue 26): size of the
+                                        # condition embedding e(c) in the generator's codes
 
 
 @dataclass
