@@ -15,6 +15,8 @@ from ctsgan_lib.eval.conditioning import (auc_interval, conditioning_auc, larges
                                           size_agreement)
 from ctsgan_lib.models.ctsgan_cond import build_ctsgan_cond
 from ctsgan_lib.models.squeezenet3d import SqueezeNet3D
+from ctsgan_lib.reporting.conditional import (conditioning_table, figC1_conditional_views, figC2_conditioning_auc,
+                                              write_conditioning)
 from ctsgan_lib.synthesis.conditional import (conditional_training_set, detector_scorer, generator_maker,
                                               load_detector, measure_conditioning, real_only_detector)
 from ctsgan_lib.train.classifier_loop import ClassifierDataset, predict
@@ -143,3 +145,20 @@ def test_conditional_training_set_is_paired_by_condition():
     assert all(np.array_equal(ds.unit[2 * i + 1], ref.unit[i]) for i in range(3))
     x, y = ds[1]
     assert x.shape == (1, SIZE, SIZE, SIZE) and y == 1
+
+
+def test_report_table_figures_and_json(tmp_root):
+    recs = measure_conditioning(painting_maker, lambda d: lung_max_scorer, [3.0, 5.0], n_per_group=4, n_boot=50)
+    t = conditioning_table(recs)
+    assert t["requested diameter (vox)"].tolist() == [3.0, 5.0] and (t["AUC"] == [r["auc"] for r in recs]).all()
+    out = tmp_root / "figures" / "smoke"
+    paths = figC2_conditioning_auc(recs, out, "smoke", "toy", 0)
+    paths += figC1_conditional_views({"no nodules": painting_maker(0, 0, 0, 1)[0],
+                                      "1 nodule, 5 vox": painting_maker(1, 5.0, 0, 1)[0]}, out, "smoke", "toy", 0)
+    assert sorted(p.name for p in paths) == ["figC1_conditional_views.pdf", "figC1_conditional_views.png",
+                                             "figC2_conditioning_auc.pdf", "figC2_conditioning_auc.png"]
+    assert all(p.stat().st_size > 0 for p in paths)
+    j = write_conditioning(recs, tmp_root / "runs" / "c.json", checkpoint=tmp_root / "runs" / "x.pt",
+                           detectors={"3.0": tmp_root / "runs" / "d.pt"})
+    text = j.read_text()
+    assert str(tmp_root) not in text and '"runs/x.pt"' in text and '"runs/d.pt"' in text

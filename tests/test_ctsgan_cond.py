@@ -42,6 +42,7 @@ def cond_volumes(n: int = 4, size: int = 32, seed: int = 0) -> tuple[np.ndarray,
     return vols, nodules
 
 
+@pytest.mark.portable
 def test_unconditional_losses_are_those_of_the_code_before_the_conditional_model(tmp_root):
     """The refactor for the conditional model left the unconditional CT-SGAN's numbers alone.
 
@@ -87,6 +88,7 @@ def test_conditional_networks_read_the_condition():
         gen(pn, sn)
 
 
+@pytest.mark.portable
 def test_conditional_trains_checkpoints_and_resumes_exactly(tmp_root, monkeypatch):
     cfg = load_profile("smoke", **TINY)
     vols, nods = cond_volumes()
