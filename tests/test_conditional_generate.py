@@ -9,8 +9,11 @@ import numpy as np
 import pytest
 
 from ctsgan_lib.cli import main
+from ctsgan_lib.config import load_profile
+from ctsgan_lib.errors import CTSGANError
 from ctsgan_lib.data.cohort import Cohort, CohortWriter
 from ctsgan_lib.synthesis import generate_cohort, load_generator
+from ctsgan_lib.train import ctsgan_loop
 
 from cli_checks import assert_one_line_error
 from test_ctsgan_cond import cond_volumes
@@ -98,3 +101,21 @@ def test_generate_refuses_mixed_up_inputs(cond_ckpt, tmp_path, capsys):
     rc = main([*base, "--checkpoint", str(ck), "--out", str(tmp_path / "y"), "--injector", str(ck)])
     assert_one_line_error(rc, capsys.readouterr().err, "makes its own nodules")
     assert not (tmp_path / "y").exists()          # nothing half-written
+
+
+def test_nodules_needs_a_conditional_checkpoint(tmp_root, tmp_path, capsys):
+    cfg = load_profile("smoke", **{**TINY, "ctsgan.iterations": 1})
+    vols, _ = cond_volumes(2)
+    ck = ctsgan_loop.train_ctsgan(cfg, volumes_hu=vols, out_dir=tmp_path / "unc", progress=False)["checkpoint"]
+    rc = main(["generate", "--checkpoint", str(ck), "--n", "1", "--out", str(tmp_path / "o"), "--nodules", "1",
+               "--device", "cpu", "--no-progress", "--inject-fraction", "0"])
+    assert_one_line_error(rc, capsys.readouterr().err, "--nodules needs a conditional CT-SGAN checkpoint")
+    assert not (tmp_path / "o").exists()
+
+
+def test_manifest_nodules_without_diameter_are_refused(tmp_root):
+    cfg = load_profile("smoke", **TINY)
+    vols, nods = cond_volumes(4)
+    nods[1] = [{"center_vox": [1.0, 2.0, 3.0], "diameter_mm": 4.0}]
+    with pytest.raises(CTSGANError, match="diameter_vox"):
+        ctsgan_loop.train_ctsgan_cond(cfg, volumes_hu=vols, nodules=nods, out_dir=tmp_root / "x", progress=False)

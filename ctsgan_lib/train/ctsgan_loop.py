@@ -235,6 +235,10 @@ def condition_labels(data: VolumeDataset, nodules: list[list[dict]] | None = Non
     if rows is None or len(rows) != len(data):
         raise CTSGANError(f"{data.source}: the conditional CT-SGAN needs each training volume's nodules "
                           f"(got {'none' if rows is None else len(rows)} lists for {len(data)} volumes)")
+    lacking = [data.ids[i] for i, r in enumerate(rows) if any("diameter_vox" not in n for n in r)]
+    if lacking:
+        raise CTSGANError(f"{data.source}: nodules without 'diameter_vox' in the manifest (e.g. {lacking[0]!r}); the "
+                          f"conditional CT-SGAN needs each nodule's diameter in voxels (`ctsgan prepare` writes it)")
     labels = condition_table(rows)
     n_pos = int((labels[:, 0] > 0).sum())
     if n_pos == 0 or n_pos == len(data):
