@@ -91,7 +91,7 @@ def ctsgan_step(nets: dict[str, torch.nn.Module], opts: dict[str, torch.optim.Op
         slab_cond = (start,) if slab_conditioned else ()
         slice_cond: tuple = ()
         if cond is not None:   # Dslice sees N slices per volume (b-major, as positions); Dslab one slab per volume
-            slice_cond = (cond.repeat_interleave(ct.n_slices, dim=0),)
+            slice_cond = (cond.repeat_interleave(positions.shape[0] // cond.shape[0], dim=0),)
             slab_cond = (start if slab_conditioned else None, cond)
         opts["d"].zero_grad(set_to_none=True)
         with amp:
