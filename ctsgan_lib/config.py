@@ -107,6 +107,8 @@ class CTSGANConfig:
                                         # or "learned" constants (checkpoints from before issue 21)
     cond_dim: int = 8                   # conditional CT-SGAN only (`ctsgan train ctsgan_cond`, issue 26): size of the
                                         # condition embedding e(c) in the generator's codes
+    cond_z: bool = False                # conditional CT-SGAN only: also condition on the nodules' z positions (a
+                                        # per-slice nodule profile; docs/ctsgan.md)
 
 
 @dataclass

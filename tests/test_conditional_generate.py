@@ -119,3 +119,25 @@ def test_manifest_nodules_without_diameter_are_refused(tmp_root):
     nods[1] = [{"center_vox": [1.0, 2.0, 3.0], "diameter_mm": 4.0}]
     with pytest.raises(CTSGANError, match="diameter_vox"):
         ctsgan_loop.train_ctsgan_cond(cfg, volumes_hu=vols, nodules=nods, out_dir=tmp_root / "x", progress=False)
+
+
+def test_cond_z_generation_records_and_follows_the_z_position(tmp_root, tmp_path, cond_ckpt, capsys):
+    cfg = load_profile("smoke", **{**TINY, "ctsgan.cond_z": True, "ctsgan.iterations": 2})
+    vols, nods = cond_volumes(4)
+    ck = ctsgan_loop.train_ctsgan_cond(cfg, volumes_hu=vols, nodules=nods, out_dir=tmp_path / "z",
+                                       progress=False)["checkpoint"]
+    kw = dict(nodules=1, nodule_diameters_vox=[5.0], batch=2, compress=False, progress=False)
+    mid = generate_cohort(ck, 2, 3, tmp_path / "mid", nodule_z_frac=0.5, **kw)
+    top = generate_cohort(ck, 2, 3, tmp_path / "top", nodule_z_frac=0.9, **kw)
+    drawn = generate_cohort(ck, 2, 3, tmp_path / "drawn", **kw)
+    assert Cohort(mid).manifest["condition_z_vox"].astype(str).tolist() == ["15.5", "15.5"]
+    zs = [float(z) for z in Cohort(drawn).manifest["condition_z_vox"].astype(str)]
+    assert all(0.3 * 31 <= z <= 0.7 * 31 for z in zs)
+    again = generate_cohort(ck, 2, 3, tmp_path / "drawn2", **kw)
+    vm, vt, vd, va = (_volumes_of(f) for f in (mid, top, drawn, again))
+    assert all(np.array_equal(vd[k], va[k]) for k in vd)              # same (seed, condition, z): same volumes
+    assert all(not np.array_equal(vm[k], vt[k]) for k in vm)          # another z: other volumes
+    _, plain = cond_ckpt                                              # a conditional model without cond_z
+    rc = main(["generate", "--checkpoint", str(plain), "--n", "1", "--out", str(tmp_path / "o"), "--nodules", "1",
+               "--nodule-z", "0.5", "--device", "cpu", "--no-progress"])
+    assert_one_line_error(rc, capsys.readouterr().err, "--nodule-z needs")

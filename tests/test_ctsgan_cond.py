@@ -13,7 +13,8 @@ import torch
 from ctsgan_lib.config import load_profile
 from ctsgan_lib.errors import CTSGANError
 from ctsgan_lib.models.ctsgan_cond import (N_CONDITION, build_ctsgan_cond, condition_of_nodules, condition_table,
-                                           condition_vector)
+                                           condition_vector, condition_with_z, z_profile)
+from ctsgan_lib.synthesis import load_generator
 from ctsgan_lib.train import ctsgan_loop
 from ctsgan_lib.utils.checkpoint import load_checkpoint
 
@@ -136,3 +137,48 @@ def test_conditional_needs_both_kinds_of_volume(tmp_root):
     with pytest.raises(CTSGANError, match="with and without nodules"):
         ctsgan_loop.train_ctsgan_cond(cfg, volumes_hu=vols, nodules=[[]] * 4, out_dir=tmp_root / "x",
                                       progress=False)
+
+
+def test_z_profile_and_per_position_conditions():
+    p = z_profile(10, [4.0], [2.0])
+    assert int(p.argmax()) == 3 and float(p[3]) == 1.0 and float(p[0]) < 0.02     # position 3 = volume slice 4
+    assert torch.equal(z_profile(5, [], []), torch.zeros(5))
+    c = condition_with_z(2, 4.0, [3.0, 7.0], 10)
+    assert c.shape == (10, N_CONDITION + 1) and torch.equal(c[:, :N_CONDITION], condition_vector(2, 4.0).expand(10, -1))
+    assert float(c[2, -1]) == 1.0 and float(c[6, -1]) == 1.0
+    with pytest.raises(ValueError, match="one z position per nodule"):
+        condition_with_z(2, 4.0, [3.0], 10)
+    t = condition_table([[], [{"diameter_vox": 4.0, "center_vox": [5.0, 1.0, 1.0]}]], n_positions=8)
+    assert t.shape == (2, 8, N_CONDITION + 1) and float(t[0].abs().sum()) == 0.0 and float(t[1, 4, -1]) == 1.0
+
+
+def test_cond_z_model_trains_resumes_and_reads_the_z_position(tmp_root, monkeypatch):
+    cfg = load_profile("smoke", **{**TINY, "ctsgan.cond_z": True})
+    vols, nods = cond_volumes()
+    ref = ctsgan_loop.train_ctsgan_cond(cfg, volumes_hu=vols, nodules=nods, out_dir=tmp_root / "ref",
+                                        progress=False)
+    real_step = ctsgan_loop.ctsgan_step
+    calls = []
+
+    def killed_at_3(*args, **kw):
+        if len(calls) == 2:
+            raise KeyboardInterrupt("simulated kill")
+        calls.append(1)
+        return real_step(*args, **kw)
+
+    monkeypatch.setattr(ctsgan_loop, "ctsgan_step", killed_at_3)
+    with pytest.raises(KeyboardInterrupt):
+        ctsgan_loop.train_ctsgan_cond(cfg, volumes_hu=vols, nodules=nods, out_dir=tmp_root / "run", progress=False)
+    monkeypatch.setattr(ctsgan_loop, "ctsgan_step", real_step)
+    res = ctsgan_loop.train_ctsgan_cond(cfg, volumes_hu=vols, nodules=nods, out_dir=tmp_root / "run",
+                                        progress=False)
+    losses = lambda rows: [[r[k] for k in ["step", *ctsgan_loop.LOSS_NAMES]] for r in rows]
+    assert losses(_log(res["log"])) == losses(_log(ref["log"]))   # resumed after step 2: the same losses, exactly
+    gen = load_generator(res["checkpoint"])
+    assert gen.cond_z and load_checkpoint(res["checkpoint"], kind="ctsgan_cond")["config"]["ctsgan"]["cond_z"]
+    pn, sn = gen.sample_noise(1, generator=torch.Generator().manual_seed(0))
+    low, high = (condition_with_z(1, 5.0, [z], 30)[None] for z in (8.0, 22.0))
+    with torch.no_grad():
+        assert (gen(pn, sn, cond=low) - gen(pn, sn, cond=high)).abs().max() > 1e-5
+    with pytest.raises(ValueError, match="N_CONDITION \\+ 1"):
+        gen(pn, sn, cond=condition_vector(1, 5.0)[None])

@@ -38,6 +38,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="conditional CT-SGAN checkpoints (kind ctsgan_cond) only: generate the volumes with nodules "
                         "under the condition 'K nodules' (0: every volume without nodules); recorded in the manifest "
                         "(condition_nodules, condition_diameter_vox). Default: the LIDC-drawn count")
+    p.add_argument("--nodule-z", type=float, metavar="F",
+                   help="conditional checkpoints trained with ctsgan.cond_z only: put every nodule at this fraction "
+                        "of the depth (0..1); default: drawn per volume in the middle 30-70 %% (condition_z_vox)")
     p.add_argument("--injector", help="injector checkpoint or folder (needed when --inject-fraction > 0)")
     p.add_argument("--shard", metavar="i/K", help="write shard i of K (disjoint; union = single run)")
     p.add_argument("--merge", type=int, metavar="K", help="only merge K finished shards into OUT/manifest.csv")
@@ -69,6 +72,8 @@ def check_args(args: argparse.Namespace) -> None:
         raise CTSGANError(f"--batch: must be >= 1 (got {args.batch})")
     if args.nodules is not None and args.nodules < 0:
         raise CTSGANError(f"--nodules: must be >= 0 (got {args.nodules})")
+    if args.nodule_z is not None and not (math.isfinite(args.nodule_z) and 0.0 <= args.nodule_z <= 1.0):
+        raise CTSGANError(f"--nodule-z: must be in [0, 1] (got {args.nodule_z})")
     if args.inject_fraction is not None and not (math.isfinite(args.inject_fraction)
                                                  and 0.0 <= args.inject_fraction <= 1.0):
         raise CTSGANError(f"--inject-fraction: must be in [0, 1] (got {args.inject_fraction})")
@@ -118,7 +123,8 @@ def run(args: argparse.Namespace) -> int:
                                      inject_fraction=args.inject_fraction, nodule_diameters_vox=args.nodule_diameters,
                                      injector=args.injector, shard=shard, batch=args.batch, device=device,
                                      dicom=args.dicom, compress=not args.no_compress, profile=args.profile,
-                                     progress=not args.no_progress, nodules=args.nodules)
+                                     progress=not args.no_progress, nodules=args.nodules,
+                                     nodule_z_frac=args.nodule_z)
     if dist is not None and args.shard is None:
         if shard[0] == 0:
             wait_for_shards(out, shard[1])

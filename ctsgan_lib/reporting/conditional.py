@@ -24,7 +24,8 @@ from ..viz import figure_caption, save_figure, show_three_views
 def conditioning_table(records: Sequence[dict[str, Any]]) -> pd.DataFrame:
     """Records of :func:`~ctsgan_lib.synthesis.conditional.measure_conditioning` → one row per requested size."""
     rows = [{"requested diameter (vox)": r["diameter_vox"], "nodules": r["n_nodules"], "AUC": r["auc"],
-             "95% CI": f"[{r['ci_low']:.2f}, {r['ci_high']:.2f}]", "n with / without": f"{r['n_with']} / {r['n_without']}",
+             "95% CI": f"[{r['ci_low']:.2f}, {r['ci_high']:.2f}]",
+             "n with / without": f"{r['n_with']} / {r['n_without']}",
              "measured diameter (vox, median)": r["size"]["measured_median_vox"],
              "|measured − requested| (median)": r["size"]["median_abs_error_vox"],
              "without nodules: largest blob (median)": r["size"]["baseline_median_vox"]} for r in records]

@@ -21,7 +21,7 @@ import torch
 from ..config import Config
 from ..errors import CTSGANError, MissingInputError
 from ..eval.conditioning import conditioning_auc, largest_blob_diameter_vox, size_agreement
-from ..models.ctsgan_cond import CondCTSGANGenerator, condition_vector
+from ..models.ctsgan_cond import CondCTSGANGenerator, condition_vector, condition_with_z
 from ..models.squeezenet3d import SqueezeNet3D
 from ..train.classifier_loop import ClassifierDataset, predict
 from ..utils.checkpoint import latest_checkpoint, load_checkpoint, load_state_strict
@@ -44,11 +44,16 @@ def load_conditional_generator(generator_or_ckpt, device: str = "cpu") -> CondCT
 
 
 def generator_maker(generator_or_ckpt, seed: int, batch: int = 4, device: str = "cpu") -> VolumeMaker:
-    """A :data:`VolumeMaker` over a conditional generator: every volume of a call under the same condition."""
+    """A :data:`VolumeMaker` over a conditional generator: every volume of a call under the same condition (a
+    ``cond_z`` model puts the nodules at the middle of the depth)."""
     gen = load_conditional_generator(generator_or_ckpt, device)
 
     def make(n_nodules: int, diameter_vox: float, start: int, n: int) -> list[np.ndarray]:
-        cond = condition_vector(n_nodules, diameter_vox)[None].expand(n, -1)
+        if gen.cond_z:
+            mid = [(gen.size - 1) / 2.0] * int(n_nodules)
+            cond = condition_with_z(n_nodules, diameter_vox, mid, gen.size - 2)[None].expand(n, -1, -1)
+        else:
+            cond = condition_vector(n_nodules, diameter_vox)[None].expand(n, -1)
         with torch.inference_mode():
             return [hu for hu, _ in generate_volumes(gen, n, seed, batch=batch, device=device, start=start,
                                                      conditions=cond)]

@@ -131,9 +131,10 @@ def generate_volumes(generator_or_ckpt, n: int, seed: int, batch: int = 1, devic
         Positions per Gslice call.
     start : int
         Index of the first volume (for shards).
-    conditions : Tensor (n, N_CONDITION), optional
-        A conditional generator's condition of each volume (:func:`~ctsgan_lib.models.ctsgan_cond.condition_vector`);
-        required for one, refused otherwise. Volume ``index`` depends on ``(seed, index, its condition)`` only.
+    conditions : Tensor (n, N_CONDITION) or (n, depth − 2, N_CONDITION + 1), optional
+        A conditional generator's condition of each volume (:func:`~ctsgan_lib.models.ctsgan_cond.condition_vector`,
+        or per position :func:`~ctsgan_lib.models.ctsgan_cond.condition_with_z` for a ``cond_z`` model); required for
+        one, refused otherwise. Volume ``index`` depends on ``(seed, index, its condition)`` only.
 
     Yields
     ------
@@ -153,8 +154,9 @@ def generate_volumes(generator_or_ckpt, n: int, seed: int, batch: int = 1, devic
         raise CTSGANError(f"{meta.get('checkpoint', 'generator')}: "
                           + ("a conditional CT-SGAN needs the volumes' conditions" if conditional else
                              "conditions were given but this CT-SGAN is not conditional (kind ctsgan_cond)"))
-    if conditional and tuple(conditions.shape) != (n, N_CONDITION):
-        raise CTSGANError(f"conditions must be ({n}, {N_CONDITION}), got {tuple(conditions.shape)}")
+    want = ((n, depth - 2, N_CONDITION + 1) if gen.cond_z else (n, N_CONDITION)) if conditional else None
+    if conditional and tuple(conditions.shape) != want:
+        raise CTSGANError(f"conditions must be {want}, got {tuple(conditions.shape)}")
     try:
         for g0 in range(start, start + n, batch):
             idx = list(range(g0, min(g0 + batch, start + n)))
@@ -164,7 +166,7 @@ def generate_volumes(generator_or_ckpt, n: int, seed: int, batch: int = 1, devic
             sn = torch.stack([b for _, b in noise])
             cond = None
             if conditional:   # padding volumes get the no-nodule condition (they are dropped)
-                cond = torch.zeros(len(padded), N_CONDITION)
+                cond = torch.zeros(len(padded), *want[1:])
                 cond[:len(idx)] = conditions[g0 - start:g0 - start + len(idx)].float()
             vols = synthesize(gen, pn, sn, chunk, to_cpu=False, cond=cond)[:len(idx)]
             # HU on the generator's device, then one host copy per call (same float32 arithmetic as numpy's)

@@ -14,7 +14,9 @@ same batch in a sharded run as in a single run: the union of K shards is bit-ide
 Conditional CT-SGAN checkpoints (kind ``ctsgan_cond``, issue 26) need no injector: a volume the plan gives nodules is
 generated under the condition "K nodules of diameter D" (:func:`volume_condition`), the others under "no nodules",
 and the manifest records each volume's condition (``condition_nodules``, ``condition_diameter_vox``; ``has_nodule``
-follows it). Lung masks and sanity flags are computed as for unconditional volumes.
+follows it). A ``ctsgan.cond_z`` model is also told where along z to put them (``nodule_z_frac``, or drawn per volume
+by :func:`volume_z_vox`), recorded as ``condition_z_vox``. Lung masks and sanity flags are computed as for
+unconditional volumes.
 
 Shard ``i`` of ``K`` writes a complete cohort under ``<out>/shards/shard-<i>-of-<K>/``; :func:`merge_shards` writes
 ``<out>/manifest.csv`` pointing into them. Under ``torchrun`` each rank takes shard ``RANK`` of ``WORLD_SIZE`` on GPU
@@ -41,7 +43,7 @@ from ..data.io import write_dicom_series
 from ..data.lidc import sample_diameter_mm, sample_nodule_count
 from ..data.preprocess import lung_mask, lung_mask_flags
 from ..errors import CTSGANError
-from ..models.ctsgan_cond import condition_vector
+from ..models.ctsgan_cond import condition_vector, condition_with_z
 from ..nodules.inference import NoduleInjector
 from ..utils.atomic import atomic_write_text, file_sha256
 from ..utils.hardware import hardware_label
@@ -130,6 +132,17 @@ def volume_condition(plan: VolumePlan, nodules: int | None = None) -> tuple[int,
     return (len(plan.diameters_vox) if nodules is None else int(nodules)), float(plan.diameters_vox[0])
 
 
+def volume_z_vox(seed: int, index: int, n_nodules: int, depth: int, z_frac: float | None = None) -> list[float]:
+    """z (voxels) of each nodule of volume ``index`` for a ``cond_z`` model: ``z_frac`` of the depth for all, or
+    drawn from ``(seed, index)`` uniformly in the middle 30–70 % of the depth (where the lungs are)."""
+    if n_nodules == 0:
+        return []
+    if z_frac is not None:
+        return [round(float(z_frac) * (depth - 1), 2)] * int(n_nodules)
+    rng = np.random.default_rng([int(seed), int(index), 0x2C])
+    return [round(float(z), 2) for z in rng.uniform(0.3, 0.7, size=int(n_nodules)) * (depth - 1)]
+
+
 def shard_indices(n: int, batch: int, shard: int = 0, n_shards: int = 1) -> list[int]:
     """Indices of shard ``shard`` of ``n_shards``: blocks of ``batch`` consecutive indices dealt round-robin."""
     if not 0 <= shard < n_shards:
@@ -177,11 +190,13 @@ def _lung_check(hu: np.ndarray, spacing_mm: Sequence[float]) -> tuple[np.ndarray
     return lung, ml, list(lung_mask_flags(lung))
 
 
-def generate_cohort(checkpoint: str | Path, n: int, seed: int, out: str | Path, *, inject_fraction: float = 0.5,
-                    nodule_diameters_vox: Sequence[float] | None = None, injector: str | Path | None = None,
+def generate_cohort(checkpoint: str | Path, n: int, seed: int, out: str | Path, *,
+                    inject_fraction: float | None = None, nodule_diameters_vox: Sequence[float] | None = None,
+                    injector: str | Path | None = None,
                     shard: tuple[int, int] = (0, 1), batch: int = 4, device: str = "cpu", dicom: bool = False,
                     compress: bool = True, split_fractions: Sequence[float] = (0.75, 0.125, 0.125),
-                    profile: str = "", progress: bool = True, nodules: int | None = None) -> Path:
+                    profile: str = "", progress: bool = True, nodules: int | None = None,
+                    nodule_z_frac: float | None = None) -> Path:
     """Generate (or resume) a synthetic cohort.
 
     Parameters
@@ -216,6 +231,9 @@ def generate_cohort(checkpoint: str | Path, n: int, seed: int, out: str | Path, 
     nodules : int, optional
         Conditional checkpoints only: the number of nodules of the volumes conditioned on nodules (0: none of the
         volumes has nodules); default the LIDC-drawn count of :func:`plan_volumes`.
+    nodule_z_frac : float, optional
+        ``ctsgan.cond_z`` checkpoints only: every nodule's z as a fraction of the depth (default: drawn per volume,
+        :func:`volume_z_vox`).
 
     Returns
     -------
@@ -236,6 +254,9 @@ def generate_cohort(checkpoint: str | Path, n: int, seed: int, out: str | Path, 
     if nodules is not None and not conditional:
         raise CTSGANError(f"{checkpoint}: --nodules needs a conditional CT-SGAN checkpoint (kind ctsgan_cond, "
                           f"`ctsgan train ctsgan_cond`); this one is {kind!r}")
+    cond_z = bool(getattr(gen, "cond_z", False))
+    if nodule_z_frac is not None and not cond_z:
+        raise CTSGANError(f"{checkpoint}: --nodule-z needs a conditional CT-SGAN trained with ctsgan.cond_z")
     if conditional and injector is not None:
         raise CTSGANError(f"{checkpoint}: a conditional CT-SGAN makes its own nodules; drop --injector")
     if inject_fraction is None:
@@ -257,6 +278,9 @@ def generate_cohort(checkpoint: str | Path, n: int, seed: int, out: str | Path, 
     if conditional:
         settings["condition_nodules"] = "lidc" if nodules is None else int(nodules)
         conditions = [volume_condition(p, nodules) for p in plans]
+        if cond_z:   # (count, diameter, z of each nodule)
+            conditions = [(k, d, volume_z_vox(seed, p.index, k, gen.size, nodule_z_frac))
+                          for p, (k, d) in zip(plans, conditions)]
     folder = shard_dir(out, i_shard, n_shards)
     writer = CohortWriter(folder, compress=compress, settings=settings,
                           source_defaults={"source": kind, "domain": "synthetic"})
@@ -268,8 +292,8 @@ def generate_cohort(checkpoint: str | Path, n: int, seed: int, out: str | Path, 
         for block in _blocks(todo, batch):
             start = (block[0] // batch) * batch
             stop = min(start + batch, n)
-            cond_kw = {"conditions": torch.stack([condition_vector(*c) for c in conditions[start:stop]])} \
-                if conditional else {}
+            cond_kw = {"conditions": torch.stack([condition_with_z(*c, gen.size - 2) if cond_z else condition_vector(*c)
+                                                  for c in conditions[start:stop]])} if conditional else {}
             # Generate the whole aligned block (same batch as a single run), keep the ones still to do.
             with torch.inference_mode():
                 vols = list(gen_fn(gen, stop - start, seed, batch=batch, device=device, start=start, **cond_kw))
@@ -311,20 +335,24 @@ def finish_volume(plan: VolumePlan, hu: np.ndarray, spacing_mm: Sequence[float],
     return hu, fields
 
 
-def conditional_fields(plan: VolumePlan, hu: np.ndarray, spacing_mm: Sequence[float], condition: tuple[int, float],
+def conditional_fields(plan: VolumePlan, hu: np.ndarray, spacing_mm: Sequence[float], condition: tuple,
                        seed: int) -> dict[str, Any]:
     """Manifest fields of a conditional CT-SGAN volume: the lung check of :func:`finish_volume` (nothing injected)
-    and the condition it was generated under. ``has_nodule`` follows the condition; ``nodules`` stays empty (where the
-    generator put them is not known)."""
-    k, d = condition
+    and the condition it was generated under, ``(count, diameter_vox)`` or ``(count, diameter_vox, z_vox list)``.
+    ``has_nodule`` follows the condition; ``nodules`` stays empty (the generator does not say where in-plane it put
+    them)."""
+    k, d = condition[:2]
     _, fields = finish_volume(VolumePlan(plan.index, False, [], plan.split), hu, spacing_mm, None, seed)
-    return {**fields, "has_nodule": int(k > 0), "planned_nodules": int(k), "condition_nodules": int(k),
-            "condition_diameter_vox": round(float(d), 3)}
+    fields = {**fields, "has_nodule": int(k > 0), "planned_nodules": int(k), "condition_nodules": int(k),
+              "condition_diameter_vox": round(float(d), 3)}
+    if len(condition) > 2:
+        fields["condition_z_vox"] = ";".join(f"{z:g}" for z in condition[2])
+    return fields
 
 
 def _write_one(writer: CohortWriter, plan: VolumePlan, hu: np.ndarray, spacing_mm: Sequence[float], inj, seed: int,
                ckpt_sha: str, kind: str, dicom: bool, profile: str,
-               condition: tuple[int, float] | None = None) -> None:
+               condition: tuple | None = None) -> None:
     if condition is None:
         hu, fields = finish_volume(plan, hu, spacing_mm, inj, seed)
     else:

@@ -42,8 +42,9 @@ def slab_batch(gen, data: VolumeDataset, ct, batch: int, device: str, amp, with_
     """Real slab/slices and generated slab/slices for one D or G update.
 
     A slab region per real volume and N slice offsets inside it; the generator runs Rv over all S−2 positions and
-    Gslice only on the slab positions. With ``labels`` (N_volumes, N_CONDITION), the conditional model: each fake is
-    generated under the condition of the real volume it is paired with, returned last (None without ``labels``).
+    Gslice only on the slab positions. With ``labels`` (N_volumes, N_CONDITION), or (N_volumes, S − 2, F) per
+    position (``ctsgan.cond_z``), the conditional model: each fake is generated under the condition of the real
+    volume it is paired with, returned last (None without ``labels``).
     """
     size, t_len = data.size, ct.slab_len
     index, start, offsets = sample_slab_batch(len(data), batch, size, t_len, ct.n_slices)
@@ -55,13 +56,28 @@ def slab_batch(gen, data: VolumeDataset, ct, batch: int, device: str, amp, with_
     positions = (start[:, None] + offsets.cpu()).reshape(-1).to(device)        # (B·N,) in [0, S−2)
     patient_noise, slice_noise = gen.sample_noise(batch, device=device)
     slab_pos = (start[:, None] + torch.arange(t_len)[None]).to(device)         # (B, T)
-    cond = None if labels is None else labels[index].to(device)                # (B, N_CONDITION): no RNG draw
+    cond = None if labels is None else labels[index].to(device)                # (B, [S−2,] F): no RNG draw
     with amp, torch.set_grad_enabled(with_grad):
         fake3 = gen(patient_noise, slice_noise, slab_pos, *(() if cond is None else (cond,))).float()
     fake_slab = fake3[:, :, 1][:, None]                                        # (B, 1, T, S, S)
     fake_slices = _gather_positions(fake3, offsets)                            # (B·N, 3, S, S)
     # slab starts: only a position-conditioned Dslab (ctsgan.dslab_position) reads them
     return real_slices, real_slab, positions, fake_slices, fake_slab, start.to(device), cond
+
+
+def critic_conditions(cond: torch.Tensor, positions: torch.Tensor, start: torch.Tensor, slab_len: int
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The conditions Dslice and Dslab judge under: per judged slice (B·N, F) and per slab (B, F).
+
+    ``cond`` is (B, F) per volume, or (B, S − 2, F) per position (``ctsgan.cond_z``): then each slice gets the
+    condition at its position and each slab the mean over its positions. ``positions`` (B·N,) are b-major.
+    """
+    b = cond.shape[0]
+    per_volume = torch.arange(b, device=cond.device).repeat_interleave(positions.shape[0] // b)
+    if cond.dim() == 2:
+        return cond[per_volume], cond
+    slab = start.to(cond.device)[:, None] + torch.arange(slab_len, device=cond.device)[None]
+    return cond[per_volume, positions.to(cond.device)], cond[torch.arange(b, device=cond.device)[:, None], slab].mean(1)
 
 
 def dslab_is_conditioned(dslab: torch.nn.Module) -> bool:
@@ -90,9 +106,9 @@ def ctsgan_step(nets: dict[str, torch.nn.Module], opts: dict[str, torch.optim.Op
             gen, data, ct, batch, device, amp, with_grad=k == n_d - 1, labels=labels)   # last fakes feed the G step
         slab_cond = (start,) if slab_conditioned else ()
         slice_cond: tuple = ()
-        if cond is not None:   # Dslice sees N slices per volume (b-major, as positions); Dslab one slab per volume
-            slice_cond = (cond.repeat_interleave(positions.shape[0] // cond.shape[0], dim=0),)
-            slab_cond = (start if slab_conditioned else None, cond)
+        if cond is not None:
+            slice_c, slab_c = critic_conditions(cond, positions, start, ct.slab_len)
+            slice_cond, slab_cond = (slice_c,), (start if slab_conditioned else None, slab_c)
         opts["d"].zero_grad(set_to_none=True)
         with amp:
             l_dslice = losses.d_loss(kind, dslice(real_slices, positions, *slice_cond),
@@ -196,7 +212,7 @@ def train_ctsgan(cfg: Config, cohort_dir: str | Path | None = None, out_dir: str
             cohort_dir = conditional_cohort_dir(cfg)
         data = training_dataset(cfg, cohort_dir, volumes_hu, spacing_mm, progress=progress and ctx.is_main,
                                 with_nodules=conditional)
-        labels, extra = (condition_labels(data, nodules) if conditional else (None, {}))
+        labels, extra = (condition_labels(data, nodules, ct.cond_z) if conditional else (None, {}))
         # seeded: same initial weights on every rank (then broadcast anyway)
         nets, opts = build_gan(kind, cfg.data.size, ct, dev, ctx, seed=cfg.seed)
         gen, dslice, dslab = nets["generator"], nets["dslice"], nets["dslab"]
@@ -211,8 +227,10 @@ def train_ctsgan(cfg: Config, cohort_dir: str | Path | None = None, out_dir: str
                             **extra})
         per_rank = ct.batch // ctx.world_size
         # the conditional sample grid: one volume without nodules, one with the training set's first nodule condition
-        grid_cond = None if labels is None else torch.stack([torch.zeros_like(labels[0]),
-                                                             labels[labels[:, 0] > 0][0]])
+        grid_cond = None
+        if labels is not None:
+            has = labels[..., 0].reshape(len(labels), -1).amax(dim=1) > 0
+            grid_cond = torch.stack([torch.zeros_like(labels[0]), labels[has][0]])
         return run.run(lambda step: ctsgan_step(nets, opts, data, ct, per_rank, dev, ctx, labels=labels),
                        lambda step: sample_grid(gen, data, cfg.seed, chunk=ct.chunk, cond=grid_cond))
     finally:
@@ -225,9 +243,10 @@ def conditional_cohort_dir(cfg: Config) -> Path:
     return cfg.data_dir / "cohort"
 
 
-def condition_labels(data: VolumeDataset, nodules: list[list[dict]] | None = None
+def condition_labels(data: VolumeDataset, nodules: list[list[dict]] | None = None, cond_z: bool = False
                      ) -> tuple[torch.Tensor, dict[str, Any]]:
-    """Per-volume conditions (N, N_CONDITION) of a training set and what a checkpoint records about them.
+    """Per-volume conditions (N, N_CONDITION) of a training set, or per position (N, S − 2, N_CONDITION + 1) with
+    ``cond_z`` (from each nodule's ``center_vox`` z), and what a checkpoint records about them.
 
     ``nodules`` is needed for in-memory volumes; a cohort's come from its manifest (``data.nodules``).
     """
@@ -235,16 +254,19 @@ def condition_labels(data: VolumeDataset, nodules: list[list[dict]] | None = Non
     if rows is None or len(rows) != len(data):
         raise CTSGANError(f"{data.source}: the conditional CT-SGAN needs each training volume's nodules "
                           f"(got {'none' if rows is None else len(rows)} lists for {len(data)} volumes)")
-    lacking = [data.ids[i] for i, r in enumerate(rows) if any("diameter_vox" not in n for n in r)]
+    need = ("diameter_vox", "center_vox") if cond_z else ("diameter_vox",)
+    lacking = [(data.ids[i], k) for i, r in enumerate(rows) for n in r for k in need if k not in n]
     if lacking:
-        raise CTSGANError(f"{data.source}: nodules without 'diameter_vox' in the manifest (e.g. {lacking[0]!r}); the "
-                          f"conditional CT-SGAN needs each nodule's diameter in voxels (`ctsgan prepare` writes it)")
-    labels = condition_table(rows)
-    n_pos = int((labels[:, 0] > 0).sum())
+        raise CTSGANError(f"{data.source}: nodules without {lacking[0][1]!r} in the manifest (e.g. {lacking[0][0]!r}); "
+                          f"the conditional CT-SGAN needs each nodule's {' and '.join(need)} (`ctsgan prepare` "
+                          f"writes them)")
+    labels = condition_table(rows, data.size - 2 if cond_z else None)
+    n_pos = int((labels[..., 0].amax(dim=-1) if cond_z else labels[:, 0]).gt(0).sum())
     if n_pos == 0 or n_pos == len(data):
         raise CTSGANError(f"{data.source}: the conditional CT-SGAN needs training volumes with and without nodules "
                           f"(got {n_pos} of {len(data)} with nodules)")
-    return labels, {"condition": "nodules (presence, count, mean diameter_vox)", "n_with_nodules": n_pos}
+    what = "nodules (presence, count, mean diameter_vox" + (", z profile)" if cond_z else ")")
+    return labels, {"condition": what, "n_with_nodules": n_pos}
 
 
 def train_ctsgan_cond(cfg: Config, cohort_dir: str | Path | None = None, out_dir: str | Path | None = None,
@@ -259,4 +281,5 @@ def train_ctsgan_cond(cfg: Config, cohort_dir: str | Path | None = None, out_dir
     return train_ctsgan(cfg, cohort_dir, out_dir, conditional=True, **kw)
 
 
-__all__ = ["train_ctsgan", "train_ctsgan_cond", "conditional_cohort_dir", "condition_labels", "ctsgan_step", "slab_batch", "dslab_is_conditioned", "sample_grid", "LOSS_NAMES"]
+__all__ = ["train_ctsgan", "train_ctsgan_cond", "conditional_cohort_dir", "condition_labels", "critic_conditions",
+           "ctsgan_step", "slab_batch", "dslab_is_conditioned", "sample_grid", "LOSS_NAMES"]
