@@ -43,6 +43,24 @@ def cond_volumes(n: int = 4, size: int = 32, seed: int = 0) -> tuple[np.ndarray,
     return vols, nodules
 
 
+def killed_then_resumed(monkeypatch, cfg, vols, nods, out: Path) -> dict:
+    """Conditional training interrupted in its third step (after the step-2 checkpoint), then rerun to the end."""
+    real_step = ctsgan_loop.ctsgan_step
+    calls = []
+
+    def killed_at_3(*args, **kw):
+        if len(calls) == 2:
+            raise KeyboardInterrupt("simulated kill")
+        calls.append(1)
+        return real_step(*args, **kw)
+
+    monkeypatch.setattr(ctsgan_loop, "ctsgan_step", killed_at_3)
+    with pytest.raises(KeyboardInterrupt):
+        ctsgan_loop.train_ctsgan_cond(cfg, volumes_hu=vols, nodules=nods, out_dir=out, progress=False)
+    monkeypatch.setattr(ctsgan_loop, "ctsgan_step", real_step)
+    return ctsgan_loop.train_ctsgan_cond(cfg, volumes_hu=vols, nodules=nods, out_dir=out, progress=False)
+
+
 @pytest.mark.portable
 def test_unconditional_losses_are_those_of_the_code_before_the_conditional_model(tmp_root):
     """The refactor for the conditional model left the unconditional CT-SGAN's numbers alone.
@@ -105,21 +123,7 @@ def test_conditional_trains_checkpoints_and_resumes_exactly(tmp_root, monkeypatc
         load_checkpoint(ref["checkpoint"], kind="ctsgan")
     assert (tmp_root / "ref" / "samples" / "step_000004.png").stat().st_size > 0
 
-    real_step = ctsgan_loop.ctsgan_step
-
-    def killed_at_3(*args, **kw):
-        if killed_at_3.calls == 2:   # the third step of this process: after the step-2 checkpoint
-            raise KeyboardInterrupt("simulated kill")
-        killed_at_3.calls += 1
-        return real_step(*args, **kw)
-
-    killed_at_3.calls = 0
-    monkeypatch.setattr(ctsgan_loop, "ctsgan_step", killed_at_3)
-    with pytest.raises(KeyboardInterrupt):
-        ctsgan_loop.train_ctsgan_cond(cfg, volumes_hu=vols, nodules=nods, out_dir=tmp_root / "run", progress=False)
-    monkeypatch.setattr(ctsgan_loop, "ctsgan_step", real_step)
-    res = ctsgan_loop.train_ctsgan_cond(cfg, volumes_hu=vols, nodules=nods, out_dir=tmp_root / "run",
-                                        progress=False)
+    res = killed_then_resumed(monkeypatch, cfg, vols, nods, tmp_root / "run")
     rows = _log(res["log"])
     assert [int(r["step"]) for r in rows] == [1, 2, 3, 4]
     for a, b in zip(rows, ref_rows):
@@ -157,21 +161,7 @@ def test_cond_z_model_trains_resumes_and_reads_the_z_position(tmp_root, monkeypa
     vols, nods = cond_volumes()
     ref = ctsgan_loop.train_ctsgan_cond(cfg, volumes_hu=vols, nodules=nods, out_dir=tmp_root / "ref",
                                         progress=False)
-    real_step = ctsgan_loop.ctsgan_step
-    calls = []
-
-    def killed_at_3(*args, **kw):
-        if len(calls) == 2:
-            raise KeyboardInterrupt("simulated kill")
-        calls.append(1)
-        return real_step(*args, **kw)
-
-    monkeypatch.setattr(ctsgan_loop, "ctsgan_step", killed_at_3)
-    with pytest.raises(KeyboardInterrupt):
-        ctsgan_loop.train_ctsgan_cond(cfg, volumes_hu=vols, nodules=nods, out_dir=tmp_root / "run", progress=False)
-    monkeypatch.setattr(ctsgan_loop, "ctsgan_step", real_step)
-    res = ctsgan_loop.train_ctsgan_cond(cfg, volumes_hu=vols, nodules=nods, out_dir=tmp_root / "run",
-                                        progress=False)
+    res = killed_then_resumed(monkeypatch, cfg, vols, nods, tmp_root / "run")
     losses = lambda rows: [[r[k] for k in ["step", *ctsgan_loop.LOSS_NAMES]] for r in rows]
     assert losses(_log(res["log"])) == losses(_log(ref["log"]))   # resumed after step 2: the same losses, exactly
     gen = load_generator(res["checkpoint"])
