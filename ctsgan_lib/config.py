@@ -110,6 +110,10 @@ class CTSGANConfig:
     lazy_losses: bool = False           # losses stay on the device; read + NaN-checked at log/ckpt/sample steps
     gp_fp32: bool = False               # with bf16: the WGAN-GP penalty (double backward) outside autocast, in float32
     async_copies: bool = False          # CUDA: real slabs and noise go up through pinned memory, non-blocking
+    cond_dim: int = 8                   # conditional CT-SGAN only (`ctsgan train ctsgan_cond`, issue 26): size of the
+                                        # condition embedding e(c) in the generator's codes
+    cond_z: bool = False                # conditional CT-SGAN only: also condition on the nodules' z positions (a
+                                        # per-slice nodule profile; docs/ctsgan.md)
 
 
 @dataclass

@@ -27,6 +27,7 @@ NOTEBOOKS: tuple[tuple[str, str, str], ...] = (
     ("06", "06_nodule_detection.ipynb", "Fig 3b grid (runs/<P>/classifier)"),
     ("07", "07_paper_figures.ipynb", "figures/"),
     ("08", "08_performance.ipynb", "benchmarks (runs/<P>/bench)"),
+    ("09", "09_conditional_ctsgan.ipynb", "conditional CT-SGAN, conditioning AUC (runs/<P>/ctsgan_cond, figC1/figC2)"),
 )
 
 KERNEL_NAME = "ctsgan"

@@ -4,6 +4,8 @@ Examples::
 
     ctsgan generate --checkpoint runs/smoke/ctsgan/ckpt_000030.pt --n 12 --seed 1 --out data/smoke/synthetic/ctsgan \\
         --injector runs/smoke/nodules/injector --inject-fraction 0.5
+    ctsgan generate --checkpoint runs/smoke/ctsgan_cond/ckpt_000030.pt --n 12 --out data/smoke/synthetic/cond_k2_d5 \
+        --nodules 2 --nodule-diameters 5       # conditional CT-SGAN: every volume conditioned on 2 nodules of 5 voxels
     ctsgan generate ... --shard 0/4          # one of 4 disjoint shards; then `ctsgan generate ... --merge 4`
     torchrun --nproc_per_node 8 -m ctsgan_lib.cli generate --n-volumes 10000 ...   # one shard per GPU, rank 0 merges
 """
@@ -26,10 +28,19 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "parser rejects the abbreviation --n)")
     p.add_argument("--seed", type=int, default=0, help="generation seed (default 0)")
     p.add_argument("--out", required=True, help="output cohort folder")
-    p.add_argument("--inject-fraction", type=float, default=0.5,
-                   help="share of volumes that get nodules (default 0.5, as in the paper)")
+    p.add_argument("--inject-fraction", type=float, default=None,
+                   help="share of volumes that get nodules (default 0.5, as in the paper; with a conditional "
+                        "checkpoint and --nodules, default 1: every volume is conditioned on nodules)")
     p.add_argument("--nodule-diameters", type=float, nargs="+", metavar="D",
-                   help="fixed nodule diameters in voxels (default: drawn from the LIDC distribution)")
+                   help="fixed nodule diameters in voxels (default: drawn from the LIDC distribution); a conditional "
+                        "volume's one target diameter is drawn from them")
+    p.add_argument("--nodules", type=int, metavar="K",
+                   help="conditional CT-SGAN checkpoints (kind ctsgan_cond) only: generate the volumes with nodules "
+                        "under the condition 'K nodules' (0: every volume without nodules); recorded in the manifest "
+                        "(condition_nodules, condition_diameter_vox). Default: the LIDC-drawn count")
+    p.add_argument("--nodule-z", type=float, metavar="F",
+                   help="conditional checkpoints trained with ctsgan.cond_z only: put every nodule at this fraction "
+                        "of the depth (0..1); default: drawn per volume in the middle 30-70 %% (condition_z_vox)")
     p.add_argument("--injector", help="injector checkpoint or folder (needed when --inject-fraction > 0)")
     p.add_argument("--shard", metavar="i/K", help="write shard i of K (disjoint; union = single run)")
     p.add_argument("--merge", type=int, metavar="K", help="only merge K finished shards into OUT/manifest.csv")
@@ -74,7 +85,12 @@ def check_args(args: argparse.Namespace) -> None:
         raise CTSGANError(f"--slice-batch: must be >= 1 (got {args.slice_batch})")
     if not args.fast and (args.compile or args.precision != "checkpoint" or args.slice_batch != 1024):
         raise CTSGANError("--slice-batch, --precision and --compile only apply with --fast")
-    if not (math.isfinite(args.inject_fraction) and 0.0 <= args.inject_fraction <= 1.0):
+    if args.nodules is not None and args.nodules < 0:
+        raise CTSGANError(f"--nodules: must be >= 0 (got {args.nodules})")
+    if args.nodule_z is not None and not (math.isfinite(args.nodule_z) and 0.0 <= args.nodule_z <= 1.0):
+        raise CTSGANError(f"--nodule-z: must be in [0, 1] (got {args.nodule_z})")
+    if args.inject_fraction is not None and not (math.isfinite(args.inject_fraction)
+                                                 and 0.0 <= args.inject_fraction <= 1.0):
         raise CTSGANError(f"--inject-fraction: must be in [0, 1] (got {args.inject_fraction})")
     if args.nodule_diameters and not all(math.isfinite(d) and d > 0 for d in args.nodule_diameters):
         raise CTSGANError(f"--nodule-diameters: must be positive numbers (got {args.nodule_diameters})")
@@ -122,7 +138,8 @@ def run(args: argparse.Namespace) -> int:
                                      inject_fraction=args.inject_fraction, nodule_diameters_vox=args.nodule_diameters,
                                      injector=args.injector, shard=shard, batch=args.batch, device=device,
                                      dicom=args.dicom, compress=not args.no_compress, profile=args.profile,
-                                     progress=not args.no_progress, fast=fast_options(args, device))
+                                     progress=not args.no_progress, fast=fast_options(args, device),
+                                     nodules=args.nodules, nodule_z_frac=args.nodule_z)
     if dist is not None and args.shard is None:
         if shard[0] == 0:
             wait_for_shards(out, shard[1])
@@ -158,5 +175,9 @@ def cohort_summary(folder: Path) -> str:
     flagged = int((m["lung_flags"].astype(str) != "").sum()) if "lung_flags" in m else 0
     n_nodules = sum(len(n) for n in m["nodules"])
     with_nodules = int((m["nodules"].map(len) > 0).sum())
+    if "condition_nodules" in m:   # conditional CT-SGAN: nodules by condition, places unknown
+        k = m["condition_nodules"].astype(int)
+        return (f"{len(m)} volumes, {flagged} flagged by the lung check, {int((k > 0).sum())} generated under a "
+                f"nodule condition ({int(k.sum())} nodules requested)")
     return (f"{len(m)} volumes, {flagged} flagged by the lung check (never injected), {n_nodules} nodules in "
             f"{with_nodules} volumes")

@@ -6,7 +6,7 @@ import argparse
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("reproduce", help="run the numbered notebooks in order with papermill",
-                       description="Run notebooks/01_… to 08_… headless; executed copies and a run manifest go to "
+                       description="Run notebooks/01_… to 09_… headless; executed copies and a run manifest go to "
                                    "runs/<profile>/notebooks/.")
     p.add_argument("--profile", default="smoke", help="smoke | demo | paper (default: smoke)")
     p.add_argument("--only", nargs="+", metavar="NN", help="run only these notebooks, e.g. --only 01 03")

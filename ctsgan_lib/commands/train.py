@@ -14,7 +14,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description="Train a model on the nodule-free training cohort. Checkpoints, log.csv and sample "
                                    "grids go to runs/<profile>/<model>/. A rerun resumes from the newest checkpoint "
                                    "there (the same as `ctsgan nodules train`); --fresh starts over.")
-    p.add_argument("model", choices=("ctsgan", "gan3d"), help="which model to train")
+    p.add_argument("model", choices=("ctsgan", "gan3d", "ctsgan_cond"),
+                   help="which model to train (ctsgan_cond: the conditional CT-SGAN, not in the paper; it trains on "
+                        "every train scan of data/<profile>/cohort, with its native nodules, unless --cohort says)")
     add_profile_args(p)
     p.add_argument("--cohort", default=None, help="training cohort folder (default: data/<profile>/nodule_free if "
                                                   "present, else data/<profile>/cohort)")
@@ -33,6 +35,8 @@ def run(args: argparse.Namespace) -> int:
     out = args.out or cfg.runs_dir / args.model
     if args.model == "ctsgan":
         from ..train.ctsgan_loop import train_ctsgan as train
+    elif args.model == "ctsgan_cond":
+        from ..train.ctsgan_loop import train_ctsgan_cond as train
     else:
         from ..train.gan3d_loop import train_gan3d as train
     result = train(cfg, cohort_dir=args.cohort, out_dir=out, resume=not args.fresh, device=args.device,

@@ -156,14 +156,18 @@ class CTSGANGenerator(nn.Module):
         slice_noise = torch.randn(batch, n, self.slice_noise_dim, generator=generator)
         return patient_noise.to(device), slice_noise.to(device)
 
+    def rv_input(self, slice_noise: torch.Tensor) -> torch.Tensor:
+        """Rv's per-position input: ε_j, with the normalised position beside it when ``position_input``."""
+        if not self.position_input:
+            return slice_noise
+        # positions past S − 3 (volumes deeper than S) continue the same scale beyond 1
+        z = torch.arange(slice_noise.shape[1], device=slice_noise.device, dtype=slice_noise.dtype)
+        z = (z / max(1, self.n_positions - 1))[None, :, None].expand(slice_noise.shape[0], -1, 1)
+        return torch.cat([slice_noise, z], dim=2)
+
     def codes(self, patient_noise: torch.Tensor, slice_noise: torch.Tensor) -> torch.Tensor:
         """Full codes (B, L, patient_dim + slice_code_dim): Rv's slice codes with the patient noise repeated."""
-        if self.position_input:
-            # positions past S − 3 (volumes deeper than S) continue the same scale beyond 1
-            z = torch.arange(slice_noise.shape[1], device=slice_noise.device, dtype=slice_noise.dtype)
-            z = (z / max(1, self.n_positions - 1))[None, :, None].expand(slice_noise.shape[0], -1, 1)
-            slice_noise = torch.cat([slice_noise, z], dim=2)
-        slice_codes = self.rv(slice_noise, patient_noise)
+        slice_codes = self.rv(self.rv_input(slice_noise), patient_noise)
         pn = patient_noise[:, None, :].expand(-1, slice_codes.shape[1], -1)
         return torch.cat([pn, slice_codes], dim=2)
 
@@ -176,7 +180,10 @@ class CTSGANGenerator(nn.Module):
                 positions: torch.Tensor | None = None) -> torch.Tensor:
         """3D slices at ``positions`` (B, K) (all positions if None): Rv runs over the whole length, Gslice only on
         the requested positions, so Gslice memory does not grow with S."""
-        codes = self.codes(patient_noise, slice_noise)
+        return self.slices_at(self.codes(patient_noise, slice_noise), positions)
+
+    def slices_at(self, codes: torch.Tensor, positions: torch.Tensor | None) -> torch.Tensor:
+        """3D slices (B, K, 3, S, S) of ``codes`` at ``positions`` (B, K) (all positions if None)."""
         if positions is not None:
             codes = torch.gather(codes, 1, positions[:, :, None].expand(-1, -1, codes.shape[2]))
         return self.slices(codes)
@@ -286,7 +293,14 @@ class SliceDiscriminator(nn.Module):
 
     def forward(self, x: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
         """``x`` (M, 3, S, S), ``position`` (M,) long in [0, S−2) → logits (M,)."""
-        h = self.trunk(x).mean(dim=(2, 3))
+        return self.head(self.features(x), position)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """φ(x): the pooled trunk features (M, width)."""
+        return self.trunk(x).mean(dim=(2, 3))
+
+    def head(self, h: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
+        """ψ(h) + ⟨embed(position), h⟩ → (M,)."""
         return self.linear(h).squeeze(1) + (self.position(position) * h).sum(1)
 
 
@@ -320,13 +334,25 @@ class SlabDiscriminator(nn.Module):
 
     def forward(self, slab: torch.Tensor, start: torch.Tensor | None = None) -> torch.Tensor:
         """``slab`` (B, 1, T, S, S), ``start`` (B,) long first position (used when position-conditioned) → (B,)."""
-        h = self.trunk(slab).mean(dim=(2, 3, 4))
+        return self.head(self.features(slab), start)
+
+    def features(self, slab: torch.Tensor) -> torch.Tensor:
+        """The pooled trunk features (B, width)."""
+        return self.trunk(slab).mean(dim=(2, 3, 4))
+
+    def head(self, h: torch.Tensor, start: torch.Tensor | None = None) -> torch.Tensor:
+        """The linear head plus, when position-conditioned, the slab-start projection → (B,)."""
         out = self.linear(h).squeeze(1)
         if self.position is not None:
             if start is None:
                 raise ValueError("this Dslab is position-conditioned: pass the slab start positions")
             out = out + (self.position(start) * h).sum(1)
         return out
+
+
+def config_getter(ct):
+    """``get(key, default)`` over a :class:`~ctsgan_lib.config.CTSGANConfig` or the plain dict a checkpoint holds."""
+    return (lambda k, d=None: ct.get(k, d)) if isinstance(ct, dict) else (lambda k, d=None: getattr(ct, k, d))
 
 
 def build_ctsgan(size: int, ct) -> dict[str, nn.Module]:
@@ -337,7 +363,7 @@ def build_ctsgan(size: int, ct) -> dict[str, nn.Module]:
     dict
         ``{"generator": CTSGANGenerator (rv + gslice), "dslice": SliceDiscriminator, "dslab": SlabDiscriminator}``.
     """
-    g = (lambda k, d=None: ct.get(k, d)) if isinstance(ct, dict) else (lambda k, d=None: getattr(ct, k, d))
+    g = config_getter(ct)
     gen = CTSGANGenerator(size, g("patient_dim"), g("slice_noise_dim"), g("slice_code_dim"), g("ngf"),
                           position_input=bool(g("position_input", False)),
                           rv_init=g("rv_init", "learned"))  # absent in pre-issue-21 checkpoints: learned h0, c0
@@ -356,7 +382,7 @@ def generator_meta(module: nn.Module) -> dict:
 
 @torch.no_grad()
 def synthesize(generator: CTSGANGenerator, patient_noise: torch.Tensor, slice_noise: torch.Tensor,
-               chunk: int | None = None, to_cpu: bool = True) -> torch.Tensor:
+               chunk: int | None = None, to_cpu: bool = True, cond: torch.Tensor | None = None) -> torch.Tensor:
     """Model-space volumes from explicit noise, streaming Gslice over chunks of positions.
 
     Parameters
@@ -370,6 +396,8 @@ def synthesize(generator: CTSGANGenerator, patient_noise: torch.Tensor, slice_no
         Positions per Gslice call (default: the checkpoint's ``ctsgan.chunk``).
     to_cpu : bool
         Return the volumes on the CPU (default) or leave them on the generator's device.
+    cond : Tensor (B, N_CONDITION), optional
+        Conditions, for a conditional generator (:mod:`ctsgan_lib.models.ctsgan_cond`) only.
 
     Returns
     -------
@@ -378,7 +406,8 @@ def synthesize(generator: CTSGANGenerator, patient_noise: torch.Tensor, slice_no
     dev = next(generator.parameters()).device
     meta = generator_meta(generator)
     chunk = int(chunk or meta["chunk"])
-    codes = generator.codes(patient_noise.to(dev), slice_noise.to(dev))   # (B, L, D): small
+    cond_args = () if cond is None else (cond.to(dev),)
+    codes = generator.codes(patient_noise.to(dev), slice_noise.to(dev), *cond_args)   # (B, L, D): small
     b, n_pos, _ = codes.shape
     s = generator.size
     # assembled where it is generated: only the slices kept cross to the host, once (a third of Gslice's output)
@@ -397,4 +426,4 @@ def synthesize(generator: CTSGANGenerator, patient_noise: torch.Tensor, slice_no
 
 
 __all__ = ["PositionEncoding", "SliceRNN", "SliceGenerator", "CTSGANGenerator", "SliceDiscriminator", "SlabDiscriminator",
-           "assemble_volume", "build_ctsgan", "DEFAULT_META", "generator_meta", "synthesize"]
+           "assemble_volume", "build_ctsgan", "config_getter", "DEFAULT_META", "generator_meta", "synthesize"]

@@ -10,11 +10,11 @@ from .sampling import (gan3d_noise, generate_gan3d_volumes, generate_volume_at, 
 from .stream import GeneratorSource
 from .synthetic_cohort import (VolumePlan, distributed_shard, finish_volume, generate_cohort, merge_shards,
                                parse_shard, plan_volumes, shard_dir, shard_indices, summarize_cohort, volume_id,
-                               wait_for_shards)
+                               volume_condition, wait_for_shards)
 
 __all__ = [
     "volume_seed", "load_generator", "inference_layout", "volume_noise", "generate_volumes", "generate_volume_at",
     "gan3d_noise", "generate_gan3d_volumes", "slice_consistency_hu", "VolumePlan", "plan_volumes", "shard_indices",
     "parse_shard", "volume_id", "shard_dir", "generate_cohort", "finish_volume", "merge_shards", "distributed_shard",
-    "wait_for_shards", "summarize_cohort", "GeneratorSource",
+    "wait_for_shards", "summarize_cohort", "GeneratorSource", "volume_condition",
 ]

@@ -24,6 +24,7 @@ import torch
 from ..data.intensity import model_to_hu
 from ..errors import CTSGANError
 from ..models.ctsgan import DEFAULT_META, CTSGANGenerator, build_ctsgan, generator_meta, synthesize
+from ..models.ctsgan_cond import N_CONDITION, CondCTSGANGenerator, build_ctsgan_cond
 from ..models.ctsgan_fast import FastOptions, synthesize_fast
 from ..models.gan3d import Generator3D, build_gan3d, upsample_volume
 from ..utils.checkpoint import load_checkpoint, load_state_strict
@@ -40,7 +41,8 @@ def volume_seed(seed: int, index: int) -> int:
 
 
 def load_generator(ckpt_path: str | Path, device: str | torch.device = "cpu") -> torch.nn.Module:
-    """Load the generator of a CT-SGAN (``kind="ctsgan"``) or 3D GAN (``kind="gan3d"``) checkpoint, in eval mode.
+    """Load the generator of a CT-SGAN (``kind="ctsgan"``), conditional CT-SGAN (``"ctsgan_cond"``) or 3D GAN
+    (``kind="gan3d"``) checkpoint, in eval mode.
 
     The returned module carries ``.meta`` (``kind``, ``spacing_mm``, ``hu_min``, ``hu_max``, ``chunk``, ``size``,
     ``step``, ``checkpoint``).
@@ -57,17 +59,20 @@ def load_generator(ckpt_path: str | Path, device: str | torch.device = "cpu") ->
     meta = {"kind": ck["kind"], "spacing_mm": tuple(extra.get("spacing_mm", DEFAULT_META["spacing_mm"])),
             "hu_min": float(cfg["data"]["hu_min"]), "hu_max": float(cfg["data"]["hu_max"]), "size": size,
             "step": int(ck["step"]), "checkpoint": str(ckpt_path), "profile": str(cfg.get("profile") or "")}
-    if ck["kind"] == "ctsgan":
-        gen = build_ctsgan(size, cfg["ctsgan"])["generator"]
-        load_state_strict(gen.rv, ck["models"]["rv"], f"{ckpt_path} [rv]")
-        load_state_strict(gen.gslice, ck["models"]["gslice"], f"{ckpt_path} [gslice]")
+    if ck["kind"] in ("ctsgan", "ctsgan_cond"):
+        gen = (build_ctsgan if ck["kind"] == "ctsgan" else build_ctsgan_cond)(size, cfg["ctsgan"])["generator"]
+        for part in ("rv", "gslice") + (("gcond",) if ck["kind"] == "ctsgan_cond" else ()):
+            if part not in ck["models"]:
+                raise CTSGANError(f"{ckpt_path}: checkpoint has no network {part!r}")
+            load_state_strict(getattr(gen, part), ck["models"][part], f"{ckpt_path} [{part}]")
         meta["chunk"] = int(cfg["ctsgan"].get("chunk", DEFAULT_META["chunk"]))
         meta["bf16"] = bool(cfg["ctsgan"].get("bf16", True))
     elif ck["kind"] == "gan3d":
         gen = build_gan3d(cfg["gan3d"])["generator"]
         load_state_strict(gen, ck["models"]["generator"], f"{ckpt_path} [generator]")
     else:
-        raise CTSGANError(f"{ckpt_path}: a {ck['kind']!r} checkpoint is not a volume generator (ctsgan or gan3d)")
+        raise CTSGANError(f"{ckpt_path}: a {ck['kind']!r} checkpoint is not a volume generator (ctsgan, ctsgan_cond "
+                          f"or gan3d)")
     gen.meta = meta
     gen = gen.to(device).eval()
     return inference_layout(gen) if isinstance(gen, CTSGANGenerator) else gen
@@ -107,7 +112,7 @@ def volume_noise(generator: CTSGANGenerator, seed: int, index: int, n_positions:
 
 def generate_volumes(generator_or_ckpt, n: int, seed: int, batch: int = 1, device: str | torch.device = "cpu",
                      depth: int | None = None, chunk: int | None = None, start: int = 0,
-                     fast: FastOptions | None = None
+                     fast: FastOptions | None = None, conditions: torch.Tensor | None = None
                      ) -> Iterator[tuple[np.ndarray, tuple[float, float, float]]]:
     """Yield ``n`` CT-SGAN volumes as ``(hu, spacing_mm)``.
 
@@ -131,6 +136,10 @@ def generate_volumes(generator_or_ckpt, n: int, seed: int, batch: int = 1, devic
         Use the opt-in fast path (:func:`~ctsgan_lib.models.ctsgan_fast.synthesize_fast`: BatchNorm folded, flat
         slice batches, optional bf16 / ``torch.compile``); ``chunk`` is then ignored. Default None: the
         bit-reproducible default path. Same noise per volume either way.
+    conditions : Tensor (n, N_CONDITION) or (n, depth − 2, N_CONDITION + 1), optional
+        A conditional generator's condition of each volume (:func:`~ctsgan_lib.models.ctsgan_cond.condition_vector`,
+        or per position :func:`~ctsgan_lib.models.ctsgan_cond.condition_with_z` for a ``cond_z`` model); required for
+        one, refused otherwise. Volume ``index`` depends on ``(seed, index, its condition)`` only.
 
     Yields
     ------
@@ -145,6 +154,17 @@ def generate_volumes(generator_or_ckpt, n: int, seed: int, batch: int = 1, devic
     if depth < 3:
         raise CTSGANError(f"depth must be >= 3 slices, got {depth}")
     batch = max(1, int(batch))
+    conditional = isinstance(gen, CondCTSGANGenerator)
+    if conditional != (conditions is not None):
+        raise CTSGANError(f"{meta.get('checkpoint', 'generator')}: "
+                          + ("a conditional CT-SGAN needs the volumes' conditions" if conditional else
+                             "conditions were given but this CT-SGAN is not conditional (kind ctsgan_cond)"))
+    want = ((n, depth - 2, N_CONDITION + 1) if gen.cond_z else (n, N_CONDITION)) if conditional else None
+    if conditional and tuple(conditions.shape) != want:
+        raise CTSGANError(f"conditions must be {want}, got {tuple(conditions.shape)}")
+    if conditional and fast is not None:
+        raise CTSGANError(f"{meta.get('checkpoint', 'generator')}: the fast generation path (--fast) does not take "
+                          "a conditional CT-SGAN yet; generate it without --fast")
     try:
         for g0 in range(start, start + n, batch):
             idx = list(range(g0, min(g0 + batch, start + n)))
@@ -152,8 +172,12 @@ def generate_volumes(generator_or_ckpt, n: int, seed: int, batch: int = 1, devic
             noise = [volume_noise(gen, seed, i, depth - 2) for i in padded]
             pn = torch.stack([a for a, _ in noise])
             sn = torch.stack([b for _, b in noise])
+            cond = None
+            if conditional:   # padding volumes get the no-nodule condition (they are dropped)
+                cond = torch.zeros(len(padded), *want[1:])
+                cond[:len(idx)] = conditions[g0 - start:g0 - start + len(idx)].float()
             if fast is None:
-                vols = synthesize(gen, pn, sn, chunk, to_cpu=False)[:len(idx)]
+                vols = synthesize(gen, pn, sn, chunk, to_cpu=False, cond=cond)[:len(idx)]
             else:
                 vols = synthesize_fast(gen, pn, sn, fast, to_cpu=False)[:len(idx)]
             # HU on the generator's device, then one host copy per call (same float32 arithmetic as numpy's)

@@ -11,6 +11,13 @@ gets nodules (a seeded permutation of all N indices), how many, their sizes and 
 of ``batch`` consecutive indices and blocks are dealt round-robin to shards, so every Gslice call sees exactly the
 same batch in a sharded run as in a single run: the union of K shards is bit-identical to one run.
 
+Conditional CT-SGAN checkpoints (kind ``ctsgan_cond``, issue 26) need no injector: a volume the plan gives nodules is
+generated under the condition "K nodules of diameter D" (:func:`volume_condition`), the others under "no nodules",
+and the manifest records each volume's condition (``condition_nodules``, ``condition_diameter_vox``; ``has_nodule``
+follows it). A ``ctsgan.cond_z`` model is also told where along z to put them (``nodule_z_frac``, or drawn per volume
+by :func:`volume_z_vox`), recorded as ``condition_z_vox``. Lung masks and sanity flags are computed as for
+unconditional volumes.
+
 Shard ``i`` of ``K`` writes a complete cohort under ``<out>/shards/shard-<i>-of-<K>/``; :func:`merge_shards` writes
 ``<out>/manifest.csv`` pointing into them. Under ``torchrun`` each rank takes shard ``RANK`` of ``WORLD_SIZE`` on GPU
 ``LOCAL_RANK`` and rank 0 merges when every shard has finished.
@@ -37,6 +44,7 @@ from ..data.io import write_dicom_series
 from ..data.lidc import sample_diameter_mm, sample_nodule_count
 from ..data.preprocess import lung_mask, lung_mask_flags
 from ..errors import CTSGANError
+from ..models.ctsgan_cond import condition_vector, condition_with_z
 from ..models.ctsgan_fast import FastOptions
 from ..nodules.inference import NoduleInjector
 from ..utils.atomic import atomic_write_text, file_sha256
@@ -114,6 +122,29 @@ def plan_volumes(n: int, seed: int, inject_fraction: float = 0.5, diameters_vox:
     return plans
 
 
+def volume_condition(plan: VolumePlan, nodules: int | None = None) -> tuple[int, float]:
+    """The condition (count, diameter_vox) a conditional CT-SGAN generates volume ``plan.index`` under.
+
+    A volume the plan gives nodules gets ``nodules`` of them (default: the plan's LIDC-drawn count) with one target
+    diameter, the plan's first drawn diameter (a uniform pick from ``--nodule-diameters``, or LIDC-distributed);
+    every other volume, and every volume when ``nodules`` is 0, gets (0, 0.0).
+    """
+    if not plan.inject or nodules == 0:
+        return 0, 0.0
+    return (len(plan.diameters_vox) if nodules is None else int(nodules)), float(plan.diameters_vox[0])
+
+
+def volume_z_vox(seed: int, index: int, n_nodules: int, depth: int, z_frac: float | None = None) -> list[float]:
+    """z (voxels) of each nodule of volume ``index`` for a ``cond_z`` model: ``z_frac`` of the depth for all, or
+    drawn from ``(seed, index)`` uniformly in the middle 30–70 % of the depth (where the lungs are)."""
+    if n_nodules == 0:
+        return []
+    if z_frac is not None:
+        return [round(float(z_frac) * (depth - 1), 2)] * int(n_nodules)
+    rng = np.random.default_rng([int(seed), int(index), 0x2C])
+    return [round(float(z), 2) for z in rng.uniform(0.3, 0.7, size=int(n_nodules)) * (depth - 1)]
+
+
 def shard_indices(n: int, batch: int, shard: int = 0, n_shards: int = 1) -> list[int]:
     """Indices of shard ``shard`` of ``n_shards``: blocks of ``batch`` consecutive indices dealt round-robin."""
     if not 0 <= shard < n_shards:
@@ -161,24 +192,28 @@ def _lung_check(hu: np.ndarray, spacing_mm: Sequence[float]) -> tuple[np.ndarray
     return lung, ml, list(lung_mask_flags(lung))
 
 
-def generate_cohort(checkpoint: str | Path, n: int, seed: int, out: str | Path, *, inject_fraction: float = 0.5,
-                    nodule_diameters_vox: Sequence[float] | None = None, injector: str | Path | None = None,
+def generate_cohort(checkpoint: str | Path, n: int, seed: int, out: str | Path, *,
+                    inject_fraction: float | None = None, nodule_diameters_vox: Sequence[float] | None = None,
+                    injector: str | Path | None = None,
                     shard: tuple[int, int] = (0, 1), batch: int = 4, device: str = "cpu", dicom: bool = False,
                     compress: bool = True, split_fractions: Sequence[float] = (0.75, 0.125, 0.125),
-                    profile: str = "", progress: bool = True, fast: FastOptions | None = None) -> Path:
+                    profile: str = "", progress: bool = True, fast: FastOptions | None = None,
+                    nodules: int | None = None, nodule_z_frac: float | None = None) -> Path:
     """Generate (or resume) a synthetic cohort.
 
     Parameters
     ----------
     checkpoint : path
-        A CT-SGAN (``kind="ctsgan"``) or 3D GAN (``kind="gan3d"``) checkpoint; the source column says which.
+        A CT-SGAN (``kind="ctsgan"``), conditional CT-SGAN (``"ctsgan_cond"``) or 3D GAN (``kind="gan3d"``)
+        checkpoint; the source column says which.
     n : int
         Total volumes in the run (all shards together).
     seed : int
     out : path
         Cohort folder.
-    inject_fraction : float
-        Share of volumes with injected nodules (paper: 0.5).
+    inject_fraction : float or None
+        Share of volumes with injected nodules (paper: 0.5), or, for a conditional checkpoint, generated under a
+        nodule condition. None: 0.5, or 1.0 for a conditional checkpoint given ``nodules``.
     nodule_diameters_vox : sequence of float, optional
         Fixed sizes (voxels); default LIDC-distributed diameters.
     injector : path, optional
@@ -199,6 +234,12 @@ def generate_cohort(checkpoint: str | Path, n: int, seed: int, out: str | Path, 
         CT-SGAN only: the opt-in fast generation path (:mod:`ctsgan_lib.models.ctsgan_fast`; same volumes to
         float32 / bf16 rounding, not bit for bit). Recorded in the cohort settings, so a rerun that switches it
         rebuilds the cohort instead of mixing the two paths.
+    nodules : int, optional
+        Conditional checkpoints only: the number of nodules of the volumes conditioned on nodules (0: none of the
+        volumes has nodules); default the LIDC-drawn count of :func:`plan_volumes`.
+    nodule_z_frac : float, optional
+        ``ctsgan.cond_z`` checkpoints only: every nodule's z as a fraction of the depth (default: drawn per volume,
+        :func:`volume_z_vox`).
 
     Returns
     -------
@@ -213,10 +254,21 @@ def generate_cohort(checkpoint: str | Path, n: int, seed: int, out: str | Path, 
         raise CTSGANError(f"{checkpoint}: checkpoint not found")
     gen = load_generator(checkpoint, device)
     kind = gen.meta["kind"]
+    conditional = kind == "ctsgan_cond"
     profile = profile or gen.meta.get("profile") or "unrecorded"   # checkpoints record the profile they ran under
     spacing = tuple(float(s) for s in gen.meta["spacing_mm"])
+    if nodules is not None and not conditional:
+        raise CTSGANError(f"{checkpoint}: --nodules needs a conditional CT-SGAN checkpoint (kind ctsgan_cond, "
+                          f"`ctsgan train ctsgan_cond`); this one is {kind!r}")
+    cond_z = bool(getattr(gen, "cond_z", False))
+    if nodule_z_frac is not None and not cond_z:
+        raise CTSGANError(f"{checkpoint}: --nodule-z needs a conditional CT-SGAN trained with ctsgan.cond_z")
+    if conditional and injector is not None:
+        raise CTSGANError(f"{checkpoint}: a conditional CT-SGAN makes its own nodules; drop --injector")
+    if inject_fraction is None:
+        inject_fraction = 1.0 if conditional and nodules is not None else 0.5
     inj = None
-    if inject_fraction > 0:
+    if inject_fraction > 0 and not conditional:
         if injector is None:
             raise CTSGANError("nodule injection needs --injector (a checkpoint or runs/<P>/nodules/injector); "
                               "use --inject-fraction 0 for nodule-free volumes")
@@ -230,26 +282,39 @@ def generate_cohort(checkpoint: str | Path, n: int, seed: int, out: str | Path, 
                 "profile": profile}
     if fast is not None:   # only then: default-path cohorts keep their settings (and resume) unchanged
         settings["fast"] = dataclasses.asdict(fast)
+    conditions = None
+    if conditional:
+        settings["condition_nodules"] = "lidc" if nodules is None else int(nodules)
+        conditions = [volume_condition(p, nodules) for p in plans]
+        if cond_z:   # (count, diameter, z of each nodule)
+            conditions = [(k, d, volume_z_vox(seed, p.index, k, gen.size, nodule_z_frac))
+                          for p, (k, d) in zip(plans, conditions)]
     folder = shard_dir(out, i_shard, n_shards)
     writer = CohortWriter(folder, compress=compress, settings=settings,
                           source_defaults={"source": kind, "domain": "synthetic"})
     todo = [i for i in shard_indices(n, batch, i_shard, n_shards) if not writer.done(volume_id(i))]
     bar = tqdm(total=len(todo), desc=f"generate {kind} shard {i_shard}/{n_shards}", unit="vol", disable=not progress)
     t0 = time.perf_counter()
-    gen_fn = generate_volumes if kind == "ctsgan" else generate_gan3d_volumes
-    fast_kw = {"fast": fast} if fast is not None and kind == "ctsgan" else {}
+    gen_fn = generate_volumes if kind in ("ctsgan", "ctsgan_cond") else generate_gan3d_volumes
+    # a conditional checkpoint with --fast is refused by generate_volumes (one-line error), not silently ignored
+    fast_kw = {"fast": fast} if fast is not None and kind in ("ctsgan", "ctsgan_cond") else {}
     try:
         for block in _blocks(todo, batch):
             start = (block[0] // batch) * batch
             stop = min(start + batch, n)
+            cond_kw = {"conditions": torch.stack([condition_with_z(*c, gen.size - 2) if cond_z else condition_vector(*c)
+                                                  for c in conditions[start:stop]])} if conditional else {}
             # Generate the whole aligned block (same batch as a single run), keep the ones still to do.
             with torch.inference_mode():
-                vols = list(gen_fn(gen, stop - start, seed, batch=batch, device=device, start=start, **fast_kw))
+    gen_fn = generate_volumes if kind in ("ctsgan", "ctsgan_cond") else generate_gan3d_volumes
+    # a conditional checkpoint with --fast is refused by generate_volumes (one-line error), not silently ignored
+    fast_kw = {"fast": fast} if fast is not None and kind in ("ctsgan", "ctsgan_cond") else {}
             for offset, (hu, sp) in enumerate(vols):
                 idx = start + offset
                 if idx not in block:
                     continue
-                _write_one(writer, plans[idx], hu, sp, inj, seed, ckpt_sha, kind, dicom, profile)
+                _write_one(writer, plans[idx], hu, sp, inj, seed, ckpt_sha, kind, dicom, profile,
+                           conditions[idx] if conditional else None)
                 bar.update(1)
                 bar.set_postfix(vol_per_s=f"{bar.n / max(time.perf_counter() - t0, 1e-9):.2f}")
     finally:
@@ -282,9 +347,28 @@ def finish_volume(plan: VolumePlan, hu: np.ndarray, spacing_mm: Sequence[float],
     return hu, fields
 
 
+def conditional_fields(plan: VolumePlan, hu: np.ndarray, spacing_mm: Sequence[float], condition: tuple,
+                       seed: int) -> dict[str, Any]:
+    """Manifest fields of a conditional CT-SGAN volume: the lung check of :func:`finish_volume` (nothing injected)
+    and the condition it was generated under, ``(count, diameter_vox)`` or ``(count, diameter_vox, z_vox list)``.
+    ``has_nodule`` follows the condition; ``nodules`` stays empty (the generator does not say where in-plane it put
+    them)."""
+    k, d = condition[:2]
+    _, fields = finish_volume(VolumePlan(plan.index, False, [], plan.split), hu, spacing_mm, None, seed)
+    fields = {**fields, "has_nodule": int(k > 0), "planned_nodules": int(k), "condition_nodules": int(k),
+              "condition_diameter_vox": round(float(d), 3)}
+    if len(condition) > 2:
+        fields["condition_z_vox"] = ";".join(f"{z:g}" for z in condition[2])
+    return fields
+
+
 def _write_one(writer: CohortWriter, plan: VolumePlan, hu: np.ndarray, spacing_mm: Sequence[float], inj, seed: int,
-               ckpt_sha: str, kind: str, dicom: bool, profile: str) -> None:
-    hu, fields = finish_volume(plan, hu, spacing_mm, inj, seed)
+               ckpt_sha: str, kind: str, dicom: bool, profile: str,
+               condition: tuple | None = None) -> None:
+    if condition is None:
+        hu, fields = finish_volume(plan, hu, spacing_mm, inj, seed)
+    else:
+        fields = conditional_fields(plan, hu, spacing_mm, condition, seed)
     rid = volume_id(plan.index)
     writer.write(rid, hu, spacing_mm, checkpoint_sha256=ckpt_sha, **fields)
     if dicom:

@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from ..errors import CTSGANError
 from ..models.ctsgan import build_ctsgan
+from ..models.ctsgan_cond import build_ctsgan_cond
 from ..models.dcgan import init_weights
 from ..models.gan3d import build_gan3d
 from ..utils.atomic import atomic_path, atomic_write_text, clean_partials
@@ -70,7 +71,8 @@ def build_gan(kind: str, size: int, sec, device: str, ctx: D.DistContext, seed: 
     Parameters
     ----------
     kind : str
-        ``"ctsgan"`` (Rv + Gslice as ``generator``, ``dslice``, ``dslab``) or ``"gan3d"`` (``generator``, ``d3d``).
+        ``"ctsgan"`` (Rv + Gslice as ``generator``, ``dslice``, ``dslab``), ``"ctsgan_cond"`` (the conditional
+        CT-SGAN, same keys) or ``"gan3d"`` (``generator``, ``d3d``).
     size : int
         Volume side S (CT-SGAN; the 3D GAN's resolution is ``sec.size``).
     sec : CTSGANConfig or GAN3DConfig
@@ -88,8 +90,8 @@ def build_gan(kind: str, size: int, sec, device: str, ctx: D.DistContext, seed: 
     """
     if seed is not None:
         seed_everything(seed)
-    if kind == "ctsgan":
-        nets = build_ctsgan(size, sec)
+    if kind in ("ctsgan", "ctsgan_cond"):
+        nets = (build_ctsgan if kind == "ctsgan" else build_ctsgan_cond)(size, sec)
         d_params = list(nets["dslice"].parameters()) + list(nets["dslab"].parameters())
     elif kind == "gan3d":
         nets = build_gan3d(sec)

@@ -45,11 +45,14 @@ class VolumeDataset:
         Expected side S; volumes of another shape are refused with a message naming the file.
     progress : bool
         Progress bar while reading.
+    with_nodules : bool
+        Read every training scan of ``cohort_dir``, with and without nodules, and keep each one's manifest
+        ``nodules`` list in ``.nodules`` (the conditional CT-SGAN's training set; issue 26).
     """
 
     def __init__(self, volumes_hu: np.ndarray | None = None, cohort_dir: str | Path | None = None, *,
                  hu_min: float = -1000.0, hu_max: float = 400.0, spacing_mm: Sequence[float] = (1.0, 1.0, 1.0),
-                 size: int | None = None, progress: bool = False):
+                 size: int | None = None, progress: bool = False, with_nodules: bool = False):
         if (volumes_hu is None) == (cohort_dir is None):
             raise ValueError("give exactly one of volumes_hu or cohort_dir")
         self.hu_min, self.hu_max = float(hu_min), float(hu_max)
@@ -63,14 +66,15 @@ class VolumeDataset:
             self.spacings_mm = np.tile(np.asarray(spacing_mm, dtype=np.float64), (len(arr), 1))
             self.ids = [f"mem{i:04d}" for i in range(len(arr))]
             self.source = "in-memory"
+            self.nodules: list[list[dict]] | None = None
         else:
-            self._read_cohort(Path(cohort_dir), size, progress)
+            self._read_cohort(Path(cohort_dir), size, progress, with_nodules)
         if size is not None and self.size != size:
             raise CTSGANError(f"{self.source}: volumes are {self.size}³ but the profile expects {size}³")
         if len(self) == 0:
             raise CTSGANError(f"{self.source}: no training volumes")
 
-    def _read_cohort(self, root: Path, size: int | None, progress: bool) -> None:
+    def _read_cohort(self, root: Path, size: int | None, progress: bool, with_nodules: bool = False) -> None:
         if not (root / "manifest.csv").is_file():
             raise MissingInputError(f"missing input {root}: run 01_data_preparation.ipynb (or `ctsgan prepare`) "
                                     f"first")
@@ -78,9 +82,12 @@ class VolumeDataset:
         from ..data.cohort import Cohort
 
         cohort = Cohort(root)
-        ids = cohort.ids(split="train") if root.name == "nodule_free" else cohort.ids(split="train", has_nodule=0)
+        if with_nodules:
+            ids = cohort.ids(split="train")
+        else:
+            ids = cohort.ids(split="train") if root.name == "nodule_free" else cohort.ids(split="train", has_nodule=0)
         if not ids:
-            raise CTSGANError(f"{root}: no nodule-free training scans in the manifest")
+            raise CTSGANError(f"{root}: no {'' if with_nodules else 'nodule-free '}training scans in the manifest")
         arrays, spacings = [], []
         for vid in tqdm(ids, desc=f"reading {root.name}", disable=not progress, leave=False):
             hu, spacing = cohort.read(vid)
@@ -96,6 +103,7 @@ class VolumeDataset:
         self.spacings_mm = np.stack(spacings)
         self.ids = list(ids)
         self.source = str(root)
+        self.nodules = [list(cohort.row(vid)["nodules"]) for vid in ids] if with_nodules else None
 
     def __len__(self) -> int:
         return int(self.data.shape[0])
@@ -139,14 +147,16 @@ class VolumeDataset:
 
 
 def training_dataset(cfg, cohort_dir: str | Path | None = None, volumes_hu: np.ndarray | None = None,
-                     spacing_mm: Sequence[float] = (1.0, 1.0, 1.0), progress: bool = False) -> VolumeDataset:
+                     spacing_mm: Sequence[float] = (1.0, 1.0, 1.0), progress: bool = False,
+                     with_nodules: bool = False) -> VolumeDataset:
     """The GAN training set of a run: ``volumes_hu`` in memory when given, else the cohort ``cohort_dir``
-    (default :func:`training_cohort_dir`), in ``cfg.data``'s HU window and size."""
+    (default :func:`training_cohort_dir`), in ``cfg.data``'s HU window and size; ``with_nodules`` as in
+    :class:`VolumeDataset`."""
     if volumes_hu is not None:
         return VolumeDataset(volumes_hu, hu_min=cfg.data.hu_min, hu_max=cfg.data.hu_max, spacing_mm=spacing_mm,
                              size=cfg.data.size)
     return VolumeDataset(cohort_dir=cohort_dir or training_cohort_dir(cfg), hu_min=cfg.data.hu_min,
-                         hu_max=cfg.data.hu_max, size=cfg.data.size, progress=progress)
+                         hu_max=cfg.data.hu_max, size=cfg.data.size, progress=progress, with_nodules=with_nodules)
 
 
 def sample_slab_batch(n_volumes: int, batch: int, size: int, slab_len: int, n_slices: int
