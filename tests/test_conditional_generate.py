@@ -101,6 +101,9 @@ def test_generate_refuses_mixed_up_inputs(cond_ckpt, tmp_path, capsys):
     rc = main([*base, "--checkpoint", str(ck), "--out", str(tmp_path / "y"), "--injector", str(ck)])
     assert_one_line_error(rc, capsys.readouterr().err, "makes its own nodules")
     assert not (tmp_path / "y").exists()          # nothing half-written
+    rc = main([*base, "--checkpoint", str(ck), "--out", str(tmp_path / "z"), "--nodules", "1", "--fast"])
+    assert_one_line_error(rc, capsys.readouterr().err, "fast generation path")   # issue 25's path is unconditional
+    assert not list((tmp_path / "z").glob("volumes/*.nii*"))
 
 
 def test_nodules_needs_a_conditional_checkpoint(tmp_root, tmp_path, capsys):

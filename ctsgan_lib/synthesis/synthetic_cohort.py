@@ -306,9 +306,8 @@ def generate_cohort(checkpoint: str | Path, n: int, seed: int, out: str | Path, 
                                                   for c in conditions[start:stop]])} if conditional else {}
             # Generate the whole aligned block (same batch as a single run), keep the ones still to do.
             with torch.inference_mode():
-    gen_fn = generate_volumes if kind in ("ctsgan", "ctsgan_cond") else generate_gan3d_volumes
-    # a conditional checkpoint with --fast is refused by generate_volumes (one-line error), not silently ignored
-    fast_kw = {"fast": fast} if fast is not None and kind in ("ctsgan", "ctsgan_cond") else {}
+                vols = list(gen_fn(gen, stop - start, seed, batch=batch, device=device, start=start, **fast_kw,
+                                   **cond_kw))
             for offset, (hu, sp) in enumerate(vols):
                 idx = start + offset
                 if idx not in block:
