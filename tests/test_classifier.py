@@ -113,7 +113,7 @@ def _syn(n=4) -> BaseSet:
 
 
 def _cfg(**over):
-    base = {"classifier.epochs": 2, "classifier.finetune_epochs": 1, "classifier.batch": 4,
+    base = {"classifier.design": "paired", "classifier.epochs": 2, "classifier.finetune_epochs": 1, "classifier.batch": 4,
             "classifier.sizes": "[4.0, 6.0]", "classifier.seeds": "[0]", "classifier.max_nodules": 2}
     base.update(over)
     return load_profile("smoke", **base)

@@ -1,0 +1,202 @@
+"""The paper's design of the nodule-detection study (issue 20): what a cell holds, seeds, intervals, Fig 3c.
+
+Smoke-size in-memory cohorts with the four kinds of volume of Fig 3a (native and injected positives, erased and clean
+negatives) and the sphere-painting injector of ``test_classifier``; the debiased cohort is also read from disk.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ctsgan_lib.errors import CTSGANError
+from ctsgan_lib.experiments import (BaseSet, build_cell_data, item_kinds, load_real_cohort, run_grid, run_scarcity,
+                                    scarce_subset)
+from ctsgan_lib.utils.logs import read_jsonl
+from test_classifier import S, SphereInjector, _base, _cfg
+
+KINDS_PER_SPLIT = {"train": 3, "val": 1, "test": 2}   # volumes of each kind per split
+
+
+def _paper_real(per_split=KINDS_PER_SPLIT) -> BaseSet:
+    """Per split: native positives (a real 3-voxel nodule painted in), erased and clean negatives, injected bases."""
+    vols, k = [], 0
+    for split, n in per_split.items():
+        for role, domain in (("native", "lidc-like"), ("erased", "lidc-like"), ("injected", "nlst-like"),
+                             ("clean", "nlst-like")):
+            for _ in range(n):
+                v = _base(f"{role[:3]}{k:03d}", domain, split, k)
+                if role == "native":
+                    hu, _ = SphereInjector().inject(v.hu, [3.0], np.random.default_rng(k), lung=v.lung)
+                    v.hu = np.rint(hu).astype(np.int16)
+                v.role = role
+                vols.append(v)
+                k += 1
+    return BaseSet(vols, "memory:test-debiased", ["phantom"])
+
+
+def _paper_syn(n=6) -> BaseSet:
+    vols = []
+    for i in range(n):
+        v = _base(f"syn-{i:06d}", "synthetic", "train", 200 + i)
+        v.role = "injected" if i % 2 else "clean"
+        vols.append(v)
+    return BaseSet(vols, "memory:test-syn", ["ctsgan"])
+
+
+def _pcfg(**over):
+    return _cfg(**{"classifier.design": "paper", **over})
+
+
+def test_each_split_holds_the_four_kinds_in_the_recorded_counts():
+    real, syn = _paper_real(), _paper_syn()
+    data = build_cell_data(real, syn, 4.0, 0, SphereInjector(), _pcfg())
+    counts = data.counts()
+    for split in ("train", "val"):
+        n = KINDS_PER_SPLIT[split]
+        assert counts[split] == {"native": n, "injected": n, "erased": n, "clean": n}
+    # the recorded counts are the items, read back from ids and labels independently of item_kinds
+    ds = data.train
+    native_ids = {v.id for v in real.volumes if v.role == "native" and v.split == "train"}
+    assert sum(1 for i, y in zip(ds.ids, ds.labels) if y == 1 and i.removesuffix("+nod") in native_ids) == 3
+    assert counts["test"] == {"native": 2, "injected": 2, "erased": 2, "clean": 2}
+    assert counts["synthetic"] == {"native": 0, "injected": 3, "erased": 0, "clean": 3}
+
+
+def test_test_split_is_balanced_and_native_positives_train_and_test():
+    # an unbalanced test split (3 positives of each kind, 1 negative of each) is balanced by dropping positives
+    real = _paper_real()
+    extra = _paper_real({"test": 3})
+    real.volumes += [v for v in extra.volumes if v.role in ("native", "injected")]
+    for v in real.volumes[-6:]:
+        v.id = "x" + v.id
+    data = build_cell_data(real, None, 4.0, 0, SphereInjector(), _pcfg())
+    y = data.test.labels
+    assert (y == 1).sum() == (y == 0).sum() == 4
+    kinds = item_kinds(data.test, data.roles)
+    assert "native" in kinds and "injected" in kinds
+    assert data.counts()["train"]["native"] == 3 and data.counts()["test"]["native"] >= 1
+
+
+def test_native_positives_are_not_injected_and_injected_ones_are():
+    real = _paper_real()
+    data = build_cell_data(real, None, 6.0, 0, SphereInjector(), _pcfg())
+    by_id = {v.id: v for v in real.volumes}
+    for unit, rid, y in zip(data.train.unit, data.train.ids, data.train.labels):
+        base = by_id[rid.removesuffix("+nod")]
+        clean = np.clip((base.hu.astype(np.float32) + 1000) / 1400, 0, 1)   # the profile's HU window, rescaled
+        changed = np.abs(unit.astype(np.float32) - clean.astype(np.float16).astype(np.float32)) > 1e-2
+        assert changed.any() == (base.role == "injected"), (rid, base.role)
+
+
+def test_synthetic_set_is_exactly_the_injected_half():
+    syn = _paper_syn(8)
+    data = build_cell_data(_paper_real(), syn, 4.0, 0, SphereInjector(), _pcfg())
+    pos = {i.removesuffix("+nod") for i, y in zip(data.synthetic.ids, data.synthetic.labels) if y == 1}
+    neg = {i for i, y in zip(data.synthetic.ids, data.synthetic.labels) if y == 0}
+    assert pos == {v.id for v in syn.volumes if v.role == "injected"}
+    assert neg == {v.id for v in syn.volumes if v.role == "clean"}
+    assert len(data.synthetic) == 8   # each volume once (the paired design would use each twice)
+
+
+def test_seeds_change_nodule_placement_and_count_not_the_negatives():
+    real, syn = _paper_real(), _paper_syn()
+    extra = [v for v in _paper_real({"test": 3}).volumes if v.role in ("erased", "clean")]
+    for v in extra:   # more test negatives than positives: balancing drops some, and never by the seed
+        v.id = "x" + v.id
+    real.volumes += extra
+    cfg = _pcfg(**{"classifier.max_nodules": 3})
+    a = build_cell_data(real, syn, 4.0, 0, SphereInjector(), cfg)
+    b = build_cell_data(real, syn, 4.0, 1, SphereInjector(), cfg)
+    for split in ("train", "test", "synthetic"):
+        da, db = getattr(a, split), getattr(b, split)
+        assert da.ids == db.ids                             # same volumes, same order
+        ka = item_kinds(da, a.roles)
+        for ua, ub, k in zip(da.unit, db.unit, ka):
+            if k in ("native", "erased", "clean"):
+                assert np.array_equal(ua, ub), (split, k)   # negatives (and native positives) untouched
+        inj = [i for i, k in enumerate(ka) if k == "injected"]
+        assert any(not np.array_equal(da.unit[i], db.unit[i]) for i in inj), split
+
+
+def test_paper_design_refuses_bases_without_roles():
+    from test_classifier import _bases
+
+    with pytest.raises(CTSGANError, match="design 'paper' needs"):
+        build_cell_data(_bases((2, 2, 2)), None, 4.0, 0, SphereInjector(), _pcfg())
+
+
+def test_scarce_subset_is_stratified_nested_and_seed_free():
+    train = _paper_real({"train": 10}).volumes
+    small, big = scarce_subset(train, 0.2), scarce_subset(train, 0.5)
+    assert {v.id for v in small} <= {v.id for v in big}
+    for role in ("native", "injected", "erased", "clean"):
+        assert sum(v.role == role for v in small) == 2 and sum(v.role == role for v in big) == 5
+    assert scarce_subset(train, 1.0) == train
+
+
+def test_grid_records_design_counts_and_per_kind_metrics(tmp_root):
+    cfg = _pcfg(**{"classifier.sizes": "[4.0]", "classifier.epochs": 1})
+    path = run_grid(cfg, tmp_root / "g", progress=False, real=_paper_real(), synthetic=_paper_syn(),
+                    injector=SphereInjector(), device="cpu")
+    recs = read_jsonl(path)
+    assert {r["regime"] for r in recs} == {"real", "synthetic", "pretrain_finetune"}
+    for r in recs:
+        d = r["data"]
+        assert d["design"].startswith("paper") and d["nodule_count"] == "lidc"
+        assert d["counts"]["train"] == {"native": 3, "injected": 3, "erased": 3, "clean": 3}
+        bk = r["metrics"]["by_kind"]
+        assert bk["native"]["n_positive"] == 2 and bk["injected"]["n_positive"] == 2
+        assert bk["native"]["n_negative"] == 4
+        tp = r["test_predictions"]
+        y, p, k = np.array(tp["y"]), np.array(tp["p"]), np.array(tp["kinds"])
+        sel = k != "injected"   # native vs negatives, recomputed from the stored predictions
+        assert bk["native"]["accuracy"] == pytest.approx(np.mean((p[sel] >= 0.5) == y[sel]))
+        assert r["metrics"]["accuracy"] == pytest.approx(np.mean((p >= 0.5) == y), abs=1e-6)
+
+
+def test_scarcity_runs_real_and_finetune_per_fraction(tmp_root):
+    cfg = _pcfg(**{"classifier.sizes": "[4.0]", "classifier.epochs": 1})
+    real, syn = _paper_real({"train": 4, "val": 1, "test": 1}), _paper_syn()
+    path = run_scarcity(cfg, tmp_root / "g", progress=False, real=real, synthetic=syn, injector=SphereInjector(),
+                        device="cpu", fractions=[0.25, 1.0])
+    recs = read_jsonl(path)
+    assert path.name == "scarcity.jsonl" and len(recs) == 4
+    n = {(r["regime"], r["real_fraction"]): sum(r["data"]["counts"]["train"].values()) for r in recs}
+    assert n[("real", 0.25)] == 4 and n[("real", 1.0)] == 16 and n[("pretrain_finetune", 0.25)] == 4
+    assert all(r["data"]["counts"]["test"] == recs[0]["data"]["counts"]["test"] for r in recs)  # test stays whole
+    mtime = path.stat().st_mtime_ns   # a rerun trains nothing
+    run_scarcity(cfg, tmp_root / "g", progress=False, real=real, synthetic=syn, injector=SphereInjector(),
+                 device="cpu", fractions=[0.25, 1.0])
+    assert path.stat().st_mtime_ns == mtime
+
+
+def test_real_cohort_is_read_from_the_debiased_cohort_on_disk(tmp_root):
+    """Roles come from the manifest's debias_action; an injected volume is read from its clean source scan."""
+    from ctsgan_lib.data.cohort import CohortWriter
+
+    cfg = _pcfg(**{"data.size": S})
+    real = _paper_real({"train": 1, "val": 1, "test": 1})
+    action = {"native": "none", "erased": "erased", "injected": "injected", "clean": "none"}
+    painted = {}
+    with CohortWriter(cfg.data_dir / "cohort", compress=True) as src, \
+            CohortWriter(cfg.data_dir / "debiased", compress=True) as deb:
+        for v in real.volumes:
+            label = np.where(v.lung, 3, 1).astype(np.uint8)
+            has = int(v.role in ("native", "injected"))
+            src.write(v.id, v.hu.astype(np.float32), (2.0, 2.0, 2.0), label=label, source="phantom",
+                      domain=v.domain, split=v.split, nodules=[], has_nodule=int(v.role in ("native", "erased")))
+            hu = v.hu.astype(np.float32)
+            if v.role == "injected":   # the debiased cohort holds the injected version; the design re-injects
+                hu = hu + 50.0
+                painted[v.id] = hu
+            deb.write(v.id, hu, (2.0, 2.0, 2.0), label=label, source="phantom", domain=v.domain, split=v.split,
+                      nodules=[], has_nodule=has, source_id=v.id, debias_action=action[v.role], shortfall=0)
+    got = load_real_cohort(cfg, progress=False)
+    assert {v.id: v.role for v in got.volumes} == {v.id: v.role for v in real.volumes}
+    by_id = {v.id: v for v in got.volumes}
+    for rid in painted:
+        assert np.array_equal(by_id[rid].hu, next(v.hu for v in real.volumes if v.id == rid))   # the clean scan
+    path = run_grid(cfg, progress=False, injector=SphereInjector(), device="cpu", sizes=[4.0], regimes=["real"])
+    d = read_jsonl(path)[0]["data"]
+    assert d["real_source"].endswith("debiased")
+    assert d["counts"]["val"] == {"native": 1, "injected": 1, "erased": 1, "clean": 1}
