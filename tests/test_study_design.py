@@ -200,3 +200,99 @@ def test_real_cohort_is_read_from_the_debiased_cohort_on_disk(tmp_root):
     d = read_jsonl(path)[0]["data"]
     assert d["real_source"].endswith("debiased")
     assert d["counts"]["val"] == {"native": 1, "injected": 1, "erased": 1, "clean": 1}
+
+
+# ------------------------------------------------------------------------------------------------ intervals
+def test_bootstrap_interval_on_constructed_examples():
+    from ctsgan_lib.eval.classification import paired_bootstrap_difference, roc_auc
+
+    y = np.array([0] * 10 + [1] * 10)
+    wrong, right = np.where(y == 1, 0.2, 0.8), np.where(y == 1, 0.8, 0.2)
+    # b always right, a always wrong: every resample gives +1 (accuracy and AUC alike); swapped: -1; same: 0
+    for metric in ("accuracy", "auc"):
+        r = paired_bootstrap_difference([(y, wrong, right)] * 3, metric, n_boot=300)
+        assert (r["estimate"], r["low"], r["high"]) == (1.0, 1.0, 1.0)
+        r = paired_bootstrap_difference([(y, right, wrong)], metric, n_boot=300)
+        assert (r["estimate"], r["low"], r["high"]) == (-1.0, -1.0, -1.0)
+        r = paired_bootstrap_difference([(y, right, right)], metric, n_boot=300)
+        assert (r["estimate"], r["low"], r["high"]) == (0.0, 0.0, 0.0)
+    # many scans, one seed: the percentile interval of a mean of paired differences approaches the normal one,
+    # mean ± 1.96 sd / sqrt(n) (n = 4000: the two differ by far less than the 0.005 allowed)
+    rng = np.random.default_rng(0)
+    y = np.repeat([0, 1], 2000)
+    ca, cb = rng.random(4000) < 0.60, rng.random(4000) < 0.70     # which scans each model gets right
+    pa, pb = np.where(ca == (y == 1), 0.9, 0.1), np.where(cb == (y == 1), 0.9, 0.1)
+    d = cb.astype(float) - ca
+    r = paired_bootstrap_difference([(y, pa, pb)], "accuracy", n_boot=4000, seed=1)
+    half = 1.96 * d.std(ddof=1) / np.sqrt(len(d))
+    assert r["estimate"] == pytest.approx(d.mean())
+    assert r["low"] == pytest.approx(d.mean() - half, abs=0.005) and r["high"] == pytest.approx(d.mean() + half,
+                                                                                             abs=0.005)
+    # the estimate is the mean over seeds of the per-seed difference, AUC as roc_auc computes it
+    p1, p2 = rng.random(20), rng.random(20)
+    y20 = np.array([0, 1] * 10)
+    r = paired_bootstrap_difference([(y20, p1, p2), (y20, p2, p1)], "auc", n_boot=10)
+    assert r["estimate"] == pytest.approx(0.0, abs=1e-12)
+    r = paired_bootstrap_difference([(y20, p1, p2)], "auc", n_boot=10)
+    assert r["estimate"] == pytest.approx(roc_auc(y20, p2) - roc_auc(y20, p1))
+
+
+def _records(effect_by_size: dict, n=40, seeds=(0, 1, 2)):
+    """Grid lines whose stored predictions give pretrain_finetune an accuracy edge ``effect_by_size[size]``."""
+    recs = []
+    y = np.repeat([0, 1], n // 2)
+    for size, edge in effect_by_size.items():
+        for seed in seeds:
+            rng = np.random.default_rng(seed)
+            right = np.where(y == 1, 0.9, 0.1)
+            wrong = 1 - right
+            k = int(round(edge * n))
+            real = np.where(np.arange(n) < n // 2, right, wrong) if k else right    # 50 % (or all) right
+            ft = real.copy()
+            ft[n // 2: n // 2 + k] = right[n // 2: n // 2 + k]                     # k more right
+            perm = rng.permutation(n)
+            for regime, p in (("real", real), ("pretrain_finetune", ft), ("synthetic", real)):
+                recs.append({"kind": "grid", "regime": regime, "size_vox": size, "seed": seed,
+                             "test_predictions": {"ids": [f"t{i}" for i in perm], "y": y[perm].tolist(),
+                                                  "p": p[perm].tolist(), "kinds": ["clean"] * n}})
+    return recs
+
+
+def test_effect_table_and_ordering_say_only_what_the_intervals_support():
+    from ctsgan_lib.reporting.classifier import effect_table, regime_ordering
+
+    t = effect_table(_records({4.0: 0.0, 6.0: 0.25}), n_boot=500)
+    ft = t[t.comparison == "pretrain_finetune − real"].set_index("size_vox")
+    assert ft.loc[6.0, "accuracy_diff"] == pytest.approx(0.25)
+    assert ft.loc[6.0, "accuracy_low"] > 0 and ft.loc[6.0, "supported"] == "pretrain_finetune > real"
+    assert (ft.loc[4.0, "accuracy_low"], ft.loc[4.0, "accuracy_high"]) == (0.0, 0.0)
+    assert ft.loc[4.0, "supported"] == "no difference shown" and "paired bootstrap" in ft.loc[4.0, "interval"]
+    assert set(t.n_seeds) == {3} and set(t.n_test_scans) == {40}
+    text = regime_ordering(t)
+    assert "pretrain_finetune > real at size 6" in text and "no difference shown at size 4" in text
+    assert "pretrain_finetune > real at size 4" not in text
+
+
+def test_smoke_figures_3b_3c_and_tables_carry_the_note(tmp_root):
+    import matplotlib.pyplot as plt
+    from ctsgan_lib.reporting import figures
+
+    cfg = _pcfg(**{"classifier.sizes": "[4.0]", "classifier.epochs": 1, "classifier.real_fractions": "[0.5, 1.0]"})
+    out = cfg.runs_dir / "classifier"
+    real, syn = _paper_real({"train": 2, "val": 1, "test": 1}), _paper_syn()
+    run_grid(cfg, out, progress=False, real=real, synthetic=syn, injector=SphereInjector(), device="cpu")
+    run_scarcity(cfg, out, progress=False, real=real, synthetic=syn, injector=SphereInjector(), device="cpu")
+    dest = tmp_root / "figs"
+    dest.mkdir()
+    paths = figures.fig3b_accuracy_vs_size(cfg, dest) + figures.fig3c_data_scarcity(cfg, dest)
+    plt.close("all")
+    names = {p.name for p in paths}
+    assert {"fig3b_accuracy_vs_size.png", "fig3c_data_scarcity.png", "fig3c_data_scarcity.pdf", "fig3b_effects.md",
+            "fig3b_by_kind.md", "fig3b_design.md", "fig3b_table.md", "fig3c_table.md"} <= names
+    for p in paths:
+        if p.suffix == ".md":
+            assert "NOT comparable to the paper" in p.read_text(), p.name
+    from PIL import Image
+    assert "NOT comparable" in Image.open(dest / "fig3c_data_scarcity.png").info["Description"]
+    design = (dest / "fig3b_design.csv").read_text()
+    assert "train,2,2,2,2,4,4,True" in design.replace(".0", "")
