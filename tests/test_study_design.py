@@ -296,3 +296,49 @@ def test_smoke_figures_3b_3c_and_tables_carry_the_note(tmp_root):
     assert "NOT comparable" in Image.open(dest / "fig3c_data_scarcity.png").info["Description"]
     design = (dest / "fig3b_design.csv").read_text()
     assert "train,2,2,2,2,4,4,True" in design.replace(".0", "")
+
+
+def test_synthetic_cohort_on_disk_gives_its_injected_half_regenerated_clean(tmp_root):
+    """The stored cohort's injected half is made again nodule-free by the checkpoint it records; the untouched half is
+    read from disk; the set is exactly those two halves."""
+    import torch
+    from ctsgan_lib.data.cohort import CohortWriter
+    from ctsgan_lib.experiments import load_synthetic_cohort
+    from ctsgan_lib.models.ctsgan import build_ctsgan
+    from ctsgan_lib.synthesis import GeneratorSource, plan_volumes
+    from ctsgan_lib.utils.atomic import file_sha256
+    from ctsgan_lib.utils.checkpoint import save_checkpoint
+
+    cfg = _pcfg(**{"data.size": S, "classifier.n_synthetic": 4})
+    torch.manual_seed(0)
+    gen = build_ctsgan(S, cfg.ctsgan)["generator"]
+    ck = cfg.runs_dir / "ctsgan" / "ckpt_000001.pt"
+    save_checkpoint(ck, kind="ctsgan", step=1, config=cfg.to_dict(), models={"rv": gen.rv, "gslice": gen.gslice},
+                    extra={"spacing_mm": (6.0, 6.0, 6.0)})
+    n, seed = 8, 3
+    src = GeneratorSource(ck, n, seed, 2, 0.5)
+    plans = plan_volumes(n, seed, 0.5)
+    settings = {"checkpoint_sha256": file_sha256(ck), "n": n, "seed": seed, "batch": 2, "inject_fraction": 0.5}
+    root = cfg.data_dir / "synthetic" / "ctsgan"
+    with CohortWriter(root, compress=True, settings=settings) as w:
+        for p in plans:
+            rid = f"syn-{p.index:06d}"
+            hu, _ = src.read(rid)
+            w.write(rid, hu + (300.0 if p.inject else 0.0), (6.0, 6.0, 6.0), source="ctsgan", domain="synthetic",
+                    split="train", nodules=[], has_nodule=int(p.inject))   # +300 HU marks "injected as stored"
+    got = load_synthetic_cohort(cfg, progress=False, stream=False)
+    injected = [f"syn-{p.index:06d}" for p in plans if p.inject][:2]
+    clean = [f"syn-{p.index:06d}" for p in plans if not p.inject][:2]
+    assert [(v.id, v.role) for v in got.volumes] == [(i, "injected") for i in injected] + [(i, "clean") for i in clean]
+    for v in got.volumes:
+        expect, _ = src.read(v.id)   # regenerated clean anatomy, never the stored injected version
+        assert np.array_equal(v.hu, np.rint(expect).astype(np.int16)), v.id
+    data = build_cell_data(_paper_real(), got, 4.0, 0, SphereInjector(), cfg)
+    assert data.counts()["synthetic"] == {"native": 0, "injected": 2, "erased": 0, "clean": 2}
+    streamed = load_synthetic_cohort(cfg, progress=False, stream=True)
+    assert all(v.hu is None for v in streamed.volumes) and [v.role for v in streamed.volumes] == [v.role for v in
+                                                                                                  got.volumes]
+    ck.write_bytes(b"other")   # the recorded checkpoint is gone: a one-line error naming the folder
+    from ctsgan_lib.errors import MissingInputError
+    with pytest.raises(MissingInputError, match="SHA-256"):
+        load_synthetic_cohort(cfg, progress=False)
