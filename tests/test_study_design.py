@@ -200,6 +200,7 @@ def test_real_cohort_is_read_from_the_debiased_cohort_on_disk(tmp_root):
     d = read_jsonl(path)[0]["data"]
     assert d["real_source"].endswith("debiased")
     assert d["counts"]["val"] == {"native": 1, "injected": 1, "erased": 1, "clean": 1}
+    assert d["voxel_mm"] == pytest.approx(2.0)   # the cohort's spacing, for the mm axis label (Fig B.3)
 
 
 # ------------------------------------------------------------------------------------------------ intervals

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+import numpy as np
 from tqdm.auto import tqdm
 
 from ..config import Config
@@ -51,6 +52,7 @@ class BaseSet:
     volumes: list[BaseVolume]
     origin: str                         # folder (or description) they were read from
     sources: list[str] = field(default_factory=list)
+    voxel_mm: float | None = None       # the cohort's voxel size (geometric mean of the spacing), when known
 
     def split(self, name: str) -> list[BaseVolume]:
         return [v for v in self.volumes if v.split == name]
@@ -190,7 +192,8 @@ def load_real_cohort(cfg: Config, root: str | Path | None = None, source_root: s
             v = read_base(c, rid, cfg.data.size, keep=keep)
         v.role = roles[rid]
         vols.append(v)
-    return BaseSet(vols, str(root), sorted({v.source for v in vols}))
+    spacing = [float(np.prod(sp)) ** (1 / 3) for sp in c.manifest["spacing_mm"]]
+    return BaseSet(vols, str(root), sorted({v.source for v in vols}), float(np.median(spacing)) if spacing else None)
 
 
 def _stored_cohort_settings(root: Path) -> dict:

@@ -312,6 +312,7 @@ class _GridJob:
                 "test_positives": int(data.test.labels.sum()), "design": design,
                 "counts": data.counts(), "nodule_count": data.nodule_count,
                 "size_applies_to": "injected nodules only (native nodules keep their own size)",
+                "voxel_mm": real.voxel_mm,
                 "dropped_lung_too_small": data.dropped,
                 "lung_mask_fallback": {"real": sum(v.lung_fallback for v in real.volumes),
                                        "synthetic": sum(v.lung_fallback for v in synthetic.volumes) if need_syn

@@ -266,8 +266,16 @@ def _has_tabulate() -> bool:
         return False
 
 
-def plot_fig3b(table, path_base: str | Path, title: str = "", note: str = ""):
+def voxel_mm(records: Iterable[dict]) -> float | None:
+    """The real cohort's voxel size (mm) the result lines record, when they all agree."""
+    vals = {r.get("data", {}).get("voxel_mm") for r in records}
+    return vals.pop() if len(vals) == 1 and None not in vals else None
+
+
+def plot_fig3b(table, path_base: str | Path, title: str = "", note: str = "", voxel_mm: float | None = None):
     """Accuracy vs nodule size, one line per regime, mean ± std over seeds; saved as ``<base>.png`` and ``.pdf``.
+
+    ``voxel_mm`` (the cohort's voxel size) puts the mm conversion into the axis label (Fig B.3 is in mm).
 
     Returns ``(figure, [png, pdf])``; the figure stays open so a notebook shows it (close it elsewhere).
     """
@@ -281,8 +289,9 @@ def plot_fig3b(table, path_base: str | Path, title: str = "", note: str = ""):
         ax.errorbar(t["size_vox"] + (i - 1) * dodge, t["accuracy_mean"], yerr=t["accuracy_std"], marker="o", capsize=3,
                     label=labels.get(regime, regime))
     ax.set_xticks(sizes)
-    ax.set_xlabel("injected nodule diameter (voxels at the profile's S³; native nodules keep their own size; "
-                  "lines offset slightly)", fontsize=8)
+    mm = (f"; 1 voxel ≈ {voxel_mm:.1f} mm, Fig B.3 radius = d·{voxel_mm:.1f}/2 mm" if voxel_mm else "")
+    ax.set_xlabel(f"injected nodule diameter d (voxels at the profile's S³{mm})\nnative nodules keep their own size; "
+                  f"lines offset slightly", fontsize=8)
     ax.set_ylabel("test accuracy (balanced test set)")
     ax.set_ylim(-0.02, 1.02)
     ax.axhline(0.5, color="0.6", lw=0.8, ls=":")

@@ -288,7 +288,8 @@ def fig3b_accuracy_vs_size(cfg: Config, out: Path) -> list[Path]:
     note = classifier_report.classifier_caption(records, "Fig 3b")
     table = classifier_report.grid_table(records)
     fig, paths = classifier_report.plot_fig3b(table, out / "fig3b_accuracy_vs_size",
-                               title="Fig 3b · nodule detection accuracy vs nodule size", note=note)
+                               title="Fig 3b · nodule detection accuracy vs nodule size", note=note,
+                               voxel_mm=classifier_report.voxel_mm(records))
     plt.close(fig)
     paths = list(paths)
     tables = {"fig3b_table": table, "fig3b_effects": classifier_report.effect_table(records),
