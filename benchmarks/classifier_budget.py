@@ -20,7 +20,7 @@ import time
 import torch
 
 from ctsgan_lib.config import load_profile
-from ctsgan_lib.experiments import build_cell_data, load_injector, load_real_base
+from ctsgan_lib.experiments import build_cell_data, load_bases, load_injector
 from ctsgan_lib.experiments import make_model  # the grid's own model factory (seeded init, profile's stem stride)
 from ctsgan_lib.train.classifier_loop import evaluate, train_classifier
 from ctsgan_lib.utils.hardware import hardware_info, hardware_label
@@ -40,7 +40,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     base = load_profile(args.profile)
-    real = load_real_base(base, progress=False)
+    real, _ = load_bases(base, None, None, need_syn=False, progress=False)   # by classifier.design
     injector = load_injector(base)
     for lr in args.lr:
         cfg = load_profile(args.profile, **{"classifier.lr": lr, "classifier.patience": args.epochs})
@@ -53,7 +53,8 @@ def main() -> None:
         wall = time.perf_counter() - t0
         metrics = evaluate(model, data.test, "cpu", cfg.classifier.batch)
         steps = args.epochs * -(-len(data.train) // cfg.classifier.batch)
-        rec = {"bench": "classifier_budget", "profile": args.profile, "regime": "real", "size_vox": args.size,
+        rec = {"bench": "classifier_budget", "profile": args.profile, "design": cfg.classifier.design,
+               "counts": data.counts(), "regime": "real", "size_vox": args.size,
                "seed": args.seed, "lr": lr, "epochs": args.epochs, "steps": steps, "n_train": len(data.train),
                "n_test": len(data.test), "stem_stride": cfg.classifier.stem_stride,
                "best_epoch": summary.get("best_epoch"),

@@ -38,12 +38,12 @@ from .cells import (DESIGNS, KINDS, MIN_LUNG_VOXELS, BaseSet, BaseVolume, CellDa
                     paired_dataset, real_base_root, scarce_subset)
 from .streamed import StreamedPairedDataset, should_stream
 from .grid import (REGIMES, RESULTS, SCARCITY, SCARCITY_REGIMES, cell_key, current_records, data_key, kind_metrics,
-                   make_model, run_grid, run_scarcity, scarcity_size)
+                   load_bases, make_model, run_grid, run_scarcity, scarcity_size)
 from .shortcut import SHORTCUT, run_shortcut_control, shortcut_datasets, shortcut_split
 
 __all__ = [
     "DESIGNS", "KINDS", "debias_role", "item_kinds", "kind_counts", "load_real_cohort", "load_synthetic_cohort",
-    "scarce_subset", "SCARCITY", "SCARCITY_REGIMES", "kind_metrics", "run_scarcity", "scarcity_size",
+    "scarce_subset", "load_bases", "SCARCITY", "SCARCITY_REGIMES", "kind_metrics", "run_scarcity", "scarcity_size",
     "MIN_LUNG_VOXELS", "BaseSet", "BaseVolume", "CellData", "build_cell_data", "central_mask", "cell_rng",
     "inject_volume", "injector_tag", "load_injector", "load_real_base", "load_synthetic_base", "nodule_count_fn",
     "paired_dataset", "real_base_root", "REGIMES", "RESULTS", "cell_key", "current_records", "data_key", "make_model",

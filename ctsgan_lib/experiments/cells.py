@@ -221,10 +221,10 @@ def load_synthetic_cohort(cfg: Config, root: str | Path | None = None, progress:
 
     The cell injects nodules of its own size (LIDC count, seeded places) into the injected half, so it needs that
     half's generated anatomy *before* injection: it is made again by the CT-SGAN checkpoint the cohort records
-    (``checkpoint_sha256`` in ``cohort.json``, looked up under ``runs/<P>/ctsgan``), on the CPU, on demand
-    (:class:`~ctsgan_lib.synthesis.GeneratorSource`). The untouched half is read from disk. With
-    ``classifier.synthetic_source: generator`` both halves are made by the generator. ``stream`` as in
-    :func:`load_real_base` (generated volumes are held in memory only with ``stream=False``).
+    (``checkpoint_sha256`` in ``cohort.json``, looked up under ``runs/<P>/ctsgan``;
+    :class:`~ctsgan_lib.synthesis.GeneratorSource`). The untouched half is read from disk. With
+    ``classifier.synthetic_source: generator`` both halves are made by the generator (always streamed). ``stream`` as
+    in :func:`load_real_base`: streamed, the injected half is generated again whenever an item needs it.
     """
     n_half = max(1, cfg.classifier.n_synthetic // 2)
     g = cfg.generate
@@ -250,7 +250,8 @@ def load_synthetic_cohort(cfg: Config, root: str | Path | None = None, progress:
                                     f"(its injected half is regenerated nodule-free to take the cell's nodule size)")
         n, seed, batch, frac = int(st["n"]), int(st["seed"]), int(st["batch"]), float(st["inject_fraction"])
         keep_clean = not (should_stream(cfg, 2 * n_half) if stream is None else stream)
-    src = GeneratorSource(ck, n, seed, batch, frac, "cpu")
+    # CUDA cannot be used in forked DataLoader workers: the generator runs there on the CPU, else on the default device
+    src = GeneratorSource(ck, n, seed, batch, frac, "cpu" if cfg.classifier.loader_workers > 0 else default_device())
     injected = [volume_id(p.index) for p in plan_volumes(n, seed, frac) if p.inject]
     if c is not None:   # the half the stored cohort really injected (a volume with implausible lungs was not)
         injected = [rid for rid in injected if rid in c and int(c.row(rid)["has_nodule"])][:n_half]
@@ -260,7 +261,7 @@ def load_synthetic_cohort(cfg: Config, root: str | Path | None = None, progress:
     if not injected or not clean_ids:
         raise InputFileError(clean_root or src.origin, f"the synthetic cohort needs both halves: {len(injected)} "
                                                        f"injected and {len(clean_ids)} untouched volumes")
-    keep_gen = stream is False
+    keep_gen = keep_clean   # regenerated volumes are held like stored ones (streamed: made again per item)
     bar = lambda it, d: tqdm(it, desc=d, disable=not progress, leave=False)
     vols = []
     for rid in bar(injected, "synthetic (injected half, regenerated)"):
