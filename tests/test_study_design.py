@@ -189,8 +189,10 @@ def test_real_cohort_is_read_from_the_debiased_cohort_on_disk(tmp_root):
             if v.role == "injected":   # the debiased cohort holds the injected version; the design re-injects
                 hu = hu + 50.0
                 painted[v.id] = hu
+            nods = [{"center_vox": [8, 8, 8], "diameter_mm": 6.0 + len(painted), "diameter_vox": 3.0},
+                    {"center_vox": [4, 8, 8], "diameter_mm": 30.0, "action": "erased"}] if v.role == "native" else []
             deb.write(v.id, hu, (2.0, 2.0, 2.0), label=label, source="phantom", domain=v.domain, split=v.split,
-                      nodules=[], has_nodule=has, source_id=v.id, debias_action=action[v.role], shortfall=0)
+                      nodules=nods, has_nodule=has, source_id=v.id, debias_action=action[v.role], shortfall=0)
     got = load_real_cohort(cfg, progress=False)
     assert {v.id: v.role for v in got.volumes} == {v.id: v.role for v in real.volumes}
     by_id = {v.id: v for v in got.volumes}
@@ -201,6 +203,16 @@ def test_real_cohort_is_read_from_the_debiased_cohort_on_disk(tmp_root):
     assert d["real_source"].endswith("debiased")
     assert d["counts"]["val"] == {"native": 1, "injected": 1, "erased": 1, "clean": 1}
     assert d["voxel_mm"] == pytest.approx(2.0)   # the cohort's spacing, for the mm axis label (Fig B.3)
+    # native positives carry the size of their largest kept nodule (an erased one does not count): size bins
+    assert sorted(v.native_mm for v in got.volumes if v.role == "native") == [6.0, 7.0, 8.0]
+    from ctsgan_lib.reporting.classifier import native_size_table
+    rec = read_jsonl(path)[0]
+    tp = rec["test_predictions"]
+    assert [m for m, k in zip(tp["native_mm"], tp["kinds"]) if k == "native"] == [8.0]
+    t = native_size_table([rec])
+    assert list(t["native_diameter_mm"]) == ["5–10"] and t["n_native_scans"].iloc[0] == 1
+    p_native = [p for p, k in zip(tp["p"], tp["kinds"]) if k == "native"][0]
+    assert t["detected"].iloc[0] == float(p_native >= 0.5)
 
 
 # ------------------------------------------------------------------------------------------------ intervals

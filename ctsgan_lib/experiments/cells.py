@@ -191,9 +191,19 @@ def load_real_cohort(cfg: Config, root: str | Path | None = None, source_root: s
         else:
             v = read_base(c, rid, cfg.data.size, keep=keep)
         v.role = roles[rid]
+        if v.role == NATIVE:
+            v.native_mm = _largest_nodule_mm(c.row(rid))
         vols.append(v)
     spacing = [float(np.prod(sp)) ** (1 / 3) for sp in c.manifest["spacing_mm"]]
     return BaseSet(vols, str(root), sorted({v.source for v in vols}), float(np.median(spacing)) if spacing else None)
+
+
+def _largest_nodule_mm(row: dict) -> float:
+    """Diameter (mm) of the largest nodule a scan keeps (``diameter_mm``, else ``diameter_vox`` × its spacing)."""
+    vox = float(np.prod(row["spacing_mm"])) ** (1 / 3)
+    ds = [float(n.get("diameter_mm") or float(n.get("diameter_vox", 0)) * vox) for n in (row.get("nodules") or [])
+          if n.get("action", "original") != "erased"]
+    return max(ds, default=0.0)
 
 
 def _stored_cohort_settings(root: Path) -> dict:
@@ -385,6 +395,7 @@ class CellData:
     synthetic: ClassifierDataset | StreamedPairedDataset | None
     dropped: dict[str, int] = field(default_factory=dict)   # bases whose lung cannot hold a nodule of this size
     roles: dict[str, str] = field(default_factory=dict)     # base id -> role (paper design; empty when paired)
+    native_mm: dict[str, float] = field(default_factory=dict)   # native positive id -> its largest nodule (mm)
     design: str = "paired"
     nodule_count: str = "lidc"                              # where injected counts came from (never a silent fallback)
 
@@ -447,5 +458,6 @@ def build_cell_data(real: BaseSet, synthetic: BaseSet | None, diameter_vox: floa
         check_classes(syn.labels, f"{synthetic.origin}: synthetic training set")
     dropped = {k: len(v.dropped_ids) for k, v in {**sets, "synthetic": syn}.items() if v is not None}
     roles = {v.id: v.role for v in real.volumes + (synthetic.volumes if synthetic is not None else []) if v.role}
-    return CellData(sets["train"], sets["val"], test, syn, dropped, roles, design,
+    native_mm = {v.id: v.native_mm for v in real.volumes if v.role == NATIVE}
+    return CellData(sets["train"], sets["val"], test, syn, dropped, roles, native_mm, design,
                     getattr(count_fn, "source", type(count_fn).__name__))

@@ -264,7 +264,10 @@ def score_test_split(model, data: CellData, device: str, batch: int) -> tuple[di
     kinds = item_kinds(data.test, data.roles)
     metrics = {**binary_metrics(y, p), "loss": loss, "by_kind": kind_metrics(y, p, kinds)}
     preds = {"ids": list(data.test.ids), "kinds": kinds, "y": [int(v) for v in y],
-             "p": [round(float(v), 6) for v in p]}
+             "p": [round(float(v), 6) for v in p],
+             # native positives: their largest own nodule (mm), for detection by size bin; 0 for every other scan
+             "native_mm": [round(data.native_mm.get(i.removesuffix("+nod"), 0.0), 2) if k == NATIVE else 0.0
+                           for i, k in zip(data.test.ids, kinds)]}
     return metrics, preds
 
 

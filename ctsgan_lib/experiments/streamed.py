@@ -57,6 +57,7 @@ class BaseVolume:
     root: str = ""                      # cohort folder of a streamed base (empty for loaded ones)
     maker: Any = None                   # or what makes it: ``maker.read(id) -> (hu, label)`` (synthesis.GeneratorSource)
     role: str = ""                      # paper design: NATIVE / INJECTED / ERASED / CLEAN; paired design: ""
+    native_mm: float = 0.0              # a native positive: diameter (mm) of its largest own nodule (size bins)
 
     @property
     def streamed(self) -> bool:
@@ -127,7 +128,7 @@ def materialize(base: BaseVolume, size: int, with_lung: bool = True) -> BaseVolu
         where = cohort.path(base.id)
     # the caller's split (synthetic bases only ever train) and role win
     out = make_base(base.id, hu, label, size, where, base.domain, base.split, base.source, with_lung=with_lung)
-    out.role = base.role
+    out.role, out.native_mm = base.role, base.native_mm
     return out
 
 

@@ -156,6 +156,39 @@ def by_kind_table(records: Iterable[dict]):
     return out.reset_index(drop=True)[cols]
 
 
+#: Bins (mm, lower edges) of the native nodules' diameters: below the LIDC median (7.8 mm) and above, up to 30 mm.
+NATIVE_BINS_MM = (0.0, 5.0, 10.0, 20.0, 30.0)
+
+
+def native_size_table(records: Iterable[dict], bins_mm: Sequence[float] = NATIVE_BINS_MM):
+    """Detection of native positives by the size of their largest own nodule (mm): per (regime, size, bin) the share
+    of native test positives called positive, pooled over seeds. Native sizes come from the cohort's nodule records;
+    the cell's size does not apply to them."""
+    rows = []
+    edges = list(bins_mm) + [np.inf]
+    for r in records:
+        tp = r.get("test_predictions") if r.get("kind") == "grid" else None
+        if not tp or "native_mm" not in tp:
+            continue
+        for k, d, p in zip(tp["kinds"], tp["native_mm"], tp["p"]):
+            if k != "native":
+                continue
+            i = int(np.searchsorted(edges, d, side="right")) - 1
+            lo, hi = edges[max(i, 0)], edges[max(i, 0) + 1]
+            rows.append({"regime": r["regime"], "size_vox": r["size_vox"], "seed": r["seed"],
+                         "native_diameter_mm": f"{lo:g}–{hi:g}" if np.isfinite(hi) else f"≥ {lo:g}",
+                         "bin": i, "detected": float(p >= 0.5)})
+    cols = ["regime", "size_vox", "native_diameter_mm", "n_native_scans", "n_seeds", "detected"]
+    if not rows:
+        return pd.DataFrame(columns=cols)
+    df = pd.DataFrame(rows)
+    out = df.groupby(["regime", "size_vox", "bin", "native_diameter_mm"], sort=True).agg(
+        n_native_scans=("detected", "size"), n_seeds=("seed", "nunique"), detected=("detected", "mean")).reset_index()
+    order = {r: i for i, r in enumerate(REGIMES)}
+    out = out.sort_values(["regime", "size_vox", "bin"], key=lambda c: c.map(order) if c.name == "regime" else c)
+    return out.reset_index(drop=True)[cols]
+
+
 def design_table(records: Iterable[dict]):
     """What each split held, from the result lines: per size and split (and the synthetic set) the counts of native
     and injected positives and erased and clean negatives, with whether every seed had the same counts."""

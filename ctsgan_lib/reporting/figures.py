@@ -294,6 +294,7 @@ def fig3b_accuracy_vs_size(cfg: Config, out: Path) -> list[Path]:
     paths = list(paths)
     tables = {"fig3b_table": table, "fig3b_effects": classifier_report.effect_table(records),
               "fig3b_by_kind": classifier_report.by_kind_table(records),
+              "fig3b_native_by_size": classifier_report.native_size_table(records),
               "fig3b_design": classifier_report.design_table(records)}
     for name, t in tables.items():
         paths += classifier_report.save_table(classifier_report.annotate_table(t, records), out / name, note)
