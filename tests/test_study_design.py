@@ -198,6 +198,15 @@ def test_real_cohort_is_read_from_the_debiased_cohort_on_disk(tmp_root):
     by_id = {v.id: v for v in got.volumes}
     for rid in painted:
         assert np.array_equal(by_id[rid].hu, next(v.hu for v in real.volumes if v.id == rid))   # the clean scan
+    # streamed (references, items made on demand) gives the in-memory items bit for bit, roles and sizes included
+    streamed = load_real_cohort(cfg, progress=False, stream=True)
+    assert all(v.hu is None for v in streamed.volumes)
+    a, b = (build_cell_data(r, None, 4.0, 0, SphereInjector(), cfg) for r in (got, streamed))
+    for split in ("train", "val", "test"):
+        da, db = getattr(a, split), getattr(b, split)
+        assert da.ids == db.ids and list(da.labels) == list(db.labels)
+        assert all(np.array_equal(da.unit[i], db.unit(i)) for i in range(len(da)))
+    assert a.counts() == b.counts() and a.native_mm == b.native_mm
     path = run_grid(cfg, progress=False, injector=SphereInjector(), device="cpu", sizes=[4.0], regimes=["real"])
     d = read_jsonl(path)[0]["data"]
     assert d["real_source"].endswith("debiased")
