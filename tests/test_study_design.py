@@ -342,16 +342,20 @@ def test_synthetic_cohort_on_disk_gives_its_injected_half_regenerated_clean(tmp_
     plans = plan_volumes(n, seed, 0.5)
     settings = {"checkpoint_sha256": file_sha256(ck), "n": n, "seed": seed, "batch": 2, "inject_fraction": 0.5}
     root = cfg.data_dir / "synthetic" / "ctsgan"
+    first_injected = next(p.index for p in plans if p.inject)
     with CohortWriter(root, compress=True, settings=settings) as w:
         for p in plans:
             rid = f"syn-{p.index:06d}"
             hu, _ = src.read(rid)
-            w.write(rid, hu + (300.0 if p.inject else 0.0), (6.0, 6.0, 6.0), source="ctsgan", domain="synthetic",
-                    split="train", nodules=[], has_nodule=int(p.inject))   # +300 HU marks "injected as stored"
+            # +300 HU marks "injected as stored"; the first planned one failed generate's lung check (not injected)
+            done = p.inject and p.index != first_injected
+            w.write(rid, hu + (300.0 if done else 0.0), (6.0, 6.0, 6.0), source="ctsgan", domain="synthetic",
+                    split="train", nodules=[], has_nodule=int(done))
     got = load_synthetic_cohort(cfg, progress=False, stream=False)
     injected = [f"syn-{p.index:06d}" for p in plans if p.inject][:2]
     clean = [f"syn-{p.index:06d}" for p in plans if not p.inject][:2]
     assert [(v.id, v.role) for v in got.volumes] == [(i, "injected") for i in injected] + [(i, "clean") for i in clean]
+    assert got.notes == {"stored_without_nodules": 1}   # still in the injected half, and said so
     for v in got.volumes:
         expect, _ = src.read(v.id)   # regenerated clean anatomy, never the stored injected version
         assert np.array_equal(v.hu, np.rint(expect).astype(np.int16)), v.id

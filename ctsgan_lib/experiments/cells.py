@@ -53,6 +53,7 @@ class BaseSet:
     origin: str                         # folder (or description) they were read from
     sources: list[str] = field(default_factory=list)
     voxel_mm: float | None = None       # the cohort's voxel size (geometric mean of the spacing), when known
+    notes: dict = field(default_factory=dict)   # what the result lines should say about how the set was read
 
     def split(self, name: str) -> list[BaseVolume]:
         return [v for v in self.volumes if v.split == name]
@@ -227,7 +228,7 @@ def _checkpoint_with_sha(folder: Path, sha: str) -> Path | None:
 def load_synthetic_cohort(cfg: Config, root: str | Path | None = None, progress: bool = True,
                           stream: bool | None = None) -> BaseSet:
     """The synthetic training set of the paper design: ``n_synthetic // 2`` volumes of the half that ``ctsgan
-    generate`` injected (role *injected*) and as many of the untouched half (role *clean*), first by id.
+    generate`` planned to inject (role *injected*) and as many of the untouched half (role *clean*), first by id.
 
     The cell injects nodules of its own size (LIDC count, seeded places) into the injected half, so it needs that
     half's generated anatomy *before* injection: it is made again by the CT-SGAN checkpoint the cohort records
@@ -262,12 +263,19 @@ def load_synthetic_cohort(cfg: Config, root: str | Path | None = None, progress:
         keep_clean = not (should_stream(cfg, 2 * n_half) if stream is None else stream)
     # CUDA cannot be used in forked DataLoader workers: the generator runs there on the CPU, else on the default device
     src = GeneratorSource(ck, n, seed, batch, frac, "cpu" if cfg.classifier.loader_workers > 0 else default_device())
-    injected = [volume_id(p.index) for p in plan_volumes(n, seed, frac) if p.inject]
-    if c is not None:   # the half the stored cohort really injected (a volume with implausible lungs was not)
-        injected = [rid for rid in injected if rid in c and int(c.row(rid)["has_nodule"])][:n_half]
-        clean_ids = c.ids(has_nodule=0)[:n_half]
+    plans = plan_volumes(n, seed, frac)
+    # the halves of the generate plan: a planned volume whose lungs failed generate's sanity check was stored without
+    # nodules, but it belongs to the injected half (here it gets nodules, in the central box if it has no lungs, and
+    # is counted in ``notes`` and in the lung fallback of the result line)
+    injected = [volume_id(p.index) for p in plans if p.inject]
+    clean_ids = [volume_id(p.index) for p in plans if not p.inject]
+    notes = {}
+    if c is not None:
+        injected = [rid for rid in injected if rid in c][:n_half]
+        clean_ids = [rid for rid in clean_ids if rid in c][:n_half]
+        notes["stored_without_nodules"] = sum(1 for rid in injected if not int(c.row(rid)["has_nodule"]))
     else:
-        injected, clean_ids = injected[:n_half], src.nodule_free_ids()[:n_half]
+        injected, clean_ids = injected[:n_half], clean_ids[:n_half]
     if not injected or not clean_ids:
         raise InputFileError(clean_root or src.origin, f"the synthetic cohort needs both halves: {len(injected)} "
                                                        f"injected and {len(clean_ids)} untouched volumes")
@@ -290,7 +298,7 @@ def load_synthetic_cohort(cfg: Config, root: str | Path | None = None, progress:
                                    keep=False, maker=src))
     for v in clean:
         v.role, v.split = CLEAN, "train"
-    return BaseSet(vols + clean, str(clean_root) if clean_root is not None else src.origin, ["ctsgan"])
+    return BaseSet(vols + clean, str(clean_root) if clean_root is not None else src.origin, ["ctsgan"], notes=notes)
 
 
 def load_injector(cfg: Config, device: str = "cpu"):

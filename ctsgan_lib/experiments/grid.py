@@ -309,7 +309,8 @@ class _GridJob:
                   "injected half)" if data.design == "paper" else "paired (ours: each base clean and injected)")
         info = {"real_source": real.origin, "real_sources": real.sources,
                 "synthetic_source": synthetic.origin if need_syn else None,
-                "synthetic_sources": synthetic.sources if need_syn else None, "injector": inj,
+                "synthetic_sources": synthetic.sources if need_syn else None,
+                "synthetic_notes": synthetic.notes if need_syn else None, "injector": inj,
                 "n_train": len(data.train), "n_val": len(data.val), "n_test": len(data.test),
                 "n_synthetic": len(data.synthetic) if data.synthetic is not None else 0,
                 "test_positives": int(data.test.labels.sum()), "design": design,
