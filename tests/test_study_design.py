@@ -290,6 +290,7 @@ def test_effect_table_and_ordering_say_only_what_the_intervals_support():
     assert (ft.loc[4.0, "accuracy_low"], ft.loc[4.0, "accuracy_high"]) == (0.0, 0.0)
     assert ft.loc[4.0, "supported"] == "no difference shown" and "paired bootstrap" in ft.loc[4.0, "interval"]
     assert set(t.n_seeds) == {3} and set(t.n_test_scans) == {40}
+    assert ft.loc[6.0, "auc_supported"] == "pretrain_finetune > real" and ft.loc[4.0, "auc_diff"] == 0.0
     text = regime_ordering(t)
     assert "pretrain_finetune > real at size 6" in text and "no difference shown at size 4" in text
     assert "pretrain_finetune > real at size 4" not in text

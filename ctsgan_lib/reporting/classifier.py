@@ -84,7 +84,7 @@ def effect_table(records: Iterable[dict], comparisons: Sequence[tuple[str, str]]
     AUC with a paired bootstrap interval over seeds and test scans (the ``interval`` column names the method).
 
     ``supported`` says what the accuracy interval supports: ``b > a`` (interval above 0), ``b < a`` (below 0) or
-    ``no difference shown`` (it contains 0).
+    ``no difference shown`` (it contains 0); ``auc_supported`` the same for AUC.
     """
     records = [r for r in records if r.get("kind") == "grid"]
     rows = []
@@ -98,12 +98,13 @@ def effect_table(records: Iterable[dict], comparisons: Sequence[tuple[str, str]]
             for metric in ("accuracy", "auc"):
                 r = paired_bootstrap_difference(groups, metric, n_boot, level, seed)
                 row.update({f"{metric}_diff": r["estimate"], f"{metric}_low": r["low"], f"{metric}_high": r["high"]})
-            lo, hi = row["accuracy_low"], row["accuracy_high"]
-            row["supported"] = f"{b} > {a}" if lo > 0 else f"{b} < {a}" if hi < 0 else "no difference shown"
+            for metric, col in (("accuracy", "supported"), ("auc", "auc_supported")):
+                lo, hi = row[f"{metric}_low"], row[f"{metric}_high"]
+                row[col] = f"{b} > {a}" if lo > 0 else f"{b} < {a}" if hi < 0 else "no difference shown"
             row["interval"] = f"{level:.0%} {BOOTSTRAP_METHOD}, {n_boot} resamples"
             rows.append(row)
     cols = ["comparison", "size_vox", "accuracy_diff", "accuracy_low", "accuracy_high", "auc_diff", "auc_low",
-            "auc_high", "supported", "n_seeds", "n_test_scans", "interval"]
+            "auc_high", "supported", "auc_supported", "n_seeds", "n_test_scans", "interval"]
     return pd.DataFrame(rows, columns=cols)
 
 
@@ -355,15 +356,16 @@ def plot_fig3c(table, path_base: str | Path, title: str = "", note: str = ""):
     fig, axes = plt.subplots(1, 2, figsize=(8.4, 3.8))
     labels = {"real": "real only", "pretrain_finetune": "synthetic pretrain + real fine-tune"}
     for ax, metric in zip(axes, ("accuracy", "auc")):
-        for regime in [r for r in ("real", "pretrain_finetune") if r in set(table["regime"])]:
+        for i, regime in enumerate([r for r in ("real", "pretrain_finetune") if r in set(table["regime"])]):
             t = table[table["regime"] == regime].sort_values("real_fraction")
-            ax.errorbar(100 * t["real_fraction"], t[f"{metric}_mean"], yerr=t[f"{metric}_std"], marker="o",
+            dodge = 1.0 + 0.03 * (i - 0.5)   # small x offsets (log axis) so equal lines stay visible
+            ax.errorbar(100 * t["real_fraction"] * dodge, t[f"{metric}_mean"], yerr=t[f"{metric}_std"], marker="o",
                         capsize=3, label=labels[regime])
         ax.set_xscale("log")
         fr = sorted(set(100 * table["real_fraction"]))
         ax.set_xticks(fr)
         ax.set_xticklabels([f"{f:g}" for f in fr])
-        ax.set_xlabel("real training volumes used (%)")
+        ax.set_xlabel("real training volumes used (%; lines offset slightly)")
         ax.set_ylabel(f"test {'accuracy (balanced test set)' if metric == 'accuracy' else 'AUC'}")
         ax.set_ylim(-0.02, 1.02)
         ax.axhline(0.5, color="0.6", lw=0.8, ls=":")
