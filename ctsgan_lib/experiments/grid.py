@@ -1,7 +1,10 @@
-"""Grid runner of the nodule-detection study (Fig 3b): regimes × nodule sizes × seeds, resumable, in workers.
+"""Grid runner of the nodule-detection study (Fig 3b): regimes × nodule sizes × seeds, resumable, in workers; and the
+data-scarcity runner (Fig 3c, beyond the paper: real only and pretrain + fine-tune with a share of the real training
+volumes, ``scarcity.jsonl``).
 
 Regimes ``real`` / ``synthetic`` / ``pretrain_finetune`` (see :mod:`ctsgan_lib.experiments`). One JSON line per
-finished (regime, size, seed) in ``results.jsonl`` with config, data sources, metrics and hardware; a rerun skips the
+finished (regime, size, seed) in ``results.jsonl`` with config, data sources, the design counts, metrics (overall and
+per kind of positive), the per-scan test predictions and hardware; a rerun skips the
 cells whose line is there for the same config (:func:`cell_key`) and inputs (:func:`data_key`). Independent cells run
 in parallel processes when ``classifier.workers > 1``; under ``torchrun`` the ranks split the work instead.
 """
