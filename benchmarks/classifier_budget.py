@@ -6,23 +6,28 @@ real-only regime, one size, one seed) on the same data the grid uses (``data/dem
 under ``runs/demo/nodules/injector``) and trains it with a larger step budget, recording test accuracy and AUC. It
 answers whether the grid's chance-level result is the budget or the pipeline.
 
-Needs the demo data and injector (``ctsgan reproduce --profile demo --only 01 02``).
+Needs the demo data and injector (``ctsgan reproduce --profile demo --only 01 02``). The cell is built in the profile's
+``classifier.design`` (the paper design by default: the Fig 3a cohort with native and injected positives;
+``--design paired`` for the earlier one). Each line records the per-epoch history (where learning starts), the design
+counts, and the load average while it ran: on a shared machine a wall time is a measurement under contention.
 
-    .venv/bin/python benchmarks/classifier_budget.py --size 8 --epochs 12 --lr 1e-4 1e-3 \
+    .venv/bin/python benchmarks/classifier_budget.py --size 6 8 --epochs 12 --lr 1e-4 \
         --out benchmarks/results/cpu/classifier_budget.jsonl
 """
 from __future__ import annotations
 
 import argparse
+import os
 import tempfile
 import time
 
 import torch
 
 from ctsgan_lib.config import load_profile
-from ctsgan_lib.experiments import build_cell_data, load_injector, load_real_base
+from ctsgan_lib.experiments import build_cell_data, load_bases, load_injector
 from ctsgan_lib.experiments import make_model  # the grid's own model factory (seeded init, profile's stem stride)
-from ctsgan_lib.train.classifier_loop import evaluate, train_classifier
+from ctsgan_lib.experiments.grid import score_test_split   # test metrics overall and per kind of positive
+from ctsgan_lib.train.classifier_loop import train_classifier
 from ctsgan_lib.utils.hardware import hardware_info, hardware_label
 from ctsgan_lib.utils.logs import append_jsonl
 
@@ -30,7 +35,9 @@ from ctsgan_lib.utils.logs import append_jsonl
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--profile", default="demo")
-    ap.add_argument("--size", type=float, default=8.0, help="nodule diameter in voxels (one of the grid's sizes)")
+    ap.add_argument("--size", type=float, nargs="+", default=[8.0],
+                    help="nodule diameter(s) in voxels (the grid's sizes; the larger ones first learn)")
+    ap.add_argument("--design", choices=("paper", "paired"), default=None, help="default: the profile's")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--epochs", type=int, default=12)
     ap.add_argument("--lr", type=float, nargs="+", default=[1e-4, 1e-3])
@@ -39,21 +46,23 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
-    base = load_profile(args.profile)
-    real = load_real_base(base, progress=False)
+    over = {"classifier.design": args.design} if args.design else {}
+    base = load_profile(args.profile, **over)
+    real, _ = load_bases(base, None, None, need_syn=False, progress=False)   # by classifier.design
     injector = load_injector(base)
-    for lr in args.lr:
-        cfg = load_profile(args.profile, **{"classifier.lr": lr, "classifier.patience": args.epochs})
-        data = build_cell_data(real, None, args.size, args.seed, injector, cfg)
+    for size, lr in [(d, lr) for d in args.size for lr in args.lr]:
+        cfg = load_profile(args.profile, **over, **{"classifier.lr": lr, "classifier.patience": args.epochs})
+        data = build_cell_data(real, None, size, args.seed, injector, cfg)
         model = make_model(cfg, args.seed)
         t0 = time.perf_counter()
         with tempfile.TemporaryDirectory() as tmp:
             summary = train_classifier(model, data.train, data.val, cfg, tmp, args.seed, args.epochs,
                                        progress=False, desc=f"lr={lr:g}")
         wall = time.perf_counter() - t0
-        metrics = evaluate(model, data.test, "cpu", cfg.classifier.batch)
+        metrics, _ = score_test_split(model, data, "cpu", cfg.classifier.batch)
         steps = args.epochs * -(-len(data.train) // cfg.classifier.batch)
-        rec = {"bench": "classifier_budget", "profile": args.profile, "regime": "real", "size_vox": args.size,
+        rec = {"bench": "classifier_budget", "profile": args.profile, "design": cfg.classifier.design,
+               "counts": data.counts(), "regime": "real", "size_vox": size,
                "seed": args.seed, "lr": lr, "epochs": args.epochs, "steps": steps, "n_train": len(data.train),
                "n_test": len(data.test), "stem_stride": cfg.classifier.stem_stride,
                "best_epoch": summary.get("best_epoch"),
@@ -61,9 +70,10 @@ def main() -> None:
                            for h in summary.get("history", [])],
                "test": {k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()},
                "wall_s": round(wall, 1), "s_per_volume_pass": round(wall / (args.epochs * len(data.train)), 4),
-               "threads": args.threads, "hardware": hardware_label(), "hardware_info": hardware_info()}
+               "threads": args.threads, "load_avg_1min_at_end": round(os.getloadavg()[0], 2),
+               "hardware": hardware_label(), "hardware_info": hardware_info()}
         append_jsonl(args.out, rec)
-        print(f"lr {lr:g}: {steps} steps, test accuracy {metrics['accuracy']:.3f}, AUC {metrics['auc']:.3f}, "
+        print(f"size {size:g}, lr {lr:g}: {steps} steps, test accuracy {metrics['accuracy']:.3f}, AUC {metrics['auc']:.3f}, "
               f"train loss {[h['train_loss'] for h in summary['history']]} ({wall:.0f} s)")
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from ctsgan_lib.config import load_profile
-from ctsgan_lib.experiments import load_injector, load_real_base, load_synthetic_base, run_grid
+from ctsgan_lib.experiments import load_bases, load_injector, run_grid
 from ctsgan_lib.utils.hardware import hardware_info, hardware_label
 from ctsgan_lib.utils.logs import append_jsonl, read_jsonl
 
@@ -39,7 +39,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     base = load_profile(args.profile)
-    real, synthetic = load_real_base(base, progress=False), load_synthetic_base(base, progress=False)
+    real, synthetic = load_bases(base, None, None, need_syn=True, progress=False)   # by classifier.design
     injector = load_injector(base)
     metrics = {}
     for workers in (1, args.workers):

@@ -198,6 +198,11 @@ class ClassifierConfig:
     stream_threshold_gib: float = 8.0   # a base set whose in-memory cell data would exceed this is streamed from disk
                                         # (items made on demand; 0 = always stream); the results are the same
     loader_workers: int = 0             # DataLoader worker processes that make streamed items (0 = in the trainer)
+    design: str = "paper"               # paper: Fig 3a cohort (native + injected positives, erased + clean negatives) and
+                                        # the generated cohort's injected half; paired: ours (each nodule-free base
+                                        # clean and injected; docs/classifier.md)
+    real_fractions: list[float] = field(default_factory=lambda: [0.1, 0.25, 0.5, 1.0])   # Fig 3c (beyond the paper)
+    scarcity_size: float = 0.0          # Fig 3c nodule size (voxels); 0 = the largest of ``sizes``
     synthetic_source: str = "disk"      # synthetic bases from the stored cohort (disk) or made by the CT-SGAN on demand
                                         # (generator: nothing stored; not in the paper; docs/scale.md)
 
@@ -426,6 +431,7 @@ _CHOICES = {
     "classifier.regimes": ("real", "synthetic", "pretrain_finetune"), "ctsgan.rv_init": ("random", "learned"),
     "fidelity.offline_extractor": ("domain", "inception-fallback"), "nodules.injector": ("learned", "sphere"),
     "nodules.paste": ("centre", "local"), "classifier.synthetic_source": ("disk", "generator"),
+    "classifier.design": ("paper", "paired"),
 }
 #: (low, high, low_inclusive, high_inclusive) for float fields (and every element of float lists).
 _FLOAT_RANGES = {
@@ -434,6 +440,7 @@ _FLOAT_RANGES = {
     "fidelity.privacy_percentile": (0.0, 100.0, False, True), "classifier.dropout": (0.0, 1.0, True, False),
     "bench.max_gib": (0.0, math.inf, True, False), "data.lidc_min_nodule_mm": (0.0, math.inf, True, False),
     "classifier.stream_threshold_gib": (0.0, math.inf, True, False),
+    "classifier.real_fractions": (0.0, 1.0, False, True), "classifier.scarcity_size": (0.0, math.inf, True, False),
 }
 _POSITIVE_FLOATS = ("lr", "lr_g", "lr_d", "diameters_vox", "sizes")
 _NONNEG_FLOATS = ("l1_inside", "l1_outside", "gp_weight", "feather_vox")

@@ -1,4 +1,5 @@
-"""``ctsgan classify``: the Fig 3b nodule-detection grid and the device-shortcut control (notebook 06)."""
+"""``ctsgan classify``: the Fig 3b nodule-detection grid, the Fig 3c data-scarcity curve and the device-shortcut control
+(notebook 06)."""
 from __future__ import annotations
 
 import argparse
@@ -9,10 +10,12 @@ from .common import add_device_arg, add_profile_args, add_progress_arg, config_f
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("classify", help="3D-SqueezeNet nodule detection grid (Fig 3b) and shortcut control",
                        description="Train 3D-SqueezeNet in three regimes (real, synthetic, pretrain_finetune) for "
-                                   "every nodule size and seed of the profile, then the device-shortcut control. "
+                                   "every nodule size and seed of the profile, then the data-scarcity curve (Fig 3c, "
+                                   "beyond the paper) and the device-shortcut control. "
                                    "Resumable: finished cells in runs/<profile>/classifier/*.jsonl are skipped.")
     add_profile_args(p)
     p.add_argument("--no-grid", action="store_true", help="skip the Fig 3b grid")
+    p.add_argument("--no-scarcity", action="store_true", help="skip the data-scarcity curve (Fig 3c)")
     p.add_argument("--no-shortcut", action="store_true", help="skip the device-shortcut control")
     add_device_arg(p)
     add_progress_arg(p)
@@ -32,8 +35,11 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace, cfg, progress: bool, main: bool) -> int:
-    from ..experiments import current_records, run_grid, run_shortcut_control
-    from ..reporting.classifier import classifier_caption as caption, grid_table, regime_ordering, shortcut_table
+    from ..experiments import current_records, run_grid, run_scarcity, run_shortcut_control
+    from ..reporting.classifier import (classifier_caption as caption, effect_table, grid_table, regime_ordering,
+                                        scarcity_table, shortcut_table)
+
+    fmt = lambda v: f"{v:.3f}"
 
     if not args.no_grid:
         path = run_grid(cfg, progress=progress, device=args.device)
@@ -41,14 +47,25 @@ def _run(args: argparse.Namespace, cfg, progress: bool, main: bool) -> int:
             recs = current_records(cfg, path, "grid")
             table = grid_table(recs)
             print(caption(recs, "Fig 3b"))
-            print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
-            print(f"regime ordering (mean accuracy over sizes, as found): {regime_ordering(table)}")
+            print(table.to_string(index=False, float_format=fmt))
+            effects = effect_table(recs)
+            print(effects.drop(columns="interval").to_string(index=False, float_format=fmt))
+            if len(effects):
+                print(f"intervals: {effects['interval'].iloc[0]}")
+            print(f"what the intervals support (accuracy): {regime_ordering(effects)}")
+            print(f"results: {path}")
+    if not args.no_scarcity:
+        path = run_scarcity(cfg, progress=progress, device=args.device)
+        if main:
+            recs = current_records(cfg, path, "scarcity")
+            print(caption(recs, "Fig 3c (beyond the paper)"))
+            print(scarcity_table(recs).to_string(index=False, float_format=fmt))
             print(f"results: {path}")
     if not args.no_shortcut:
         path = run_shortcut_control(cfg, progress=progress, device=args.device)
         if main:
             recs = current_records(cfg, path, "shortcut")
             print(caption(recs, "shortcut control"))
-            print(shortcut_table(recs).to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+            print(shortcut_table(recs).to_string(index=False, float_format=fmt))
             print(f"results: {path}")
     return 0

@@ -1,20 +1,25 @@
 """Stage 06, nodule-detection experiments: the Fig 3b grid (paper §3, §4.2) and the device-shortcut control (beyond the paper).
 
 **Grid.** Regimes ``real`` / ``synthetic`` / ``pretrain_finetune`` × nodule sizes (``cfg.classifier.sizes``, diameters
-in voxels at S³) × seeds. For every (size, seed) the datasets are built from *nodule-free base volumes* and the
-trained nodule injector, so the size of a cell controls the injected size in the real and in the synthetic data alike:
+in voxels at S³ of the *injected* nodules) × seeds. ``classifier.design`` says what a cell holds:
 
-- real: the nodule-free volumes of the debiased cohort (``data/<P>/debiased``; the prepared ``cohort`` when there is
-  no debiased one), per split;
-- synthetic: the nodule-free volumes of ``data/<P>/synthetic/ctsgan`` (at most ``n_synthetic / 2`` of them).
+- ``paper`` (default; paper §3.1, Fig 3a, §4.2): the real train/val/test splits are the debiased cohort's own, each
+  volume once: native positives (lidc-like scans that keep their real nodules), injected positives (the nlst-like
+  half, injected here with nodules of the cell's size), erased negatives and clean negatives; the test split is
+  balanced. The synthetic training set is the generated cohort (``n_synthetic`` volumes): the half ``ctsgan
+  generate`` injected gets nodules of the cell's size, the other half stays clean. Every result line records the four
+  counts per split and the test metrics of native and of injected positives separately.
+- ``paired`` (ours, the earlier design): only nodule-free volumes, each twice, clean (label 0) and injected (label 1),
+  so nothing but the injected nodule separates the classes; it measures whether a detector finds the injector's own
+  nodules.
 
-Each base volume appears twice, once as it is (label 0) and once with nodules of the cell's size injected (label 1).
-This *paired* design keeps every split exactly balanced (the paper reports accuracy on a balanced test set), gives
-900/150/150 volumes from 450/75/75 bases at paper scale, and means that nothing but the nodule separates the classes
-(domain, patient and erasure traces appear on both sides). The number of nodules in a positive volume is drawn from the
-LIDC per-scan distribution (capped at ``max_nodules``); the seed sets it, the nodule locations and the classifier's
-initialisation (paper §4.2). Validation and test are always the real val/test splits. ``pretrain_finetune`` starts
-from the model the ``synthetic`` regime selected (same seed, same data: pretraining is that run) and fine-tunes on real.
+The number of injected nodules in a positive volume is drawn from the LIDC per-scan distribution (capped at
+``max_nodules``); the seed sets it, the nodule locations and the classifier's initialisation (paper §4.2), never the
+negatives. Validation and test are always real. ``pretrain_finetune`` starts from the model the ``synthetic`` regime
+selected (same seed, same data: pretraining is that run) and fine-tunes on real.
+
+**Data scarcity (Fig 3c, beyond the paper).** ``real`` and ``pretrain_finetune`` at one size with a share
+(``classifier.real_fractions``) of the real training volumes, per kind (:func:`run_scarcity`, ``scarcity.jsonl``).
 
 **Shortcut control.** The same classifier trained on a *biased* cohort (nodules only in lidc-like volumes) and on a
 *debiased* one (half of each domain carries nodules), both evaluated on a *domain-swapped* test set (nodules only in
@@ -27,14 +32,18 @@ skips finished cells. Modules, lowest first: :mod:`~.streamed` (one item made on
 memory flat at paper scale), :mod:`~.cells` (base volumes, cell datasets), :mod:`~.grid` (the grid
 runner), :mod:`~.shortcut` (the control). Tables, captions and plots of the records: :mod:`ctsgan_lib.reporting.classifier`.
 """
-from .cells import (MIN_LUNG_VOXELS, BaseSet, BaseVolume, CellData, build_cell_data, central_mask, cell_rng,
-                    inject_volume, injector_tag, load_injector, load_real_base, load_synthetic_base, nodule_count_fn,
-                    paired_dataset, real_base_root)
+from .cells import (DESIGNS, KINDS, MIN_LUNG_VOXELS, BaseSet, BaseVolume, CellData, build_cell_data, central_mask,
+                    cell_rng, debias_role, inject_volume, injector_tag, item_kinds, kind_counts, load_injector,
+                    load_real_base, load_real_cohort, load_synthetic_base, load_synthetic_cohort, nodule_count_fn,
+                    paired_dataset, real_base_root, scarce_subset)
 from .streamed import StreamedPairedDataset, should_stream
-from .grid import REGIMES, RESULTS, cell_key, current_records, data_key, make_model, run_grid
+from .grid import (REGIMES, RESULTS, SCARCITY, SCARCITY_REGIMES, cell_key, current_records, data_key, kind_metrics,
+                   load_bases, make_model, run_grid, run_scarcity, scarcity_size)
 from .shortcut import SHORTCUT, run_shortcut_control, shortcut_datasets, shortcut_split
 
 __all__ = [
+    "DESIGNS", "KINDS", "debias_role", "item_kinds", "kind_counts", "load_real_cohort", "load_synthetic_cohort",
+    "scarce_subset", "load_bases", "SCARCITY", "SCARCITY_REGIMES", "kind_metrics", "run_scarcity", "scarcity_size",
     "MIN_LUNG_VOXELS", "BaseSet", "BaseVolume", "CellData", "build_cell_data", "central_mask", "cell_rng",
     "inject_volume", "injector_tag", "load_injector", "load_real_base", "load_synthetic_base", "nodule_count_fn",
     "paired_dataset", "real_base_root", "REGIMES", "RESULTS", "cell_key", "current_records", "data_key", "make_model",

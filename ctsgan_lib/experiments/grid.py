@@ -1,7 +1,10 @@
-"""Grid runner of the nodule-detection study (Fig 3b): regimes × nodule sizes × seeds, resumable, in workers.
+"""Grid runner of the nodule-detection study (Fig 3b): regimes × nodule sizes × seeds, resumable, in workers; and the
+data-scarcity runner (Fig 3c, beyond the paper: real only and pretrain + fine-tune with a share of the real training
+volumes, ``scarcity.jsonl``).
 
 Regimes ``real`` / ``synthetic`` / ``pretrain_finetune`` (see :mod:`ctsgan_lib.experiments`). One JSON line per
-finished (regime, size, seed) in ``results.jsonl`` with config, data sources, metrics and hardware; a rerun skips the
+finished (regime, size, seed) in ``results.jsonl`` with config, data sources, the design counts, metrics (overall and
+per kind of positive), the per-scan test predictions and hardware; a rerun skips the
 cells whose line is there for the same config (:func:`cell_key`) and inputs (:func:`data_key`). Independent cells run
 in parallel processes when ``classifier.workers > 1``; under ``torchrun`` the ranks split the work instead.
 """
@@ -18,6 +21,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
@@ -25,23 +29,29 @@ from tqdm.auto import tqdm
 from ..config import Config
 from ..errors import CTSGANError
 from ..models.squeezenet3d import SqueezeNet3D
-from ..train.classifier_loop import evaluate, train_classifier
+from ..eval.classification import binary_metrics
+from ..train.classifier_loop import predict, train_classifier
 from ..utils.atomic import file_sha256
 from ..utils.checkpoint import latest_checkpoint
 from ..utils.hardware import default_device, git_commit, hardware_info, hardware_label
 from ..utils.logs import append_jsonl, read_jsonl
-from .cells import (BaseSet, build_cell_data, injector_tag, load_injector, load_real_base, load_synthetic_base,
-                    real_base_root)
+from .cells import (BaseSet, CellData, build_cell_data, injector_tag, item_kinds, load_injector, load_real_base,
+                    load_real_cohort, load_synthetic_base, load_synthetic_cohort, real_base_root)
+from .streamed import ERASED, CLEAN, INJECTED, NATIVE
 
 REGIMES = ("real", "synthetic", "pretrain_finetune")
 RESULTS = "results.jsonl"
+SCARCITY = "scarcity.jsonl"
+SCARCITY_REGIMES = ("real", "pretrain_finetune")
 
 
 def cell_key(cfg: Config) -> str:
     """Hash of every setting that changes a cell's result other than (regime, size, seed)."""
     c = dataclasses.asdict(cfg.classifier)
     # the data path (in memory or streamed, and in how many loader workers) gives the same items: not part of the key
-    for k in ("sizes", "seeds", "regimes", "stream_threshold_gib", "loader_workers"):
+    # nor do the Fig 3c settings (its lines carry their own size and real fraction)
+    for k in ("sizes", "seeds", "regimes", "stream_threshold_gib", "loader_workers", "real_fractions",
+              "scarcity_size"):
         c.pop(k, None)
     blob = json.dumps({"classifier": c, "size": cfg.data.size, "hu": [cfg.data.hu_min, cfg.data.hu_max],
                        "profile": cfg.profile}, sort_keys=True, default=list)
@@ -87,7 +97,8 @@ def data_key(cfg: Config, real: BaseSet | None, synthetic: BaseSet | None, injec
 
 
 def row_key(r: dict) -> tuple:
-    return (r.get("regime") or r.get("train_cohort"), float(r["size_vox"]), int(r["seed"]))
+    key = (r.get("regime") or r.get("train_cohort"), float(r["size_vox"]), int(r["seed"]))
+    return key + (float(r["real_fraction"]),) if "real_fraction" in r else key   # Fig 3c lines
 
 
 def done_keys(path: Path, kind: str, key: str, dkey: str) -> set[tuple]:
@@ -114,6 +125,17 @@ def make_record(cfg: Config, kind: str, key: str, device: str, **fields: Any) ->
             "finished": datetime.now(timezone.utc).isoformat(timespec="seconds")}
 
 
+def load_bases(cfg: Config, real: BaseSet | None, synthetic: BaseSet | None, need_syn: bool, progress: bool
+               ) -> tuple[BaseSet, BaseSet | None]:
+    """The real and (``need_syn``) synthetic bases of ``cfg.classifier.design``, unless given."""
+    paper = cfg.classifier.design == "paper"
+    if real is None:
+        real = load_real_cohort(cfg, progress=progress) if paper else load_real_base(cfg, progress=progress)
+    if need_syn and synthetic is None:
+        synthetic = (load_synthetic_cohort if paper else load_synthetic_base)(cfg, progress=progress)
+    return real, synthetic if need_syn else None
+
+
 def run_grid(cfg: Config, out: str | Path | None = None, progress: bool = True, *, real: BaseSet | None = None,
              synthetic: BaseSet | None = None, injector=None, device: str | None = None,
              sizes: Sequence[float] | None = None, seeds: Sequence[int] | None = None,
@@ -128,7 +150,9 @@ def run_grid(cfg: Config, out: str | Path | None = None, progress: bool = True, 
     progress : bool
         tqdm bars.
     real, synthetic : BaseSet, optional
-        Nodule-free bases; default read from ``data/<P>/debiased`` (or ``cohort``) and ``data/<P>/synthetic/ctsgan``.
+        Default: read by ``classifier.design`` (paper: :func:`~.cells.load_real_cohort` and
+        :func:`~.cells.load_synthetic_cohort`; paired: the nodule-free bases of ``data/<P>/debiased`` (or
+        ``cohort``) and ``data/<P>/synthetic/ctsgan``).
     injector : object with ``inject(hu, diameters_vox, rng, lung=None) -> (hu, nodules)``, optional
         Default: the newest checkpoint under ``runs/<P>/nodules/injector``.
     device : str, optional
@@ -141,32 +165,61 @@ def run_grid(cfg: Config, out: str | Path | None = None, progress: bool = True, 
         ``results.jsonl``.
     """
     ccfg = cfg.classifier
-    out = Path(out) if out is not None else cfg.runs_dir / "classifier"
-    out.mkdir(parents=True, exist_ok=True)
-    device = device or default_device()
     sizes = [float(s) for s in (sizes if sizes is not None else ccfg.sizes)]
-    seeds = [int(s) for s in (seeds if seeds is not None else ccfg.seeds)]
     regimes = list(regimes if regimes is not None else ccfg.regimes)
     bad = [r for r in regimes if r not in REGIMES]
     if bad:
         raise CTSGANError(f"classifier.regimes: unknown regime(s) {bad}; choose from {', '.join(REGIMES)}")
+    return _run(cfg, out, progress, real, synthetic, injector, device, sizes, seeds, regimes, "grid", RESULTS, 1.0)
+
+
+def scarcity_size(cfg: Config) -> float:
+    """The Fig 3c nodule size: ``classifier.scarcity_size``, or the largest grid size when it is 0."""
+    return float(cfg.classifier.scarcity_size or max(cfg.classifier.sizes))
+
+
+def run_scarcity(cfg: Config, out: str | Path | None = None, progress: bool = True, *, real: BaseSet | None = None,
+                 synthetic: BaseSet | None = None, injector=None, device: str | None = None,
+                 fractions: Sequence[float] | None = None, size: float | None = None,
+                 seeds: Sequence[int] | None = None) -> Path:
+    """Data-scarcity curve (Fig 3c, beyond the paper): real-only vs pretrain + fine-tune at one size, over the grid's
+    seeds, with ``fractions`` (default ``classifier.real_fractions``) of the real training volumes
+    (:func:`~.cells.scarce_subset`); validation and test stay whole. One line per (regime, fraction, seed) in
+    ``<out>/scarcity.jsonl``; the pretraining is the grid's ``synthetic`` cell (reused when it has finished).
+    """
+    fractions = [float(f) for f in (fractions if fractions is not None else cfg.classifier.real_fractions)]
+    size = float(size) if size is not None else scarcity_size(cfg)
+    path = None
+    for f in fractions:
+        path = _run(cfg, out, progress, real, synthetic, injector, device, [size], seeds, list(SCARCITY_REGIMES),
+                    "scarcity", SCARCITY, f)
+    return path
+
+
+def _run(cfg: Config, out, progress: bool, real, synthetic, injector, device, sizes: list, seeds, regimes: list,
+         kind: str, file: str, fraction: float) -> Path:
+    ccfg = cfg.classifier
+    out = Path(out) if out is not None else cfg.runs_dir / "classifier"
+    out.mkdir(parents=True, exist_ok=True)
+    device = device or default_device()
+    seeds = [int(s) for s in (seeds if seeds is not None else ccfg.seeds)]
     key = cell_key(cfg)
-    results = out / RESULTS
+    results = out / file
     need_syn = any(r in ("synthetic", "pretrain_finetune") for r in regimes)
     dkey = data_key(cfg, real, synthetic, injector, need_syn)
-    done = done_keys(results, "grid", key, dkey)
-    todo = [(d, s) for d in sizes for s in seeds if any((r, d, s) not in done for r in regimes)]
+    done = done_keys(results, kind, key, dkey)
+    job_tag = (lambda r, d, s: (r, d, s, fraction)) if kind == "scarcity" else (lambda r, d, s: (r, d, s))
+    todo = [(d, s) for d in sizes for s in seeds if any(job_tag(r, d, s) not in done for r in regimes)]
     if not todo:
         return results
-    real = real if real is not None else load_real_base(cfg, progress=progress)
-    if need_syn and synthetic is None:
-        synthetic = load_synthetic_base(cfg, progress=progress)
+    real, synthetic = load_bases(cfg, real, synthetic, need_syn, progress)
     injector = injector if injector is not None else load_injector(cfg)
-    job = _GridJob(cfg, regimes, real, synthetic if need_syn else None, injector, out, key, dkey, device)
+    job = _GridJob(cfg, regimes, real, synthetic, injector, out, key, dkey, device, kind, fraction)
     workers = max(1, min(int(getattr(ccfg, "workers", 1)), len(todo)))
     if distributed_run():
         workers = 1  # under torchrun the ranks already split the work
-    bar = tqdm(total=len(todo), desc="classifier grid", disable=not progress)
+    bar = tqdm(total=len(todo), desc=f"classifier {kind}" + (f" {fraction:g}" if kind == "scarcity" else ""),
+               disable=not progress)
     if workers == 1:
         emit = (lambda rec: append_jsonl(results, rec)) if is_main() else (lambda rec: None)
         for d, seed in todo:
@@ -187,6 +240,40 @@ def run_grid(cfg: Config, out: str | Path | None = None, progress: bool = True, 
     return results
 
 
+def kind_metrics(y, p, kinds: Sequence[str]) -> dict[str, dict | None]:
+    """Test metrics of native positives and of injected positives, each against all negatives (erased and clean).
+
+    ``None`` for a kind the test set does not hold. ``detected`` is the share of that kind's positives called
+    positive (sensitivity), ``accuracy`` and ``auc`` are on that kind's positives plus every negative.
+    """
+    y, p, kinds = np.asarray(y), np.asarray(p), np.asarray(kinds)
+    neg = np.isin(kinds, (ERASED, CLEAN))
+    out: dict[str, dict | None] = {}
+    for kind in (NATIVE, INJECTED):
+        pos = kinds == kind
+        if not pos.any() or not neg.any():
+            out[kind] = None
+            continue
+        m = binary_metrics(y[pos | neg], p[pos | neg])
+        out[kind] = {"accuracy": m["accuracy"], "balanced_accuracy": m["balanced_accuracy"], "auc": m["auc"],
+                     "detected": m["sensitivity"], "n_positive": int(pos.sum()), "n_negative": int(neg.sum())}
+    return out
+
+
+def score_test_split(model, data: CellData, device: str, batch: int) -> tuple[dict, dict]:
+    """Metrics on the (balanced) test split, overall and per positive kind, and the per-scan predictions (ids,
+    kinds, labels, probabilities) that the paired bootstrap of the report resamples."""
+    p, y, loss = predict(model, data.test, device, batch)
+    kinds = item_kinds(data.test, data.roles)
+    metrics = {**binary_metrics(y, p), "loss": loss, "by_kind": kind_metrics(y, p, kinds)}
+    preds = {"ids": list(data.test.ids), "kinds": kinds, "y": [int(v) for v in y],
+             "p": [round(float(v), 6) for v in p],
+             # native positives: their largest own nodule (mm), for detection by size bin; 0 for every other scan
+             "native_mm": [round(data.native_mm.get(i.removesuffix("+nod"), 0.0), 2) if k == NATIVE else 0.0
+                           for i, k in zip(data.test.ids, kinds)]}
+    return metrics, preds
+
+
 @dataclass
 class _GridJob:
     """Everything one (size, seed) cell of the grid needs; pickled once into each worker process."""
@@ -200,6 +287,11 @@ class _GridJob:
     key: str
     dkey: str
     device: str
+    kind: str = "grid"
+    fraction: float = 1.0                 # share of the real training volumes (Fig 3c; 1 in the grid)
+
+    def tag(self, regime: str, d: float, seed: int) -> tuple:
+        return (regime, d, seed, self.fraction) if self.kind == "scarcity" else (regime, d, seed)
 
     def run_cell(self, d: float, seed: int, done: set, progress: bool,
                  emit: Callable[[dict], None] | None = None) -> list[dict]:
@@ -210,28 +302,38 @@ class _GridJob:
         # checkpoint folders carry config and data keys: a config or data change never reuses old weights
         key, dkey, ckey = self.key, self.dkey, f"{self.key}-{self.dkey}"
         need_syn, inj = synthetic is not None, injector_tag(injector)
+        scarce = self.kind == "scarcity"
+        sub = f"_f{self.fraction:g}" if scarce else ""   # Fig 3c cells train in their own folders
         records: list[dict] = []
         t_data = time.perf_counter()
-        data = build_cell_data(real, synthetic if need_syn else None, d, seed, injector, cfg)
+        data = build_cell_data(real, synthetic if need_syn else None, d, seed, injector, cfg, self.fraction)
         t_data = time.perf_counter() - t_data
+        design = ("paper (Fig 3a cohort: native + injected positives, erased + clean negatives; synthetic: the "
+                  "injected half)" if data.design == "paper" else "paired (ours: each base clean and injected)")
         info = {"real_source": real.origin, "real_sources": real.sources,
                 "synthetic_source": synthetic.origin if need_syn else None,
-                "synthetic_sources": synthetic.sources if need_syn else None, "injector": inj,
+                "synthetic_sources": synthetic.sources if need_syn else None,
+                "synthetic_notes": synthetic.notes if need_syn else None, "injector": inj,
                 "n_train": len(data.train), "n_val": len(data.val), "n_test": len(data.test),
                 "n_synthetic": len(data.synthetic) if data.synthetic is not None else 0,
-                "test_positives": int(data.test.labels.sum()), "design": "paired (each base clean and injected)",
+                "test_positives": int(data.test.labels.sum()), "design": design,
+                "counts": data.counts(), "nodule_count": data.nodule_count,
+                "size_applies_to": "injected nodules only (native nodules keep their own size)",
+                "voxel_mm": real.voxel_mm,
                 "dropped_lung_too_small": data.dropped,
                 "lung_mask_fallback": {"real": sum(v.lung_fallback for v in real.volumes),
                                        "synthetic": sum(v.lung_fallback for v in synthetic.volumes) if need_syn
                                        else 0},
                 "build_s": round(t_data, 2)}
+        extra = {"real_fraction": self.fraction} if scarce else {}
         pretrained = None
         for regime in regimes:
-            if (regime, d, seed) in done:
+            if self.tag(regime, d, seed) in done:
                 continue
             t0 = time.perf_counter()
             if regime in ("synthetic", "pretrain_finetune") and pretrained is None:
                 # the synthetic regime *is* the pretraining run; resume=True reuses its final.pt when it exists
+                # (Fig 3c reuses the grid's: the synthetic data do not depend on the real fraction)
                 syn_model = make_model(cfg, seed)
                 pre = train_classifier(syn_model, data.synthetic, data.val, cfg,
                                        cell_dir(out, ckey, "synthetic", d, seed), seed, ccfg.epochs, device=device,
@@ -241,23 +343,23 @@ class _GridJob:
                 model, summary = pretrained[0], pretrained[1]
             elif regime == "real":
                 model = make_model(cfg, seed)
-                summary = train_classifier(model, data.train, data.val, cfg, cell_dir(out, ckey, "real", d, seed),
-                                           seed, ccfg.epochs, device=device, progress=progress,
-                                           desc=f"real d={d:g} s={seed}")
+                summary = train_classifier(model, data.train, data.val, cfg,
+                                           cell_dir(out, ckey, "real" + sub, d, seed), seed, ccfg.epochs,
+                                           device=device, progress=progress, desc=f"real{sub} d={d:g} s={seed}")
             else:
                 model = make_model(cfg, seed)
                 summary = train_classifier(model, data.train, data.val, cfg,
-                                           cell_dir(out, ckey, "pretrain_finetune", d, seed), seed,
+                                           cell_dir(out, ckey, "pretrain_finetune" + sub, d, seed), seed,
                                            ccfg.finetune_epochs, device=device, init_state=pretrained[2],
-                                           progress=progress, desc=f"finetune d={d:g} s={seed}")
-            metrics = evaluate(model, data.test, device, ccfg.batch)
-            rec = make_record(cfg, "grid", key, device, data_key=dkey, regime=regime, size_vox=d, seed=seed,
-                          metrics=metrics,
-                          selection={k: summary.get(k) for k in ("best_epoch", "best_val_loss", "epochs_run",
-                                                                  "stopped_early")},
-                          data=info, wall_s=round(time.perf_counter() - t0, 2))
+                                           progress=progress, desc=f"finetune{sub} d={d:g} s={seed}")
+            metrics, preds = score_test_split(model, data, device, ccfg.batch)
+            rec = make_record(cfg, self.kind, key, device, data_key=dkey, regime=regime, size_vox=d, seed=seed,
+                              **extra, metrics=metrics,
+                              selection={k: summary.get(k) for k in ("best_epoch", "best_val_loss", "epochs_run",
+                                                                      "stopped_early")},
+                              data=info, test_predictions=preds, wall_s=round(time.perf_counter() - t0, 2))
             records.append(rec)
-            done.add((regime, d, seed))
+            done.add(self.tag(regime, d, seed))
             if emit is not None:
                 emit(rec)
         return records

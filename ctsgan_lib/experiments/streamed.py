@@ -28,6 +28,11 @@ from ..errors import CTSGANError, InputFileError
 from ..nodules.geometry import lung_of
 
 MIN_LUNG_VOXELS = 64  # below this a lung mask cannot host even a few small nodules
+#: Roles of a base in the paper design (Fig 3a): a real nodule kept (positive, never injected), a nodule-free volume
+#: that gets injected nodules of the cell's size (positive), a volume whose nodules were erased (negative), a volume
+#: that never had nodules (negative). The paired design leaves ``role`` empty (every base clean and injected).
+NATIVE, INJECTED, ERASED, CLEAN = "native", "injected", "erased", "clean"
+POSITIVE_ROLES, NEGATIVE_ROLES = (NATIVE, INJECTED), (ERASED, CLEAN)
 #: bytes per voxel and base that the in-memory path holds: int16 base + bool lung mask + two float16 items (clean and
 #: injected twin)
 IN_MEMORY_BYTES_PER_VOXEL = 2 + 1 + 2 * 2
@@ -35,7 +40,8 @@ IN_MEMORY_BYTES_PER_VOXEL = 2 + 1 + 2 * 2
 
 @dataclass
 class BaseVolume:
-    """A nodule-free volume that a cell injects into (or keeps clean).
+    """A volume of a cell: nodule-free and used clean and injected (paired design), or one of the four ``role`` s of
+    the paper design (a native positive carries its own real nodules and is never injected).
 
     ``hu is None`` marks a *streamed* base: only a reference to ``root`` (its cohort folder); the volume and its lung
     mask are read when an item needs them (:func:`materialize`).
@@ -50,6 +56,8 @@ class BaseVolume:
     lung_fallback: bool = False         # True when no usable lung mask was found (central box used instead)
     root: str = ""                      # cohort folder of a streamed base (empty for loaded ones)
     maker: Any = None                   # or what makes it: ``maker.read(id) -> (hu, label)`` (synthesis.GeneratorSource)
+    role: str = ""                      # paper design: NATIVE / INJECTED / ERASED / CLEAN; paired design: ""
+    native_mm: float = 0.0              # a native positive: diameter (mm) of its largest own nodule (size bins)
 
     @property
     def streamed(self) -> bool:
@@ -118,8 +126,10 @@ def materialize(base: BaseVolume, size: int, with_lung: bool = True) -> BaseVolu
         hu, _ = cohort.read(base.id)
         label = cohort.read_label(base.id) if with_lung else None
         where = cohort.path(base.id)
-    # the caller's split wins (synthetic bases only ever train)
-    return make_base(base.id, hu, label, size, where, base.domain, base.split, base.source, with_lung=with_lung)
+    # the caller's split (synthetic bases only ever train) and role win
+    out = make_base(base.id, hu, label, size, where, base.domain, base.split, base.source, with_lung=with_lung)
+    out.role, out.native_mm = base.role, base.native_mm
+    return out
 
 
 def should_stream(cfg: Config, n_bases: int) -> bool:
@@ -138,23 +148,33 @@ def cell_rng(*keys: Any) -> np.random.Generator:
 class LidcNoduleCount:
     """Nodules per positive volume drawn from the LIDC per-scan distribution (picklable, for DataLoader workers)."""
 
+    source = "lidc"
+
     def __call__(self, rng: np.random.Generator) -> int:
         return int(sample_nodule_count(rng, at_least_one=True))
 
 
 class OneNodule:
-    """One nodule per positive volume (no LIDC statistics available)."""
+    """One nodule per positive volume (no LIDC statistics available); ``source`` says why, for the result line."""
+
+    def __init__(self, why: str = "requested"):
+        self.source = f"one nodule per volume ({why})"
 
     def __call__(self, rng: np.random.Generator) -> int:
         return 1
 
 
 def nodule_count_fn() -> Callable[[np.random.Generator], int]:
+    """The LIDC per-scan count (paper §3.1); one nodule per volume only when the LIDC table cannot be read.
+
+    The fallback is never silent: its ``source`` (with the reason) goes into every result line
+    (``data.nodule_count``).
+    """
     try:
-        sample_nodule_count(np.random.default_rng(0))  # the LIDC table may be missing: fall back below
+        sample_nodule_count(np.random.default_rng(0))
         return LidcNoduleCount()
-    except Exception:  # noqa: BLE001 - no LIDC statistics available: one nodule per positive volume
-        return OneNodule()
+    except (OSError, KeyError, ValueError) as e:   # a missing or unreadable LIDC table; anything else is a bug: raise
+        return OneNodule(f"LIDC count table unavailable: {type(e).__name__}: {e}")
 
 
 def inject_volume(base: BaseVolume, diameter_vox: float, seed: int, injector, max_nodules: int,
@@ -185,9 +205,14 @@ class ItemRecipe:
     hu_min: float
     hu_max: float
 
+    def injects(self, base: BaseVolume, label: int) -> bool:
+        """Whether the item gets injected nodules: every positive but a native one (its own nodules, paper design)."""
+        return bool(label) and base.role != NATIVE
+
     def unit(self, base: BaseVolume, label: int) -> np.ndarray:
-        """Float16 [0, 1] volume of ``base`` clean (label 0) or injected (label 1): the in-memory item exactly."""
-        if label:
+        """Float16 [0, 1] volume of ``base`` as it is (label 0, or a native positive) or injected (label 1): the
+        in-memory item exactly."""
+        if self.injects(base, label):
             hu, _ = inject_volume(base, self.diameter_vox, self.seed, self.injector, self.max_nodules, self.count_fn)
         else:
             hu = base.hu.astype(np.float32)
@@ -224,8 +249,9 @@ class StreamedPairedDataset(Dataset):
 
     def unit(self, i: int) -> np.ndarray:
         base, label = self.items[i]
-        # a clean item needs only the volume: no lung mask (about 1 s a 224³ volume on one core)
-        return self.recipe.unit(materialize(base, self.recipe.size, with_lung=bool(label)), label)
+        # an item that is not injected needs only the volume: no lung mask (about 1 s a 224³ volume on one core)
+        return self.recipe.unit(materialize(base, self.recipe.size, with_lung=self.recipe.injects(base, label)),
+                                label)
 
     def __getitem__(self, i: int):
         return torch.from_numpy(self.unit(i).astype(np.float32))[None], int(self.labels[i])
@@ -272,12 +298,12 @@ def streamed_paired_dataset(bases: Sequence[BaseVolume], recipe: ItemRecipe, loa
     A base whose lung cannot hold a nodule of the cell's size is dropped with its clean twin, as in memory; finding
     them costs one injection per positive base, once per cell (about one epoch of item making).
     """
-    pos_bases = [b for b in bases if positive(b)]
+    pos_bases = [b for b in bases if positive(b) and recipe.injects(b, 1)]
     fits = dict(zip([b.id for b in pos_bases], probe_fits(pos_bases, recipe, loader_workers)))
     items, dropped = [], []
     for b in bases:
         pos = positive(b)
-        if pos and not fits[b.id]:
+        if pos and not fits.get(b.id, True):
             dropped.append(b.id)
             continue
         if negative(b):

@@ -5,7 +5,7 @@ saves it as PNG + PDF under ``figures/<P>/`` with a provenance caption (profile,
 returns the written paths. :func:`make_all` runs them all and writes ``figures/<P>/MANIFEST.md``.
 
 File names start with the paper's label: ``fig1_…``, ``figA1_…``, ``figA2_…``, ``figB1_…``, ``figB2_…``,
-``figB3_…``, ``figB4_…`` (+ ``nodule_realism.{csv,md}``), ``fig3a_…``, ``fig3b_…``, ``table1.csv``, ``table1.md``.
+``figB3_…``, ``figB4_…`` (+ ``nodule_realism.{csv,md}``), ``fig3a_…``, ``fig3b_…`` (+ its tables), ``fig3c_…`` (beyond the paper), ``table1.csv``, ``table1.md``.
 """
 from __future__ import annotations
 
@@ -26,6 +26,7 @@ from ..data import lidc
 from ..data.cohort import Cohort
 from ..data.preprocess import lung_mask
 from ..errors import MissingInputError
+from ..experiments.grid import current_records, row_key
 from ..nodules import (NoduleEraser, NoduleInjector, ball, centre_mask, domain_leakage, extract_voi, paste_voi,
                        phantom_truth, place_nodules)
 from ..nodules.realism import load_realism
@@ -268,17 +269,50 @@ def fig3a_debiasing(cfg: Config, out: Path) -> list[Path]:
     return save_figure(fig, out / "fig3a_debiasing", _caption(cfg))
 
 
+def _classifier_records(cfg: Config, path: Path, kind: str) -> list[dict]:
+    """This config's lines (newest per cell); when the classifier ran with other settings (CLI overrides), the
+    newest line per cell of any config, so the figure still shows what was run (its caption says the profile)."""
+    records = current_records(cfg, path, kind)
+    if records:
+        return records
+    latest = {row_key(r): r for r in read_jsonl(path) if r.get("kind") == kind}
+    return list(latest.values())
+
+
 def fig3b_accuracy_vs_size(cfg: Config, out: Path) -> list[Path]:
-    """Fig 3b: test accuracy vs nodule size, one line per regime, mean ± std over seeds."""
+    """Fig 3b: test accuracy vs nodule size, one line per regime, mean ± std over seeds; with its tables (numbers,
+    the pretrain + fine-tune − real differences with intervals, native vs injected positives, the design counts)."""
     res = cfg.runs_dir / "classifier" / "results.jsonl"
     require_inputs(res, made_by="06_nodule_detection.ipynb (or `ctsgan classify`)")
-    records = [r for r in read_jsonl(res) if r.get("kind") == "grid"]
+    records = _classifier_records(cfg, res, "grid")
+    note = classifier_report.classifier_caption(records, "Fig 3b")
     table = classifier_report.grid_table(records)
     fig, paths = classifier_report.plot_fig3b(table, out / "fig3b_accuracy_vs_size",
-                               title="Fig 3b · nodule detection accuracy vs nodule size",
-                               note=classifier_report.classifier_caption(records, "Fig 3b"))
+                               title="Fig 3b · nodule detection accuracy vs nodule size", note=note,
+                               voxel_mm=classifier_report.voxel_mm(records))
     plt.close(fig)
-    return list(paths)
+    paths = list(paths)
+    tables = {"fig3b_table": table, "fig3b_effects": classifier_report.effect_table(records),
+              "fig3b_by_kind": classifier_report.by_kind_table(records),
+              "fig3b_native_by_size": classifier_report.native_size_table(records),
+              "fig3b_design": classifier_report.design_table(records)}
+    for name, t in tables.items():
+        paths += classifier_report.save_table(classifier_report.annotate_table(t, records), out / name, note)
+    return paths
+
+
+def fig3c_data_scarcity(cfg: Config, out: Path) -> list[Path]:
+    """Fig 3c (beyond the paper): accuracy and AUC vs the share of real training volumes, real only vs pretrain +
+    fine-tune, at one size, mean ± std over seeds; with its table."""
+    res = cfg.runs_dir / "classifier" / "scarcity.jsonl"
+    require_inputs(res, made_by="06_nodule_detection.ipynb (or `ctsgan classify`)")
+    records = _classifier_records(cfg, res, "scarcity")
+    note = classifier_report.classifier_caption(records, "Fig 3c (beyond the paper)")
+    table = classifier_report.scarcity_table(records)
+    fig, paths = classifier_report.plot_fig3c(table, out / "fig3c_data_scarcity", note=note)
+    plt.close(fig)
+    return list(paths) + classifier_report.save_table(classifier_report.annotate_table(table, records),
+                                                      out / "fig3c_table", note)
 
 
 def table1(cfg: Config, out: Path) -> list[Path]:
@@ -298,7 +332,7 @@ FIGURES: dict[str, Callable[[Config, Path], list[Path]]] = {
     "fig1": fig1_three_views, "figA1": figA1_middle_region, "figA2": figA2_regions,
     "figB1": figB1_injector, "figB2": figB2_eraser, "figB3": figB3_radius_distribution,
     "figB4": figB4_nodule_realism,
-    "fig3a": fig3a_debiasing, "fig3b": fig3b_accuracy_vs_size, "table1": table1,
+    "fig3a": fig3a_debiasing, "fig3b": fig3b_accuracy_vs_size, "fig3c": fig3c_data_scarcity, "table1": table1,
 }
 
 
