@@ -93,6 +93,8 @@ def test_install_puts_models_where_later_notebooks_read_them(tmp_root, tmp_path,
         folder = cfg.runs_dir / spec.run_subdir
         assert latest_checkpoint(folder) == runs[name]["checkpoint"]
         assert (folder / "log.csv").read_bytes() == (REPO / "pretrained" / "smoke" / f"{name}_log.csv").read_bytes()
+    install_pretrained(cfg, ["ctsgan"])   # a rerun of the notebook: nothing new is set aside
+    assert len(list((cfg.runs_dir / "ctsgan").glob("replaced-*"))) == 1
     gen = load_generator(latest_checkpoint(cfg.runs_dir / "ctsgan"))          # what notebook 04 does
     hu, _ = next(iter(generate_volumes(gen, 1, seed=0)))
     assert hu.shape == (cfg.data.size,) * 3

@@ -58,14 +58,15 @@ def _caption(cfg: Config, extra: str | None = None, data: str | None = None) -> 
     extractor = _fidelity_provenance(cfg).get("extractor", "n/a (notebook 05 not run)")
     seeds = (f"seeds: global {cfg.seed}, generation {cfg.generate.seed}, fidelity {cfg.fidelity.seed}, "
              f"classifier {list(cfg.classifier.seeds)}")
-    parts = [f"extractor={extractor}", seeds, _models_note(cfg), extra]
+    models = _models_note(cfg)
+    parts = [f"extractor={extractor}", seeds, f"models={models}" if models else None, extra]
     return figure_caption(cfg.profile, data or _data_source(cfg), None, " · ".join(p for p in parts if p))
 
 
 def _models_note(cfg: Config) -> str | None:
-    """``models=shipped pretrained/<P>/`` when notebooks 02/03 installed shipped models instead of training."""
+    """``shipped pretrained/<P>/ ...`` when notebooks 02/03 installed shipped models instead of training."""
     shipped = sorted(s["number"] for s in _stage_times(cfg) if s.get("pretrained"))
-    return f"models=shipped pretrained/{cfg.profile}/ (notebooks {', '.join(shipped)} not trained)" if shipped else None
+    return f"shipped pretrained/{cfg.profile}/ (notebooks {', '.join(shipped)} not trained)" if shipped else None
 
 
 def _first_ids(*groups: list[str], n: int) -> list[str]:

@@ -164,6 +164,7 @@ def install_pretrained(cfg: Config, names: list[str] | tuple[str, ...], folder: 
     """
     folder = Path(folder) if folder is not None else pretrained_dir(cfg.profile)
     verified = verify_pretrained(folder)
+    sums = _read_sums(folder)
     out = {}
     for name in names:
         spec = _spec(name)
@@ -173,8 +174,10 @@ def install_pretrained(cfg: Config, names: list[str] | tuple[str, ...], folder: 
             raise CheckpointError(f"{verified[name + '.pt']}: trained on {size}³ volumes, but profile "
                                   f"{cfg.profile!r} uses {cfg.data.size}³; export models from a run of this profile")
         run_dir = cfg.runs_dir / spec.run_subdir
-        _set_aside(run_dir)
         target = run_dir / f"ckpt_{int(ck['step']):06d}.pt"
+        # installed before (a rerun of the notebook): nothing to set aside
+        if sorted(run_dir.glob("ckpt_*.pt")) != [target] or file_sha256(target) != sums[f"{name}.pt"]:
+            _set_aside(run_dir)
         with atomic_path(target) as tmp:
             shutil.copyfile(verified[f"{name}.pt"], tmp)
         log = None
