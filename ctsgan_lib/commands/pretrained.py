@@ -43,6 +43,7 @@ def run_export(args: argparse.Namespace) -> int:
 def run_verify(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from ..utils.paths import shareable_path
     from ..utils.pretrained import MODELS, load_pretrained, pretrained_dir, verify_pretrained
 
     folder = Path(args.dir) if args.dir else pretrained_dir(args.profile)
@@ -51,5 +52,5 @@ def run_verify(args: argparse.Namespace) -> int:
         if f"{name}.pt" in verified:
             ck = load_pretrained(folder, name, verified)
             print(f"ok  {name}.pt  {ck['kind']} step {ck['step']}")
-    print(f"{len(verified)} files match {folder / 'SHA256SUMS'}")
+    print(f"{len(verified)} files match {shareable_path(folder / 'SHA256SUMS')}")
     return 0

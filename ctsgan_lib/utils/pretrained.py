@@ -222,13 +222,14 @@ def _scrub(obj: Any) -> Any:
 
 
 def _run_provenance(cfg: Config) -> dict[str, Any]:
-    """Training commit(s), hardware and data source of the run being exported, from what the run recorded."""
-    commits, hardware = set(), set()
+    """Training commits (per notebook), hardware and data source of the run being exported, from what it recorded:
+    ``runs/<P>/notebooks/run_manifest.json`` (``ctsgan reproduce``) and the GAN runs' ``training_options.json``."""
+    commits, hardware = {}, set()
     for sub in ("ctsgan", "gan3d"):
         opts = cfg.runs_dir / sub / "training_options.json"
         if opts.is_file():
             o = json.loads(opts.read_text())
-            commits.add(str(o.get("commit", "unknown")))
+            commits["03"] = str(o.get("commit", "unknown"))
             h = o.get("hardware") or {}
             hardware.add(f"cuda: {h['gpu']} ×{h.get('gpu_count', 1)}" if h.get("device") == "cuda"
                          else f"cpu: {h.get('cpu', '?')} ({h.get('cpu_cores', '?')} cores)")
@@ -236,21 +237,23 @@ def _run_provenance(cfg: Config) -> dict[str, Any]:
     stages = []
     if manifest.is_file():
         stages = [n for n in json.loads(manifest.read_text()).get("notebooks", []) if n.get("number") in ("02", "03")]
-        commits.update(str(n.get("commit")) for n in stages if n.get("commit"))
+        commits.update({n["number"]: str(n["commit"]) for n in stages if n.get("commit")})
     sources = set()
     cohort = cfg.data_dir / "cohort" / "manifest.csv"
     if cohort.is_file():
         with cohort.open(newline="", encoding="utf-8") as f:
             sources = {str(row.get("source")) for row in csv.DictReader(f)}
-    return {"training_commits": sorted(commits) or ["unknown"], "hardware": sorted(hardware) or [hardware_label()],
+    return {"training_commits": {f"notebook {k}": v for k, v in sorted(commits.items())},
+            "hardware": sorted(hardware) or [hardware_label()],
             "data_sources": sorted(sources) or ["unknown"],
             "stage_wall_s": {n["notebook"]: n.get("wall_s") for n in stages}}
 
 
 def _readme(prov: dict[str, Any]) -> str:
     phantom = prov["data_sources"] == ["phantom"]
-    rows = "\n".join(f"| `{m['file']}` | {m['kind']} | {m['step']} | {m['parameters']:,} | {m['trained_on']} |"
-                     for m in prov["models"])
+    rows = "\n".join(f"| `{m['file']}` | {m['kind']} | {m['step']} | {m['parameters']:,} | {m['trained_on']} | "
+                     f"{m['commit']} |" for m in prov["models"])
+    commits = ", ".join(f"{k} at {v}" for k, v in prov["training_commits"].items()) or "unknown"
     return f"""# Pretrained models: profile `{prov['profile']}`
 
 Written by `ctsgan pretrained export --profile {prov['profile']}` on {prov['exported'][:10]}; do not edit by hand
@@ -259,15 +262,15 @@ Written by `ctsgan pretrained export --profile {prov['profile']}` on {prov['expo
 - **Data:** {', '.join(prov['data_sources'])} cohort of profile `{prov['profile']}`{
     ' (synthetic phantoms made by `ctsgan_lib.data.phantom`): trained on phantoms, not on patients. No patient data '
     'went into these weights' if phantom else ''}.
-- **Trained at commit(s):** {', '.join(prov['training_commits'])}; exported at {prov['export_commit']}.
+- **Trained by:** {commits} (`ctsgan reproduce --profile {prov['profile']}`); exported at {prov['export_commit']}.
 - **Hardware:** {'; '.join(prov['hardware'])}.
 - **What is kept:** the generator networks only (no critics, optimizer or RNG states), loadable with
   `torch.load(..., weights_only=True)`. They cannot resume training; `pretrained=False` trains from scratch.
 - **Use:** `make reproduce PROFILE={prov['profile']} PRETRAINED=1`, `ctsgan reproduce --profile {prov['profile']}
   --pretrained`, or `pretrained = True` in the parameters cell of notebooks 02 and 03.
 
-| file | model | step | parameters | trained on |
-|---|---|---|---|---|
+| file | model | step | parameters | trained on | commit |
+|---|---|---|---|---|---|
 {rows}
 """
 
@@ -300,7 +303,7 @@ def export_pretrained(cfg: Config, out: str | Path | None = None, force: bool = 
     build = Path(tempfile.mkdtemp(prefix=f".{out.name}.export-", dir=out.parent))
     build.chmod(umask_dir_mode())  # mkdtemp makes it 0700; colleagues on a shared server read the export
     try:
-        models = []
+        models, run = [], _run_provenance(cfg)
         for name, ck_path in found.items():
             spec = MODELS[name]
             ck = load_checkpoint(ck_path, kind=spec.kind)
@@ -319,11 +322,12 @@ def export_pretrained(cfg: Config, out: str | Path | None = None, force: bool = 
             models.append({"name": name, "file": f"{name}.pt", "kind": spec.kind, "step": int(ck["step"]),
                            "parameters": int(sum(t.numel() for sd in nets.values() for t in sd.values())),
                            "bytes": (build / f"{name}.pt").stat().st_size, "notebook": spec.notebook,
+                           "commit": run["training_commits"].get(f"notebook {spec.notebook}", "unknown"),
                            "trained_on": shareable_path(ck["extra"].get("cohort") or ck["extra"].get("data_source")
                                                          or "unknown")})
         prov = {"profile": cfg.profile, "volume_size": cfg.data.size,
                 "exported": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                "export_commit": git_commit(checkout_root()), **_run_provenance(cfg), "models": models}
+                "export_commit": git_commit(checkout_root()), **run, "models": models}
         (build / PROVENANCE_FILE).write_text(json.dumps(prov, indent=2) + "\n")
         (build / "README.md").write_text(_readme(prov))
         names = sorted(p.name for p in build.iterdir() if p.is_file())
