@@ -76,6 +76,8 @@ def test_a_changed_or_missing_file_is_refused_in_one_line(tmp_path, capsys):
     (shipped / "ctsgan.pt").unlink()
     rc = main(["pretrained", "verify", "--dir", str(shipped)])
     assert_one_line_error(rc, capsys.readouterr().err, str(shipped / "ctsgan.pt"), "missing")
+    rc = main(["pretrained", "verify", "--dir", str(tmp_path / "demo")])
+    assert_one_line_error(rc, capsys.readouterr().err, str(tmp_path / "demo"), "ctsgan pretrained export")
     (shipped / "SHA256SUMS").unlink()
     rc = main(["pretrained", "verify", "--dir", str(shipped)])
     assert_one_line_error(rc, capsys.readouterr().err, str(shipped / "SHA256SUMS"))

@@ -68,6 +68,10 @@ def pretrained_dir(profile: str) -> Path:
 
 def _read_sums(folder: Path) -> dict[str, str]:
     sums = folder / SUMS_FILE
+    if not folder.is_dir():
+        raise CheckpointError(f"{folder}: no pretrained models shipped here; train instead (pretrained=False), or "
+                              f"export a finished run's models with `ctsgan pretrained export --profile "
+                              f"{folder.name}`")
     if not sums.is_file():
         raise CheckpointError(f"{sums}: no SHA-256 manifest; pretrained models are only used from a folder written "
                               "by `ctsgan pretrained export`")
