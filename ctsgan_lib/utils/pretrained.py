@@ -184,6 +184,8 @@ def install_pretrained(cfg: Config, names: list[str] | tuple[str, ...], folder: 
             _set_aside(run_dir)
         with atomic_path(target) as tmp:
             shutil.copyfile(verified[f"{name}.pt"], tmp)
+            if file_sha256(tmp) != sums[f"{name}.pt"]:  # changed between verification and copy
+                raise CheckpointError(f"{verified[name + '.pt']}: changed while it was being installed")
         log = None
         if f"{name}_log.csv" in verified:
             log = run_dir / "log.csv"
@@ -191,7 +193,7 @@ def install_pretrained(cfg: Config, names: list[str] | tuple[str, ...], folder: 
                 shutil.copyfile(verified[f"{name}_log.csv"], tmp)
         source = shareable_path(verified[f"{name}.pt"])
         atomic_write_text(run_dir / "pretrained.json", json.dumps(
-            {"pretrained": source, "sha256": file_sha256(target), "step": int(ck["step"]),
+            {"pretrained": source, "sha256": sums[f"{name}.pt"], "step": int(ck["step"]),
              "installed": datetime.now(timezone.utc).isoformat(timespec="seconds")}, indent=2) + "\n")
         out[name] = {"checkpoint": target, "step": int(ck["step"]), "log": log, "out_dir": run_dir,
                      "n_train": ck["extra"].get("n_train"), "pretrained": source}
@@ -202,9 +204,9 @@ def install_pretrained(cfg: Config, names: list[str] | tuple[str, ...], folder: 
 
 
 def _set_aside(run_dir: Path) -> None:
-    """Move checkpoints, log and options a run folder already holds to ``replaced-<UTC time>/`` inside it."""
+    """Move checkpoints, log, options and sample grids a run folder already holds to ``replaced-<UTC time>/``."""
     old = [*run_dir.glob("ckpt_*.pt"), *(run_dir / n for n in ("log.csv", "training_options.json", "pretrained.json"))]
-    old = [p for p in old if p.is_file()]
+    old = [p for p in old if p.is_file()] + ([run_dir / "samples"] if (run_dir / "samples").is_dir() else [])
     if not old:
         return
     aside = run_dir / f"replaced-{datetime.now(timezone.utc).strftime('%Y%m%dT%H%M%S%fZ')}"
