@@ -40,7 +40,8 @@ def test_environment_yml_mirrors_pyproject():
     assert "python=3.11" in env["dependencies"]
 
 
-@pytest.mark.parametrize("name,size,n", [("smoke", 32, 24), ("demo", 64, 400), ("paper", 224, 1200)])
+@pytest.mark.parametrize("name,size,n", [("smoke", 32, 24), ("demo", 64, 400), ("study", 64, 1000),
+                                         ("paper", 224, 1200)])
 def test_profiles_load_with_documented_sizes(name, size, n):
     cfg = load_profile(name)
     assert cfg.profile == name and cfg.data.size == size and cfg.data.n_patients == n
