@@ -6,7 +6,7 @@
 #
 #   benchmarks/run_study.sh /scratch/study                       # on the GPU machine (DEVICE=cuda)
 #   DEVICE=cpu benchmarks/run_study.sh /tmp/study_dry \
-#       --set data.n_patients=40 --set data.workers=2 --set nodules.iterations=4 --set nodules.realism_steps=4 \
+#       --set data.n_patients=48 --set data.workers=2 --set nodules.iterations=4 --set nodules.realism_steps=4 \
 #       --set ctsgan.iterations=3 --set gan3d.iterations=3 --set generate.n_volumes=16 --set fidelity.n_pairs=2 \
 #       --set fidelity.volumes_per_source=3 --set fidelity.pooled_volumes=3 --set fidelity.domain_steps=4 \
 #       --set fidelity.calibration_slices=32 --set classifier.n_synthetic=16 --set classifier.n_real_train=0 \
