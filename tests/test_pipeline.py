@@ -2,12 +2,15 @@
 from __future__ import annotations
 
 import json
+import os
 
 import nbformat
 import pytest
 
 from ctsgan_lib import pipeline
+from ctsgan_lib.config import ConfigError, load_profile
 from ctsgan_lib.errors import CTSGANError
+from ctsgan_lib.reporting import figures
 
 
 def _notebook(path, code: str):
@@ -82,3 +85,31 @@ def test_figures_manifest_lists_every_stage_with_its_commit_and_the_total(two_no
     assert all(stages[0]["commit"][:12] in r for r in rows)
     total = sum(s["wall_s"] for s in stages)
     assert f"**{total:.0f}**" in text and "profile | demo (volumes 64³, 400 patients)" in text
+
+
+def test_pretrained_and_set_reach_the_notebooks_and_the_manifests(two_notebooks, monkeypatch):
+    root = two_notebooks
+    _notebook(root / "notebooks" / "01_a.ipynb", "from ctsgan_lib.config import load_profile\n"
+              "assert load_profile(profile).ctsgan.iterations == 7\nassert 'pretrained' not in globals()")
+    _notebook(root / "notebooks" / "02_b.ipynb", "assert pretrained is True")   # 02 and 03 take `pretrained`
+    path = pipeline.reproduce("smoke", root=root, progress=False, nb_dir=root / "notebooks", pretrained=True,
+                              overrides={"ctsgan.iterations": "7"})
+    data = json.loads(path.read_text())
+    assert data["overrides"] == {"ctsgan.iterations": "7"} and data["pretrained"] is True
+    assert [n.get("pretrained") for n in data["notebooks"]] == [None, True]
+    assert "CTSGAN_OVERRIDES" not in os.environ   # the runner's own process is left as it was
+    monkeypatch.setattr(figures, "_data_source", lambda cfg: "phantom cohort")
+    text = figures.render_manifest(load_profile("smoke"), {})
+    assert "| models | shipped pretrained/smoke/ (notebooks 02 not trained) |" in text
+    assert "| overrides (`--set`) | ctsgan.iterations=7 |" in text
+    with pytest.raises(ConfigError, match="unknown key"):
+        pipeline.reproduce("smoke", root=root, progress=False, nb_dir=root / "notebooks", overrides={"ctsgan.x": "1"})
+
+
+def test_overrides_from_the_environment_are_checked(monkeypatch):
+    monkeypatch.setenv("CTSGAN_OVERRIDES", '{"gan3d.iterations": 9}')
+    assert load_profile("smoke").gan3d.iterations == 9
+    assert load_profile("smoke", **{"gan3d.iterations": 4}).gan3d.iterations == 4   # explicit overrides win
+    monkeypatch.setenv("CTSGAN_OVERRIDES", "gan3d.iterations=9")
+    with pytest.raises(ConfigError, match="CTSGAN_OVERRIDES: not a JSON object"):
+        load_profile("smoke")

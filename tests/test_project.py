@@ -40,10 +40,20 @@ def test_environment_yml_mirrors_pyproject():
     assert "python=3.11" in env["dependencies"]
 
 
-@pytest.mark.parametrize("name,size,n", [("smoke", 32, 24), ("demo", 64, 400), ("paper", 224, 1200)])
+@pytest.mark.parametrize("name,size,n", [("smoke", 32, 24), ("demo", 64, 400), ("study", 64, 1000),
+                                         ("paper", 224, 1200)])
 def test_profiles_load_with_documented_sizes(name, size, n):
     cfg = load_profile(name)
     assert cfg.profile == name and cfg.data.size == size and cfg.data.n_patients == n
+
+
+def test_study_profile_runs_the_full_grid_with_more_training_than_demo():
+    study, demo = load_profile("study"), load_profile("demo")
+    c = study.classifier
+    assert (len(c.sizes), len(c.seeds), len(c.regimes)) == (6, 3, 3)
+    for sec in ("ctsgan", "gan3d", "nodules"):   # several times the demo's training volumes seen
+        s, d = getattr(study, sec), getattr(demo, sec)
+        assert s.iterations * s.batch >= 3 * d.iterations * d.batch, sec
 
 
 def test_overrides_are_typed_and_unknown_keys_fail():

