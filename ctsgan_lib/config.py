@@ -450,7 +450,8 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 _CHOICES = {
     "ctsgan.loss": ("wgan-gp", "js"), "gan3d.loss": ("wgan-gp", "js"), "ctsgan.dslice_position": ("table", "fourier"),
     "classifier.head_init": ("small", "kaiming"), "fidelity.views": ("axial", "coronal", "sagittal"),
-    "classifier.regimes": ("real", "synthetic", "pretrain_finetune"), "ctsgan.rv_init": ("random", "learned"),
+    "classifier.regimes": ("real", "synthetic", "pretrain_finetune", "cond_pretrain_finetune"),
+    "ctsgan.rv_init": ("random", "learned"),
     "fidelity.offline_extractor": ("domain", "inception-fallback"), "nodules.injector": ("learned", "sphere"),
     "nodules.paste": ("centre", "local"), "classifier.synthetic_source": ("disk", "generator"),
     "classifier.design": ("paper", "paired"),

@@ -440,3 +440,44 @@ def test_an_interrupted_cell_keeps_its_finished_regimes(tmp_root, monkeypatch):
              sizes=[4.0])                                   # the rerun trains only the missing regime
     assert [_cell(r)[0] for r in read_jsonl(tmp_root / "g" / "results.jsonl")] == ["real", "synthetic",
                                                                                    "pretrain_finetune"]
+
+
+def test_fourth_regime_pretrains_on_conditional_volumes_and_is_compared(tmp_root):
+    """Issue 26: `cond_pretrain_finetune` pretrains on a conditional CT-SGAN's paired volumes (no injector), fine-tunes
+    on real, records the checkpoint, and the effect table compares it with real only and the injector pretraining."""
+    from ctsgan_lib.cli import main
+    from ctsgan_lib.data.cohort import CohortWriter
+    from ctsgan_lib.errors import MissingInputError
+    from ctsgan_lib.reporting.classifier import effect_table
+    from test_ctsgan_cond import cond_volumes
+    from test_ctsgan_train import TINY
+
+    S_COND = 32
+    cfg = _cfg(**{"classifier.sizes": "[5.0]", "classifier.n_synthetic": 4})
+    real, syn, inj = _bases((4, 2, 2)), _syn(3), SphereInjector()
+    with pytest.raises(MissingInputError, match="09_conditional_ctsgan"):
+        run_grid(cfg, tmp_root / "g0", progress=False, real=real, synthetic=syn, injector=inj, device="cpu",
+                 regimes=["real", "cond_pretrain_finetune"])
+    vols, nods = cond_volumes(4, size=S_COND)
+    with CohortWriter(tmp_root / "data" / "smoke" / "cohort", compress=False) as w:
+        for i, (v, n) in enumerate(zip(vols, nods)):
+            w.write(f"c{i}", v, (1.0, 1.0, 1.0), split="train", source="phantom",
+                    domain="lidc-like" if n else "nlst-like", nodules=n)
+    sets = [a for k, v in {**TINY, "ctsgan.iterations": 2, "data.size": S_COND}.items() for a in ("--set", f"{k}={v}")]
+    assert main(["train", "ctsgan_cond", "--no-progress", "--device", "cpu", *sets]) == 0
+    out = tmp_root / "g1"
+    path = run_grid(cfg, out, progress=False, real=real, synthetic=syn, injector=inj, device="cpu",
+                    regimes=["real", "pretrain_finetune", "cond_pretrain_finetune"])
+    recs = read_jsonl(path)
+    assert sorted(r["regime"] for r in recs) == ["cond_pretrain_finetune", "pretrain_finetune", "real"]
+    cond = [r for r in recs if r["regime"] == "cond_pretrain_finetune"][0]
+    assert len(cond["data"]["conditional_checkpoint_sha256"]) == 64 and cond["data"]["n_conditional_synthetic"] == 4
+    assert any("cond_synthetic" in str(p) for p in out.rglob("*.pt")), "the conditional pretraining checkpoint"
+    assert cond["test_predictions"]["ids"] == [r for r in recs if r["regime"] == "real"][0]["test_predictions"]["ids"]
+    comps = set(effect_table(recs, n_boot=50)["comparison"])
+    assert {"cond_pretrain_finetune − real", "cond_pretrain_finetune − pretrain_finetune"} <= comps
+    # a rerun trains nothing
+    mtime = path.stat().st_mtime_ns
+    run_grid(cfg, out, progress=False, real=real, synthetic=syn, injector=inj, device="cpu",
+             regimes=["real", "pretrain_finetune", "cond_pretrain_finetune"])
+    assert path.stat().st_mtime_ns == mtime

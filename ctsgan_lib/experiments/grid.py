@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 from ..config import Config
 from ..errors import CTSGANError
 from ..models.squeezenet3d import SqueezeNet3D
+from ..synthesis.conditional import conditional_training_set, latest_conditional_checkpoint
 from ..eval.classification import binary_metrics
 from ..train.classifier_loop import predict, train_classifier
 from ..utils.atomic import file_sha256
@@ -39,7 +40,9 @@ from .cells import (BaseSet, CellData, build_cell_data, injector_tag, item_kinds
                     load_real_cohort, load_synthetic_base, load_synthetic_cohort, real_base_root)
 from .streamed import ERASED, CLEAN, INJECTED, NATIVE
 
-REGIMES = ("real", "synthetic", "pretrain_finetune")
+REGIMES = ("real", "synthetic", "pretrain_finetune", "cond_pretrain_finetune")
+#: the fourth regime (issue 26, ours, opt-in): pretrain on conditional CT-SGAN volumes, no injector, then fine-tune
+COND_REGIME = "cond_pretrain_finetune"
 RESULTS = "results.jsonl"
 SCARCITY = "scarcity.jsonl"
 SCARCITY_REGIMES = ("real", "pretrain_finetune")
@@ -82,8 +85,10 @@ def fingerprint(origin: str | Path) -> str:
     return file_sha256(m)[:16] if m.is_file() else str(origin)
 
 
-def data_key(cfg: Config, real: BaseSet | None, synthetic: BaseSet | None, injector, need_syn: bool) -> str:
-    """Hash of the inputs (cohort manifests, injector checkpoint): a rebuilt cohort or new injector reruns cells."""
+def data_key(cfg: Config, real: BaseSet | None, synthetic: BaseSet | None, injector, need_syn: bool,
+             conditional: Path | None = None) -> str:
+    """Hash of the inputs (cohort manifests, injector checkpoint, and the conditional CT-SGAN checkpoint of the fourth
+    regime when it runs): a rebuilt cohort, new injector or new conditional model reruns cells."""
     r = real.origin if real is not None else str(real_base_root(cfg))
     syn = "-"
     if need_syn:
@@ -93,7 +98,10 @@ def data_key(cfg: Config, real: BaseSet | None, synthetic: BaseSet | None, injec
     else:
         ck = latest_checkpoint(cfg.runs_dir / "nodules" / "injector")
         inj = file_sha256(ck)[:16] if ck is not None else "none"
-    return hashlib.sha1(f"{fingerprint(r)}|{fingerprint(syn)}|{inj}".encode()).hexdigest()[:12]
+    key = f"{fingerprint(r)}|{fingerprint(syn)}|{inj}"
+    if conditional is not None:   # only then: keys of runs without the fourth regime stay as they were
+        key += f"|cond:{file_sha256(conditional)[:16]}"
+    return hashlib.sha1(key.encode()).hexdigest()[:12]
 
 
 def row_key(r: dict) -> tuple:
@@ -206,7 +214,9 @@ def _run(cfg: Config, out, progress: bool, real, synthetic, injector, device, si
     key = cell_key(cfg)
     results = out / file
     need_syn = any(r in ("synthetic", "pretrain_finetune") for r in regimes)
-    dkey = data_key(cfg, real, synthetic, injector, need_syn)
+    # the fourth regime's generator: found before any cell runs (MissingInputError naming notebook 09)
+    conditional = latest_conditional_checkpoint(cfg) if COND_REGIME in regimes else None
+    dkey = data_key(cfg, real, synthetic, injector, need_syn, conditional)
     done = done_keys(results, kind, key, dkey)
     job_tag = (lambda r, d, s: (r, d, s, fraction)) if kind == "scarcity" else (lambda r, d, s: (r, d, s))
     todo = [(d, s) for d in sizes for s in seeds if any(job_tag(r, d, s) not in done for r in regimes)]
@@ -214,7 +224,7 @@ def _run(cfg: Config, out, progress: bool, real, synthetic, injector, device, si
         return results
     real, synthetic = load_bases(cfg, real, synthetic, need_syn, progress)
     injector = injector if injector is not None else load_injector(cfg)
-    job = _GridJob(cfg, regimes, real, synthetic, injector, out, key, dkey, device, kind, fraction)
+    job = _GridJob(cfg, regimes, real, synthetic, injector, out, key, dkey, device, kind, fraction, conditional)
     workers = max(1, min(int(getattr(ccfg, "workers", 1)), len(todo)))
     if distributed_run():
         workers = 1  # under torchrun the ranks already split the work
@@ -289,6 +299,7 @@ class _GridJob:
     device: str
     kind: str = "grid"
     fraction: float = 1.0                 # share of the real training volumes (Fig 3c; 1 in the grid)
+    conditional: Path | None = None       # ctsgan_cond checkpoint of the fourth regime (issue 26)
 
     def tag(self, regime: str, d: float, seed: int) -> tuple:
         return (regime, d, seed, self.fraction) if self.kind == "scarcity" else (regime, d, seed)
@@ -325,12 +336,34 @@ class _GridJob:
                                        "synthetic": sum(v.lung_fallback for v in synthetic.volumes) if need_syn
                                        else 0},
                 "build_s": round(t_data, 2)}
+        if self.conditional is not None:
+            info["conditional_checkpoint_sha256"] = file_sha256(self.conditional)
         extra = {"real_fraction": self.fraction} if scarce else {}
-        pretrained = None
+        pretrained = cond_state = None
         for regime in regimes:
             if self.tag(regime, d, seed) in done:
                 continue
             t0 = time.perf_counter()
+            if regime == COND_REGIME:
+                if cond_state is None:
+                    # paired conditional volumes: each noise draw under "no nodules" and under one nodule of size d
+                    cond_set = conditional_training_set(cfg, self.conditional, d, seed, device=device)
+                    info["n_conditional_synthetic"] = len(cond_set)
+                    cond_model = make_model(cfg, seed)
+                    train_classifier(cond_model, cond_set, data.val, cfg, cell_dir(out, ckey, "cond_synthetic", d, seed),
+                                     seed, ccfg.epochs, device=device, progress=progress,
+                                     desc=f"conditional synthetic d={d:g} s={seed}")
+                    cond_state = {k: v.detach().cpu().clone() for k, v in cond_model.state_dict().items()}
+                model = make_model(cfg, seed)
+                summary = train_classifier(model, data.train, data.val, cfg,
+                                           cell_dir(out, ckey, COND_REGIME + sub, d, seed), seed,
+                                           ccfg.finetune_epochs, device=device, init_state=cond_state,
+                                           progress=progress, desc=f"cond finetune{sub} d={d:g} s={seed}")
+                records.append(self._record(model, data, summary, info, extra, regime, d, seed, t0))
+                done.add(self.tag(regime, d, seed))
+                if emit is not None:
+                    emit(records[-1])
+                continue
             if regime in ("synthetic", "pretrain_finetune") and pretrained is None:
                 # the synthetic regime *is* the pretraining run; resume=True reuses its final.pt when it exists
                 # (Fig 3c reuses the grid's: the synthetic data do not depend on the real fraction)
@@ -352,17 +385,21 @@ class _GridJob:
                                            cell_dir(out, ckey, "pretrain_finetune" + sub, d, seed), seed,
                                            ccfg.finetune_epochs, device=device, init_state=pretrained[2],
                                            progress=progress, desc=f"finetune{sub} d={d:g} s={seed}")
-            metrics, preds = score_test_split(model, data, device, ccfg.batch)
-            rec = make_record(cfg, self.kind, key, device, data_key=dkey, regime=regime, size_vox=d, seed=seed,
-                              **extra, metrics=metrics,
-                              selection={k: summary.get(k) for k in ("best_epoch", "best_val_loss", "epochs_run",
-                                                                      "stopped_early")},
-                              data=info, test_predictions=preds, wall_s=round(time.perf_counter() - t0, 2))
-            records.append(rec)
+            records.append(self._record(model, data, summary, info, extra, regime, d, seed, t0))
             done.add(self.tag(regime, d, seed))
             if emit is not None:
-                emit(rec)
+                emit(records[-1])
         return records
+
+    def _record(self, model, data: CellData, summary: dict, info: dict, extra: dict, regime: str, d: float,
+                seed: int, t0: float) -> dict:
+        """The result line of one trained regime: test metrics, per-scan predictions, selection and data record."""
+        metrics, preds = score_test_split(model, data, self.device, self.cfg.classifier.batch)
+        return make_record(self.cfg, self.kind, self.key, self.device, data_key=self.dkey, regime=regime, size_vox=d,
+                           seed=seed, **extra, metrics=metrics,
+                           selection={k: summary.get(k) for k in ("best_epoch", "best_val_loss", "epochs_run",
+                                                                   "stopped_early")},
+                           data=dict(info), test_predictions=preds, wall_s=round(time.perf_counter() - t0, 2))
 
 
 _WORKER_JOB: _GridJob | None = None

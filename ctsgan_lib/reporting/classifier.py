@@ -57,7 +57,9 @@ def grid_table(records: Iterable[dict]):
 
 
 #: The comparisons of :func:`effect_table`: (model b, model a), the difference is b − a.
-COMPARISONS = (("pretrain_finetune", "real"), ("synthetic", "real"))
+COMPARISONS = (("pretrain_finetune", "real"), ("synthetic", "real"),
+               # the fourth regime (issue 26, opt-in): against real only and against the injector-based pretraining
+               ("cond_pretrain_finetune", "real"), ("cond_pretrain_finetune", "pretrain_finetune"))
 
 
 def _paired_groups(records: Sequence[dict], regime_b: str, regime_a: str, size: float) -> list[tuple]:
@@ -315,7 +317,8 @@ def plot_fig3b(table, path_base: str | Path, title: str = "", note: str = "", vo
     """
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     labels = {"real": "real only", "synthetic": "synthetic only",
-              "pretrain_finetune": "synthetic pretrain + real fine-tune"}
+              "pretrain_finetune": "synthetic pretrain + real fine-tune",
+              "cond_pretrain_finetune": "conditional CT-SGAN pretrain + real fine-tune (ours)"}
     sizes = sorted(set(table["size_vox"]))
     dodge = 0.02 * ((sizes[-1] - sizes[0]) or 1.0)  # small x offsets so equal lines stay visible
     for i, regime in enumerate([r for r in REGIMES if r in set(table["regime"])]):
