@@ -93,17 +93,22 @@ def test_kill_and_resume_equals_uninterrupted_run(tmp_root, monkeypatch):
             assert torch.equal(t, ref_final["models"][name][key]), f"{name}.{key}"
 
 
-def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_root, monkeypatch):
-    cfg = load_profile("smoke", **TINY)
+def make_g_loss_nan_from_step_3(monkeypatch) -> None:
+    """Patch the generator loss to turn NaN from training step 3 on (two g_loss calls per step)."""
     real_g_loss = losses.g_loss
     calls = {"n": 0}
 
     def g_loss_nan_from_step_3(kind, fake):
         calls["n"] += 1
         out = real_g_loss(kind, fake)
-        return out * float("nan") if calls["n"] > 4 else out     # two g_loss calls per step
+        return out * float("nan") if calls["n"] > 4 else out
 
     monkeypatch.setattr(losses, "g_loss", g_loss_nan_from_step_3)
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_root, monkeypatch):
+    cfg = load_profile("smoke", **TINY)
+    make_g_loss_nan_from_step_3(monkeypatch)
     out = tmp_root / "nan"
     with pytest.raises(TrainingDivergedError, match=r"step 3: non-finite loss.*ckpt_000002\.pt"):
         ctsgan_loop.train_ctsgan(cfg, volumes_hu=_volumes(), out_dir=out, progress=False)

@@ -19,6 +19,7 @@ from ctsgan_lib.train import ctsgan_loop, losses
 from ctsgan_lib.train.gan_common import TrainingDivergedError, build_gan, make_adam
 from ctsgan_lib.train import distributed as D
 from ctsgan_lib.utils.checkpoint import load_checkpoint
+from test_ctsgan_train import make_g_loss_nan_from_step_3
 
 TINY = {"ctsgan.ngf": 8, "ctsgan.ndf": 8, "ctsgan.patient_dim": 8, "ctsgan.slice_noise_dim": 4,
         "ctsgan.slice_code_dim": 8, "ctsgan.iterations": 6, "ctsgan.ckpt_every": 3, "ctsgan.sample_every": 6,
@@ -76,15 +77,7 @@ def test_lazy_losses_still_stop_before_a_bad_checkpoint(tmp_root, monkeypatch):
     """Losses read only at log/checkpoint steps: a NaN at step 3 is found at the step-4 checkpoint, which is not
     written; the message names the steps in between."""
     cfg = load_profile("smoke", **{**TINY, "ctsgan.ckpt_every": 2, "ctsgan.log_every": 4, "ctsgan.lazy_losses": True})
-    real_g_loss = losses.g_loss
-    calls = {"n": 0}
-
-    def g_loss_nan_from_step_3(kind, fake):
-        calls["n"] += 1
-        out = real_g_loss(kind, fake)
-        return out * float("nan") if calls["n"] > 4 else out     # two g_loss calls per step
-
-    monkeypatch.setattr(losses, "g_loss", g_loss_nan_from_step_3)
+    make_g_loss_nan_from_step_3(monkeypatch)
     out = tmp_root / "nan"
     with pytest.raises(TrainingDivergedError, match=r"between steps 3 and 4: non-finite loss.*ckpt_000002\.pt"):
         ctsgan_loop.train_ctsgan(cfg, volumes_hu=_volumes(), out_dir=out, progress=False)

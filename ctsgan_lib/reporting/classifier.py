@@ -334,20 +334,7 @@ def plot_fig3b(table, path_base: str | Path, title: str = "", note: str = "", vo
     ax.axhline(0.5, color="0.6", lw=0.8, ls=":")
     ax.legend(loc="lower right", fontsize=8)
     ax.set_title(title or "Fig 3b: nodule detection accuracy vs nodule size", fontsize=10)
-    if note:
-        fig.text(0.01, 0.005, note, fontsize=6, ha="left", va="bottom", wrap=True)
-        fig.subplots_adjust(bottom=0.22)
-    path_base = Path(path_base)
-    paths = []
-    # the footer also goes into the file's metadata, as viz.save_figure does, so it can be read (and checked) as text
-    meta = {"png": {"Software": "ctsgan_lib.reporting", "Description": note},
-            "pdf": {"Creator": "ctsgan_lib.reporting", "Subject": note, "CreationDate": None}}
-    for ext in ("png", "pdf"):
-        p = path_base.with_suffix(f".{ext}")
-        with atomic_path(p) as tmp:
-            fig.savefig(tmp, dpi=150, format=ext, metadata=meta[ext])
-        paths.append(p)
-    return fig, paths
+    return fig, _save(fig, path_base, note, bottom=0.22)
 
 
 def plot_fig3c(table, path_base: str | Path, title: str = "", note: str = ""):
@@ -378,10 +365,12 @@ def plot_fig3c(table, path_base: str | Path, title: str = "", note: str = ""):
     return fig, _save(fig, path_base, note)
 
 
-def _save(fig, path_base: str | Path, note: str) -> list[Path]:
+def _save(fig, path_base: str | Path, note: str, bottom: float = 0.26) -> list[Path]:
+    """Write ``<base>.png`` and ``.pdf`` atomically, the footer ``note`` drawn and stored in the file metadata (as
+    viz.save_figure does), so it can be read and checked as text."""
     if note:
         fig.text(0.01, 0.005, note, fontsize=6, ha="left", va="bottom", wrap=True)
-        fig.subplots_adjust(bottom=0.26)
+        fig.subplots_adjust(bottom=bottom)
     path_base = Path(path_base)
     paths = []
     meta = {"png": {"Software": "ctsgan_lib.reporting", "Description": note},
