@@ -54,18 +54,16 @@ def _run(args: argparse.Namespace, cfg, progress: bool, main: bool) -> int:
                 print(f"intervals: {effects['interval'].iloc[0]}")
             print(f"what the intervals support (accuracy): {regime_ordering(effects)}")
             print(f"results: {path}")
-    if not args.no_scarcity:
-        path = run_scarcity(cfg, progress=progress, device=args.device)
+    # the optional stages: (skip flag, runner, record kind, caption title, table)
+    for skip, runner, kind, title, make_table in (
+            (args.no_scarcity, run_scarcity, "scarcity", "Fig 3c (beyond the paper)", scarcity_table),
+            (args.no_shortcut, run_shortcut_control, "shortcut", "shortcut control", shortcut_table)):
+        if skip:
+            continue
+        path = runner(cfg, progress=progress, device=args.device)
         if main:
-            recs = current_records(cfg, path, "scarcity")
-            print(caption(recs, "Fig 3c (beyond the paper)"))
-            print(scarcity_table(recs).to_string(index=False, float_format=fmt))
-            print(f"results: {path}")
-    if not args.no_shortcut:
-        path = run_shortcut_control(cfg, progress=progress, device=args.device)
-        if main:
-            recs = current_records(cfg, path, "shortcut")
-            print(caption(recs, "shortcut control"))
-            print(shortcut_table(recs).to_string(index=False, float_format=fmt))
+            recs = current_records(cfg, path, kind)
+            print(caption(recs, title))
+            print(make_table(recs).to_string(index=False, float_format=fmt))
             print(f"results: {path}")
     return 0
