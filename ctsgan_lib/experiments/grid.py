@@ -314,7 +314,9 @@ class _GridJob:
         key, dkey, ckey = self.key, self.dkey, f"{self.key}-{self.dkey}"
         need_syn, inj = synthetic is not None, injector_tag(injector)
         scarce = self.kind == "scarcity"
-        sub = f"_f{self.fraction:g}" if scarce else ""   # Fig 3c cells train in their own folders
+        # Fig 3c cells train in their own folders; at 100 % the cell *is* the grid's (same data, seed): its final.pt
+        # is reused instead of training it twice
+        sub = f"_f{self.fraction:g}" if scarce and self.fraction < 1.0 else ""
         records: list[dict] = []
         t_data = time.perf_counter()
         data = build_cell_data(real, synthetic if need_syn else None, d, seed, injector, cfg, self.fraction)
