@@ -21,6 +21,7 @@ from ctsgan_lib.eval import domain as DM
 from ctsgan_lib.eval import fidelity as F
 from ctsgan_lib.eval import sensitivity as S
 from ctsgan_lib.eval.distances import kid_from_features, msssim_3d
+from ctsgan_lib.reporting.fidelity import relative_fd_interval
 
 STEPS = 200  # the profile default
 
@@ -189,7 +190,7 @@ def test_table1_has_relative_fd_kid_3d_columns_and_names_the_extractor(smoke, tm
     assert PAPER_RELATIVE_FD["ctsgan"] == pytest.approx(1.11, abs=0.005)
     assert PAPER_RELATIVE_FD["gan3d"] == pytest.approx(1.58, abs=0.005)
     md = (tmp_path / "table1.md").read_text()
-    for col in ("relative FD paper", "relative FD ours", "KID", "3D FID", "3D MMD", "MS-SSIM", "extractor",
+    for col in ("relative FD paper", "relative FD ours [95 % CI]", "KID", "3D FID", "3D MMD", "MS-SSIM", "extractor",
                 "training budget", "NOT COMPARABLE TO THE PAPER", DM.DOMAIN2D_NAME, "1.11"):
         assert col in md, col
 
@@ -245,3 +246,20 @@ def test_gan3d_critic_schedule_follows_ctsgan(monkeypatch):
     data = VolumeDataset(vols)
     gan3d_step(nets, opts, data, g3, 1, "cpu", ctx, critic_steps(cfg))
     assert calls == {"d": 3, "g": 1}
+
+
+def test_relative_fd_interval_known_answers():
+    # constant pairs: no spread, so the interval collapses onto the ratio
+    assert relative_fd_interval([4.0] * 10, [2.0] * 10) == pytest.approx((2.0, 2.0, 2.0))
+    # the estimate is the ratio of means; the interval holds it and widens with the spread of either side
+    rng = np.random.default_rng(3)
+    row, real = rng.normal(12.0, 3.0, 15), rng.normal(6.0, 3.0, 15)
+    est, lo, hi = relative_fd_interval(row, real, n_boot=4000, seed=1)
+    assert est == pytest.approx(row.mean() / real.mean())
+    assert lo < est < hi
+    # independent check: a normal approximation of the ratio (delta method) agrees on the width within 35 %
+    se = est * np.sqrt((row.std(ddof=1) / row.mean()) ** 2 / len(row) + (real.std(ddof=1) / real.mean()) ** 2 / len(real))
+    assert (hi - lo) == pytest.approx(2 * 1.96 * se, rel=0.35)
+    _, lo2, hi2 = relative_fd_interval(row, real * 0 + real.mean(), n_boot=4000, seed=1)
+    assert hi2 - lo2 < hi - lo            # a spread-free reference narrows it
+    assert all(np.isnan(relative_fd_interval([], real)))

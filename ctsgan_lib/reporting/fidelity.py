@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -39,18 +39,44 @@ def _values(rec, metric: str, protocol: str = "pair", view: str | None = "axial"
             and (view is None or r["view"] == view)]
 
 
+def relative_fd_interval(row_values: Sequence[float], real_values: Sequence[float], n_boot: int = 2000,
+                         seed: int = 0, level: float = 0.95) -> tuple[float, float, float]:
+    """Relative FD (mean pair FID of a row over the real–real mean) with a percentile bootstrap interval.
+
+    The row's pairs and the real–real pairs are resampled independently (they are different scan pairs), and the ratio
+    of the two resampled means is taken each time.
+
+    Returns
+    -------
+    (estimate, low, high); NaNs when either side is empty or the real–real mean is not positive.
+    """
+    a, b = np.asarray(row_values, dtype=float), np.asarray(real_values, dtype=float)
+    if not len(a) or not len(b) or not b.mean() > 0:
+        return float("nan"), float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    ia, ib = rng.integers(0, len(a), (n_boot, len(a))), rng.integers(0, len(b), (n_boot, len(b)))
+    ratio = a[ia].mean(axis=1) / np.maximum(b[ib].mean(axis=1), 1e-12)
+    lo, hi = np.percentile(ratio, [50 * (1 - level), 50 * (1 + level)])
+    return float(a.mean() / b.mean()), float(lo), float(hi)
+
+
+def _rel_text(est: tuple[float, float, float]) -> str:
+    return "n/a" if not np.isfinite(est[0]) else f"{est[0]:.2f} [{est[1]:.2f}, {est[2]:.2f}]"
+
+
 def summarise(records: list[dict[str, Any]], budgets: dict[str, str] | None = None):
     """Table 1, the 2.5D table and the pooled table as pandas DataFrames (mean ± std strings plus raw numbers).
 
     Table 1 columns: the paper's FID and ours, relative FD (ours: the row's mean pair FID over the real–real mean of
-    the same run; the paper's: 145.18 / 130.72 = 1.11 and 206.34 / 130.72 = 1.58), KID, the 3D metrics (3D FID and
+    the same run, with a 95 % bootstrap interval over pairs, :func:`relative_fd_interval`; the paper's:
+    145.18 / 130.72 = 1.11 and 206.34 / 130.72 = 1.58), KID, the 3D metrics (3D FID and
     MMD of the 3D encoder's slab features, MS-SSIM between pairs of the row's own volumes), IS, the extractor, and the
     training budget of the GAN rows (``budgets``: row key → text).
     """
     rows, rows25, rowsp = [], [], []
     budgets = budgets or {}
-    real_fid = mean_std(_values([r for r in records if r["row"] == "real"], "fid"))[0]
-    real_fid3d = mean_std(_values([r for r in records if r["row"] == "real"], "fid3d", view="3d"))[0]
+    real_rec = [r for r in records if r["row"] == "real"]
+    real_fids, real_fids3d = _values(real_rec, "fid"), _values(real_rec, "fid3d", view="3d")
     for key in _row_keys(records):
         rec = [r for r in records if r["row"] == key]
         nan = (float("nan"), float("nan"))
@@ -63,15 +89,16 @@ def summarise(records: list[dict[str, Any]], budgets: dict[str, str] | None = No
         f3 = mean_std(_values(rec, "fid3d", view="3d"))
         m3 = mean_std(_values(rec, "mmd3d", view="3d"))
         ms = mean_std(_values(rec, "msssim", "within", view="3d"))
-        rel = fm / real_fid if np.isfinite(real_fid) and real_fid > 0 else float("nan")
-        rel3 = f3[0] / real_fid3d if np.isfinite(real_fid3d) and real_fid3d > 0 else float("nan")
+        rel_ci, rel3_ci = relative_fd_interval(fid, real_fids), relative_fd_interval(_values(rec, "fid3d", view="3d"),
+                                                                                     real_fids3d)
+        rel, rel3 = rel_ci[0], rel3_ci[0]
         ex = rec[0]
         rows.append({"Data Source": paper["label"],
                      "FID (↓) paper": _fmt(paper["fid"]), "FID (↓) ours": _fmt((fm, fs)),
                      "relative FD paper": f"{PAPER_RELATIVE_FD[key]:.2f}" if key in PAPER_RELATIVE_FD else "n/a",
-                     "relative FD ours": "n/a" if not np.isfinite(rel) else f"{rel:.2f}",
+                     "relative FD ours [95 % CI]": _rel_text(rel_ci),
                      "KID (↓) ours": "n/a" if not np.isfinite(km) else f"{km:.4f} ± {ks:.4f}",
-                     "3D FID (↓) ours": _fmt(f3), "3D relative FD": "n/a" if not np.isfinite(rel3) else f"{rel3:.2f}",
+                     "3D FID (↓) ours": _fmt(f3), "3D relative FD [95 % CI]": _rel_text(rel3_ci),
                      "3D MMD (↓) ours": "n/a" if not np.isfinite(m3[0]) else f"{m3[0]:.4f} ± {m3[1]:.4f}",
                      "MS-SSIM within row (↓ = more diverse)": "n/a" if not np.isfinite(ms[0]) else
                      f"{ms[0]:.3f} ± {ms[1]:.3f}",
