@@ -24,6 +24,9 @@ import pytest
 import torch
 from scipy import ndimage as ndi
 
+from cli_checks import assert_one_line_error
+from ctsgan_lib.cli import main
+from ctsgan_lib.commands.generate import cohort_torch_device
 from ctsgan_lib.config import load_profile
 from ctsgan_lib.data import phantom as P
 from ctsgan_lib.data import preprocess as Q
@@ -32,7 +35,7 @@ from ctsgan_lib.data.lung_mask_torch import (binary_closing, fill_holes_per_slic
                                              lung_mask_batch)
 from ctsgan_lib.models.ctsgan import build_ctsgan
 from ctsgan_lib.nodules.inference import NoduleInjector, build_generator
-from ctsgan_lib.synthesis import VolumePlan, finish_volume, generate_cohort
+from ctsgan_lib.synthesis import VolumePlan, finish_volume, generate_cohort, synthetic_cohort
 from ctsgan_lib.utils.checkpoint import save_checkpoint
 
 DICE_MIN = 0.999
@@ -167,8 +170,6 @@ def test_cohort_written_on_the_torch_path_equals_the_numpy_cohort(ctsgan_ckpt, t
     An untrained CT-SGAN's volumes have no lungs (every mask empty, nothing injected), which would compare nothing;
     so the generator is replaced by phantom patients (one per index) and the injector by an untrained one.
     """
-    from ctsgan_lib.synthesis import synthetic_cohort
-
     def phantom_volumes(gen, count, seed, batch=1, device="cpu", start=0, **kw):
         for i in range(start, start + count):
             ph = P.make_patient(100 + i, ("lidc-like", "nlst-like")[i % 2], 48, 7.0)
@@ -176,6 +177,7 @@ def test_cohort_written_on_the_torch_path_equals_the_numpy_cohort(ctsgan_ckpt, t
 
     inj = _injector("learned")
     monkeypatch.setattr(synthetic_cohort, "generate_volumes", phantom_volumes)
+    monkeypatch.setattr(synthetic_cohort, "MASK_VOXELS_PER_CALL", 2 * 48 ** 3)   # blocks of 4 in calls of 2
     monkeypatch.setattr(NoduleInjector, "from_checkpoint", classmethod(lambda cls, path, device="cpu": inj))
     kw = dict(n=6, seed=3, inject_fraction=0.5, batch=4, progress=False, injector="untrained",
               nodule_diameters_vox=[3.0, 5.0])
@@ -192,3 +194,15 @@ def test_cohort_written_on_the_torch_path_equals_the_numpy_cohort(ctsgan_ckpt, t
         assert np.abs(np.asarray(a, float) - np.asarray(b, float)).max() <= HU_TOL
     assert json.loads((got / "cohort.json").read_text()).get("cohort_path") == "torch"
     assert "cohort_path" not in json.loads((ref / "cohort.json").read_text())
+
+
+def test_cohort_device_choice_maps_to_the_path(tmp_path, capsys, monkeypatch):
+    assert cohort_torch_device("cpu", "cuda:1") is None                # the numpy reference, whatever the device
+    assert cohort_torch_device("auto", "cpu") is None and cohort_torch_device("auto", "cuda:1") == "cuda:1"
+    assert cohort_torch_device("cuda", "cpu") == "cuda" and cohort_torch_device("cuda", "cuda:2") == "cuda:2"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    out = tmp_path / "c"
+    rc = main(["generate", "--checkpoint", str(tmp_path / "none.pt"), "--n", "1", "--out", str(out),
+               "--cohort-device", "cuda", "--no-progress"])
+    assert_one_line_error(rc, capsys.readouterr().err, "--cohort-device cuda", "no CUDA GPU")
+    assert not out.exists()

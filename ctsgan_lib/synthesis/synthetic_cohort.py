@@ -62,6 +62,12 @@ from ..utils.hardware import hardware_label
 from .sampling import generate_gan3d_volumes, generate_volumes, load_generator
 
 
+#: voxels per torch lung-mask call (``cohort_device``): one 224³ volume, 64 volumes of 64³. Its device memory is,
+#: counting its tensors (not measured), about 50 bytes a voxel (int64 labels and their copies, the float64 smoothing):
+#: ≈ 0.8 GiB a call, so 16 shard processes sharing one GPU stay far below its memory whatever ``batch`` is.
+MASK_VOXELS_PER_CALL = 2 ** 24
+
+
 @dataclass
 class VolumePlan:
     """What volume ``index`` of a run will be: drawn from ``(seed, index)`` only."""
@@ -327,11 +333,14 @@ def generate_cohort(checkpoint: str | Path, n: int, seed: int, out: str | Path, 
                 vols = list(gen_fn(gen, stop - start, seed, batch=batch, device=device, start=start, **fast_kw,
                                    **cond_kw))
             lungs = {}
-            if cohort_device is not None:   # the block's masks in one batch on the device (one voxel size per run)
+            if cohort_device is not None:   # the block's masks in batches on the device (one voxel size per run)
                 todo_here = [o for o in range(len(vols)) if start + o in block]
-                masks = lung_mask_batch(np.stack([vols[o][0] for o in todo_here]), vols[todo_here[0]][1],
-                                        device=cohort_device)
-                lungs = dict(zip(todo_here, masks))
+                per_call = max(1, MASK_VOXELS_PER_CALL // int(np.prod(vols[todo_here[0]][0].shape)))
+                for k in range(0, len(todo_here), per_call):
+                    part = todo_here[k:k + per_call]
+                    masks = lung_mask_batch(np.stack([vols[o][0] for o in part]), vols[part[0]][1],
+                                            device=cohort_device)
+                    lungs.update(zip(part, masks))
             for offset, (hu, sp) in enumerate(vols):
                 idx = start + offset
                 if idx not in block:
