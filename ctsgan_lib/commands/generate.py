@@ -16,6 +16,9 @@ from pathlib import Path
 
 from .common import add_device_arg, add_progress_arg
 
+#: ``--cohort-device`` choices (:func:`cohort_torch_device`)
+COHORT_DEVICES = ("cpu", "auto", "cuda")
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("generate", help="generate a synthetic cohort (lung masks, nodule injection, NIfTI/DICOM)",
@@ -48,6 +51,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch", type=int, default=4, help="volumes per generator call (default 4)")
     add_device_arg(p)
     add_progress_arg(p)
+    p.add_argument("--cohort-device", choices=COHORT_DEVICES, default="cpu",
+                   help="where lung masks and nodule cut/paste run (ours; docs/scale.md): cpu = the numpy reference "
+                        "(default, unchanged); auto = the torch path on --device when that is a GPU, else cpu; "
+                        "cuda = the torch path on the GPU (--device's if it is one)")
     p.add_argument("--no-compress", action="store_true", help="write .nii (fast to read) instead of .nii.gz")
     p.add_argument("--profile", default="", help="profile name recorded in cohort.json and the DICOM "
                    "SeriesDescription (default: the profile the checkpoint was trained with)")
@@ -104,6 +111,11 @@ def check_args(args: argparse.Namespace) -> None:
             raise CTSGANError(f"--device: must be cpu or cuda[:N] (got {args.device!r})")
         if args.device.startswith("cuda") and not torch.cuda.is_available():
             raise CTSGANError(f"--device {args.device}: no CUDA GPU is available here (use --device cpu)")
+    if getattr(args, "cohort_device", "cpu") == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise CTSGANError("--cohort-device cuda: no CUDA GPU is available here (use cpu or auto)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -139,7 +151,8 @@ def run(args: argparse.Namespace) -> int:
                                      injector=args.injector, shard=shard, batch=args.batch, device=device,
                                      dicom=args.dicom, compress=not args.no_compress, profile=args.profile,
                                      progress=not args.no_progress, fast=fast_options(args, device),
-                                     nodules=args.nodules, nodule_z_frac=args.nodule_z)
+                                     nodules=args.nodules, nodule_z_frac=args.nodule_z,
+                                     cohort_device=cohort_torch_device(args.cohort_device, device))
     if dist is not None and args.shard is None:
         if shard[0] == 0:
             wait_for_shards(out, shard[1])
@@ -150,6 +163,21 @@ def run(args: argparse.Namespace) -> int:
         print(f"wrote {folder}")
         print(cohort_summary(folder))
     return 0
+
+
+def cohort_torch_device(choice: str, device: str) -> str | None:
+    """The torch device of the cohort work for ``--cohort-device choice`` and the generator's ``device``; None
+    means the numpy reference path on the CPU.
+
+    Examples
+    --------
+    >>> cohort_torch_device("auto", "cuda:1"), cohort_torch_device("auto", "cpu"), cohort_torch_device("cpu", "cuda")
+    ('cuda:1', None, None)
+    """
+    dev = str(device)
+    if choice == "cpu" or (choice == "auto" and not dev.startswith("cuda")):
+        return None
+    return dev if dev.startswith("cuda") else "cuda"
 
 
 def fast_options(args: argparse.Namespace, device: str):

@@ -86,10 +86,14 @@ def _coarse(hu: np.ndarray, sp: np.ndarray, max_side: int = 96) -> tuple[np.ndar
     return small, sp * stride, stride
 
 
-def _ball(radius_vox: Sequence[float]) -> np.ndarray:
+def ball_structure(radius_vox: Sequence[float]) -> np.ndarray:
+    """Boolean ellipsoid structuring element with per-axis radii ``radius_vox`` (rounded), shape ``2r + 1``."""
     r = [max(int(round(v)), 0) for v in radius_vox]
     zz, yy, xx = np.ogrid[-r[0]:r[0] + 1, -r[1]:r[1] + 1, -r[2]:r[2] + 1]
     return (zz / max(r[0], 0.5)) ** 2 + (yy / max(r[1], 0.5)) ** 2 + (xx / max(r[2], 0.5)) ** 2 <= 1.0
+
+
+_ball = ball_structure   # the name the tests and older code use
 
 
 def body_bbox(hu: np.ndarray, threshold_hu: float = -500, spacing_mm: Sequence[float] | None = None,
@@ -115,7 +119,7 @@ def body_bbox(hu: np.ndarray, threshold_hu: float = -500, spacing_mm: Sequence[f
     r = open_mm / ssp
     r[0] = 0.0
     r = np.minimum(np.maximum(np.round(r), [0, 1, 1]), 4).astype(int)
-    opened = ndi.binary_opening(mask, structure=_ball(r))
+    opened = ndi.binary_opening(mask, structure=ball_structure(r))
     if not opened.any():
         opened = mask
     lab, n = ndi.label(opened)
@@ -182,12 +186,9 @@ def lung_mask(hu: np.ndarray, spacing_mm: Sequence[float] | None = None, thresho
     """
     hu, sp = _check_volume(hu, spacing_mm if spacing_mm is not None else (1.0, 1.0, 1.0))
     vol = hu.astype(np.float32)
-    if spacing_mm is None:
-        # unknown spacing: voxel-scale radii (a preprocessed cube's voxels are several mm)
-        smooth_mm, close_mm = 0.5, 1.0
-    sig = smooth_mm / sp
-    if np.any(sig >= 0.3):
-        vol = ndi.gaussian_filter(vol, np.minimum(sig, 2.0), mode="nearest")
+    sig, r = lung_mask_radii(sp, spacing_mm is not None, smooth_mm, close_mm)
+    if sig is not None:
+        vol = ndi.gaussian_filter(vol, sig, mode="nearest")
     air = vol < threshold_hu
     lab, n = ndi.label(air)
     if n == 0:
@@ -204,7 +205,6 @@ def lung_mask(hu: np.ndarray, spacing_mm: Sequence[float] | None = None, thresho
     if n > 1 and sizes[order[1]] >= 0.1 * sizes[order[0]]:
         keep.append(order[1])
     mask = np.isin(lab, keep)
-    r = np.minimum(np.round(close_mm / sp), 3).astype(int)
     if r.max() > 0:
         pad = r.max()
         padded = np.pad(mask, pad)
@@ -212,15 +212,31 @@ def lung_mask(hu: np.ndarray, spacing_mm: Sequence[float] | None = None, thresho
         # past the box, the erosion reads r further), a few times less work when the lungs fill part of the field
         box = grown_bbox(padded, 2 * r + 1)
         closed = np.zeros_like(padded)
-        closed[box] = ndi.binary_closing(padded[box], structure=_ball(r))
+        closed[box] = ndi.binary_closing(padded[box], structure=ball_structure(r))
         mask = closed[pad:-pad, pad:-pad, pad:-pad]
     mask = fill_holes_per_slice(mask)
     if remove_airways:
-        mask &= ~_airways(mask, sp, None if spacing_mm is None else 1000.0)
+        mask &= ~airway_mask(mask, sp, None if spacing_mm is None else 1000.0)
     return mask
 
 
-def _airways(mask: np.ndarray, sp: np.ndarray, max_area_mm2: float | None = 1000.0) -> np.ndarray:
+def lung_mask_radii(sp: np.ndarray, spacing_known: bool = True, smooth_mm: float = 2.0, close_mm: float = 6.0
+                    ) -> tuple[np.ndarray | None, np.ndarray]:
+    """The smoothing σ and closing radius (voxels per axis) :func:`lung_mask` uses for voxel size ``sp``.
+
+    Shared with the torch lung mask (:mod:`ctsgan_lib.data.lung_mask_torch`) so both follow one rule. Without a known
+    spacing the radii are voxel-scale (σ 0.5, closing 1; a preprocessed cube's voxels are several mm). σ is None when
+    no axis needs smoothing (all below 0.3 voxel); it is capped at 2 voxels, the closing radius at 3.
+    """
+    sp = np.asarray(sp, dtype=float)
+    if not spacing_known:
+        smooth_mm, close_mm = 0.5, 1.0
+    sig = smooth_mm / sp
+    r = np.minimum(np.round(close_mm / sp), 3).astype(int)
+    return (np.minimum(sig, 2.0) if np.any(sig >= 0.3) else None), r
+
+
+def airway_mask(mask: np.ndarray, sp: np.ndarray, max_area_mm2: float | None = 1000.0) -> np.ndarray:
     """The trachea inside ``mask``, followed from the mask's top slice down to the carina.
 
     In the top slice the trachea is the small (< ``max_area_mm2``) 2D component nearest the mid-line; each slice

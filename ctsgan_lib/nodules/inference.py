@@ -10,6 +10,10 @@ in the checkpoint):
   everything outside the VOI, is bit-identical.
 - ``sphere`` (the previous default): a partial-volume sphere of the requested diameter at a fixed density plus
   learned texture, composited into the real tissue with the sphere's occupancy.
+
+:meth:`NoduleInjector.inject` also takes the volume as a torch tensor (ours, ``ctsgan generate --cohort-device``):
+the volume then stays on its device and only the VOIs travel to the network (:mod:`ctsgan_lib.nodules.voi_torch`);
+placement stays numpy on the CPU mask with the same rng stream, so the nodules land where the numpy path puts them.
 """
 from __future__ import annotations
 
@@ -28,6 +32,7 @@ from ..utils.checkpoint import latest_checkpoint, load_checkpoint, load_state_st
 from .geometry import (PlacementError, ball, centre_feather_weight, centre_mask, extract_voi, nodule_blend_weight,
                        paste_voi, place_nodules_indexed, voi_blend_weight)
 from .networks import INJECTORS, LEARNED_CHANNELS, SPHERE_CHANNELS, NoduleGenerator, learned_condition
+from .voi_torch import extract_voi_tensor, paste_voi_tensor
 
 
 # ------------------------------------------------------------------------------------------------ models
@@ -227,16 +232,21 @@ class NoduleInjector(_NoduleModel):
             Learned injector: the noise channel (default ``default_rng(0)``).
         """
         self._check_diameter(diameter_vox)
-        voi = extract_voi(hu, center, self.voi_size)
+        if isinstance(hu, torch.Tensor):   # a volume on its device: cut and paste there (module docstring)
+            voi = extract_voi_tensor(hu, center, self.voi_size).cpu().numpy()
+            paste = _paste_on_device
+        else:
+            voi = extract_voi(hu, center, self.voi_size)
+            paste = paste_voi
         if self.kind == "learned":
-            return paste_voi(hu, self.generate_voi(voi, diameter_vox, rng), center, self.paste_weight(diameter_vox))
+            return paste(hu, self.generate_voi(voi, diameter_vox, rng), center, self.paste_weight(diameter_vox))
         s = ball(self.voi_size, diameter_vox) if shape is None else np.asarray(shape, dtype=np.float32)
         composed, _, painted = self.run_voi(voi, s, nodule_hu, parts=True)
         if blend == "nodule":
             # keep the real tissue; composite the generated nodule with its partial-volume occupancy
-            return paste_voi(hu, painted, center, s)
+            return paste(hu, painted, center, s)
         if blend == "voi":
-            return paste_voi(hu, composed, center, np.maximum(voi_blend_weight(self.voi_size, self.mask_size), s))
+            return paste(hu, composed, center, np.maximum(voi_blend_weight(self.voi_size, self.mask_size), s))
         raise CTSGANError(f"blend must be 'nodule' or 'voi', got {blend!r}")
 
     def inject(self, hu: np.ndarray, diameters_vox: Sequence[float], rng: np.random.Generator,
@@ -247,7 +257,8 @@ class NoduleInjector(_NoduleModel):
 
         Parameters
         ----------
-        hu : ndarray (z, y, x), HU
+        hu : ndarray or torch.Tensor (z, y, x), HU
+            A tensor stays on its device and a tensor is returned (module docstring).
         diameters_vox : sequence of float
         rng : numpy Generator (placement, then the learned injector's noise)
         lung : ndarray of bool, optional
@@ -270,8 +281,9 @@ class NoduleInjector(_NoduleModel):
                           f"training nodules are below {self.max_train_vox:.2f} vox: size control is not trained there "
                           f"(docs/nodules.md); the sphere injector (nodules.injector: sphere) paints any size",
                           stacklevel=2)
+        on_tensor = isinstance(hu, torch.Tensor)
         if lung is None:
-            lung = lung_mask(hu)
+            lung = lung_mask(hu.cpu().numpy() if on_tensor else hu)
         placed = place_nodules_indexed(lung, diameters_vox, rng, existing)
         centers = [placed[k] for k in sorted(placed)]
         placed_d = [float(diameters_vox[k]) for k in sorted(placed)]
@@ -282,7 +294,7 @@ class NoduleInjector(_NoduleModel):
             if strict:
                 raise PlacementError(msg)
             warnings.warn(msg, stacklevel=2)
-        out = hu.astype(np.float32, copy=True)
+        out = hu.to(torch.float32).clone() if on_tensor else hu.astype(np.float32, copy=True)
         sp = float(np.prod(spacing_mm) ** (1 / 3)) if spacing_mm is not None else None
         nodules = []
         for c, d in zip(centers, placed_d):
@@ -294,6 +306,12 @@ class NoduleInjector(_NoduleModel):
                             "injector": self.kind})
         self.last_shortfall = shortfall
         return out, nodules
+
+
+def _paste_on_device(volume: torch.Tensor, voi: np.ndarray, center, weight: np.ndarray) -> torch.Tensor:
+    """:func:`paste_voi` for a volume tensor and a numpy VOI / weight (the network's output comes back as numpy)."""
+    return paste_voi_tensor(volume, torch.from_numpy(np.ascontiguousarray(voi)), center,
+                            torch.from_numpy(np.ascontiguousarray(weight, dtype=np.float32)))
 
 
 class NoduleEraser(_NoduleModel):

@@ -21,6 +21,15 @@ unconditional volumes.
 Shard ``i`` of ``K`` writes a complete cohort under ``<out>/shards/shard-<i>-of-<K>/``; :func:`merge_shards` writes
 ``<out>/manifest.csv`` pointing into them. Under ``torchrun`` each rank takes shard ``RANK`` of ``WORLD_SIZE`` on GPU
 ``LOCAL_RANK`` and rank 0 merges when every shard has finished.
+
+Where the cohort work runs (ours, ``--cohort-device``)
+-----------------------------------------------------
+By default lung masks and injection run in numpy on the CPU (the reference). With ``cohort_device`` a torch device,
+each generated block's lung masks are computed there in one batch (:mod:`ctsgan_lib.data.lung_mask_torch`; the
+trachea step stays on the CPU) and nodules are cut and pasted on that device (:mod:`ctsgan_lib.nodules.voi_torch`);
+placement stays numpy with the same rng stream. Masks equal the reference up to voxels within float32 rounding of
+the threshold (tolerance in ``tests/test_lung_mask_torch.py``); the path is recorded in ``cohort.json``
+(``cohort_path: torch``), so a rerun that switches it rebuilds the cohort instead of mixing the two.
 """
 from __future__ import annotations
 
@@ -41,6 +50,7 @@ from tqdm.auto import tqdm
 from ..data.cohort import MANIFEST_COLUMNS, SPLITS, CohortWriter, read_manifest
 from ..data.cohort import encode_row
 from ..data.io import write_dicom_series
+from ..data.lung_mask_torch import lung_mask_batch
 from ..data.lidc import sample_diameter_mm, sample_nodule_count
 from ..data.preprocess import lung_mask, lung_mask_flags
 from ..errors import CTSGANError
@@ -50,6 +60,12 @@ from ..nodules.inference import NoduleInjector
 from ..utils.atomic import atomic_write_text, file_sha256
 from ..utils.hardware import hardware_label
 from .sampling import generate_gan3d_volumes, generate_volumes, load_generator
+
+
+#: voxels per torch lung-mask call (``cohort_device``): one 224³ volume, 64 volumes of 64³. Its device memory is,
+#: counting its tensors (not measured), about 50 bytes a voxel (int64 labels and their copies, the float64 smoothing):
+#: ≈ 0.8 GiB a call, so 16 shard processes sharing one GPU stay far below its memory whatever ``batch`` is.
+MASK_VOXELS_PER_CALL = 2 ** 24
 
 
 @dataclass
@@ -186,8 +202,10 @@ def _blocks(indices: list[int], batch: int) -> list[list[int]]:
     return [blocks[k] for k in sorted(blocks)]
 
 
-def _lung_check(hu: np.ndarray, spacing_mm: Sequence[float]) -> tuple[np.ndarray, float, list[str]]:
-    lung = lung_mask(hu, spacing_mm)
+def _lung_check(hu: np.ndarray, spacing_mm: Sequence[float], lung: np.ndarray | None = None
+                ) -> tuple[np.ndarray, float, list[str]]:
+    if lung is None:
+        lung = lung_mask(hu, spacing_mm)
     ml = float(lung.sum() * float(np.prod(spacing_mm)) / 1000.0)
     return lung, ml, list(lung_mask_flags(lung))
 
@@ -198,7 +216,8 @@ def generate_cohort(checkpoint: str | Path, n: int, seed: int, out: str | Path, 
                     shard: tuple[int, int] = (0, 1), batch: int = 4, device: str = "cpu", dicom: bool = False,
                     compress: bool = True, split_fractions: Sequence[float] = (0.75, 0.125, 0.125),
                     profile: str = "", progress: bool = True, fast: FastOptions | None = None,
-                    nodules: int | None = None, nodule_z_frac: float | None = None) -> Path:
+                    nodules: int | None = None, nodule_z_frac: float | None = None,
+                    cohort_device: str | None = None) -> Path:
     """Generate (or resume) a synthetic cohort.
 
     Parameters
@@ -240,6 +259,9 @@ def generate_cohort(checkpoint: str | Path, n: int, seed: int, out: str | Path, 
     nodule_z_frac : float, optional
         ``ctsgan.cond_z`` checkpoints only: every nodule's z as a fraction of the depth (default: drawn per volume,
         :func:`volume_z_vox`).
+    cohort_device : str, optional
+        A torch device for the lung masks and the nodules' cut and paste (module docstring, "Where the cohort work
+        runs"); None (default): the numpy reference path on the CPU.
 
     Returns
     -------
@@ -282,6 +304,8 @@ def generate_cohort(checkpoint: str | Path, n: int, seed: int, out: str | Path, 
                 "profile": profile}
     if fast is not None:   # only then: default-path cohorts keep their settings (and resume) unchanged
         settings["fast"] = dataclasses.asdict(fast)
+    if cohort_device is not None:   # likewise: the numpy path's settings stay as they were
+        settings["cohort_path"] = "torch"
     conditions = None
     if conditional:
         settings["condition_nodules"] = "lidc" if nodules is None else int(nodules)
@@ -308,12 +332,21 @@ def generate_cohort(checkpoint: str | Path, n: int, seed: int, out: str | Path, 
             with torch.inference_mode():
                 vols = list(gen_fn(gen, stop - start, seed, batch=batch, device=device, start=start, **fast_kw,
                                    **cond_kw))
+            lungs = {}
+            if cohort_device is not None:   # the block's masks in batches on the device (one voxel size per run)
+                todo_here = [o for o in range(len(vols)) if start + o in block]
+                per_call = max(1, MASK_VOXELS_PER_CALL // int(np.prod(vols[todo_here[0]][0].shape)))
+                for k in range(0, len(todo_here), per_call):
+                    part = todo_here[k:k + per_call]
+                    masks = lung_mask_batch(np.stack([vols[o][0] for o in part]), vols[part[0]][1],
+                                            device=cohort_device)
+                    lungs.update(zip(part, masks))
             for offset, (hu, sp) in enumerate(vols):
                 idx = start + offset
                 if idx not in block:
                     continue
                 _write_one(writer, plans[idx], hu, sp, inj, seed, ckpt_sha, kind, dicom, profile,
-                           conditions[idx] if conditional else None)
+                           conditions[idx] if conditional else None, lung=lungs.get(offset), device=cohort_device)
                 bar.update(1)
                 bar.set_postfix(vol_per_s=f"{bar.n / max(time.perf_counter() - t0, 1e-9):.2f}")
     finally:
@@ -323,20 +356,26 @@ def generate_cohort(checkpoint: str | Path, n: int, seed: int, out: str | Path, 
     return folder
 
 
-def finish_volume(plan: VolumePlan, hu: np.ndarray, spacing_mm: Sequence[float], injector, seed: int
-                  ) -> tuple[np.ndarray, dict[str, Any]]:
+def finish_volume(plan: VolumePlan, hu: np.ndarray, spacing_mm: Sequence[float], injector, seed: int,
+                  lung: np.ndarray | None = None, device: str | None = None) -> tuple[np.ndarray, dict[str, Any]]:
     """Lung mask + sanity check, then (if planned and the lungs are plausible) nodule injection.
 
     Returns the final volume and the manifest fields that describe it. A volume whose lungs are implausible is never
-    injected and carries its flags (``lung_flags``), so it is reported rather than silently used.
+    injected and carries its flags (``lung_flags``), so it is reported rather than silently used. ``lung``: a mask
+    already computed (the torch path); ``device``: inject with the volume on that torch device (same placements).
     """
-    lung, lung_ml, flags = _lung_check(hu, spacing_mm)
+    lung, lung_ml, flags = _lung_check(hu, spacing_mm, lung)
     nodules: list[dict] = []
     if plan.inject and not flags:
         rng = np.random.default_rng([int(seed), plan.index, 0x9A7])
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")   # a shortfall is recorded in the manifest instead
-            hu, nodules = injector.inject(hu, plan.diameters_vox, rng, lung=lung, spacing_mm=spacing_mm)
+            if device is None:
+                hu, nodules = injector.inject(hu, plan.diameters_vox, rng, lung=lung, spacing_mm=spacing_mm)
+            else:
+                hu_t, nodules = injector.inject(torch.from_numpy(np.asarray(hu, dtype=np.float32)).to(device),
+                                                plan.diameters_vox, rng, lung=lung, spacing_mm=spacing_mm)
+                hu = hu_t.cpu().numpy()
     elif plan.inject:
         flags = flags + ["not_injected"]
     fields = {"split": plan.split, "nodules": nodules, "has_nodule": int(bool(nodules)), "seed": int(seed),
@@ -347,13 +386,13 @@ def finish_volume(plan: VolumePlan, hu: np.ndarray, spacing_mm: Sequence[float],
 
 
 def conditional_fields(plan: VolumePlan, hu: np.ndarray, spacing_mm: Sequence[float], condition: tuple,
-                       seed: int) -> dict[str, Any]:
+                       seed: int, lung: np.ndarray | None = None) -> dict[str, Any]:
     """Manifest fields of a conditional CT-SGAN volume: the lung check of :func:`finish_volume` (nothing injected)
     and the condition it was generated under, ``(count, diameter_vox)`` or ``(count, diameter_vox, z_vox list)``.
     ``has_nodule`` follows the condition; ``nodules`` stays empty (the generator does not say where in-plane it put
     them)."""
     k, d = condition[:2]
-    _, fields = finish_volume(VolumePlan(plan.index, False, [], plan.split), hu, spacing_mm, None, seed)
+    _, fields = finish_volume(VolumePlan(plan.index, False, [], plan.split), hu, spacing_mm, None, seed, lung)
     fields = {**fields, "has_nodule": int(k > 0), "planned_nodules": int(k), "condition_nodules": int(k),
               "condition_diameter_vox": round(float(d), 3)}
     if len(condition) > 2:
@@ -363,11 +402,11 @@ def conditional_fields(plan: VolumePlan, hu: np.ndarray, spacing_mm: Sequence[fl
 
 def _write_one(writer: CohortWriter, plan: VolumePlan, hu: np.ndarray, spacing_mm: Sequence[float], inj, seed: int,
                ckpt_sha: str, kind: str, dicom: bool, profile: str,
-               condition: tuple | None = None) -> None:
+               condition: tuple | None = None, lung: np.ndarray | None = None, device: str | None = None) -> None:
     if condition is None:
-        hu, fields = finish_volume(plan, hu, spacing_mm, inj, seed)
+        hu, fields = finish_volume(plan, hu, spacing_mm, inj, seed, lung, device)
     else:
-        fields = conditional_fields(plan, hu, spacing_mm, condition, seed)
+        fields = conditional_fields(plan, hu, spacing_mm, condition, seed, lung)
     rid = volume_id(plan.index)
     writer.write(rid, hu, spacing_mm, checkpoint_sha256=ckpt_sha, **fields)
     if dicom:
