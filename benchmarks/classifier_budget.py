@@ -28,6 +28,8 @@ from ctsgan_lib.experiments import build_cell_data, load_bases, load_injector
 from ctsgan_lib.experiments import make_model  # the grid's own model factory (seeded init, profile's stem stride)
 from ctsgan_lib.experiments.grid import score_test_split   # test metrics overall and per kind of positive
 from ctsgan_lib.train.classifier_loop import train_classifier
+from ctsgan_lib.nodules.inference import NoduleInjector
+from ctsgan_lib.utils.checkpoint import latest_checkpoint
 from ctsgan_lib.utils.hardware import hardware_info, hardware_label
 from ctsgan_lib.utils.logs import append_jsonl
 
@@ -42,6 +44,10 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=12)
     ap.add_argument("--lr", type=float, nargs="+", default=[1e-4, 1e-3])
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--injector", choices=("learned", "sphere"), default="learned",
+                    help="which trained injector of notebook 02 paints the injected positives (runs/<P>/nodules/"
+                         "injector or injector_sphere); the grid uses the learned one")
+    ap.add_argument("--batch", type=int, default=None, help="default: the profile's classifier.batch")
     ap.add_argument("--out", default="benchmarks/results/cpu/classifier_budget.jsonl")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -50,8 +56,14 @@ def main() -> None:
     base = load_profile(args.profile, **over)
     real, _ = load_bases(base, None, None, need_syn=False, progress=False)   # by classifier.design
     injector = load_injector(base)
+    if args.injector == "sphere":   # notebook 02's sphere compositor, trained beside the learned injector
+        ck = latest_checkpoint(base.runs_dir / "nodules" / "injector_sphere")
+        if ck is None:
+            raise SystemExit(f"error: no sphere injector under runs/{args.profile}/nodules/injector_sphere: run notebook 02")
+        injector = NoduleInjector.from_checkpoint(ck)
     for size, lr in [(d, lr) for d in args.size for lr in args.lr]:
-        cfg = load_profile(args.profile, **over, **{"classifier.lr": lr, "classifier.patience": args.epochs})
+        extra = {"classifier.batch": args.batch} if args.batch else {}
+        cfg = load_profile(args.profile, **over, **extra, **{"classifier.lr": lr, "classifier.patience": args.epochs})
         data = build_cell_data(real, None, size, args.seed, injector, cfg)
         model = make_model(cfg, args.seed)
         t0 = time.perf_counter()
@@ -63,7 +75,7 @@ def main() -> None:
         steps = args.epochs * -(-len(data.train) // cfg.classifier.batch)
         rec = {"bench": "classifier_budget", "profile": args.profile, "design": cfg.classifier.design,
                "counts": data.counts(), "regime": "real", "size_vox": size,
-               "seed": args.seed, "lr": lr, "epochs": args.epochs, "steps": steps, "n_train": len(data.train),
+               "seed": args.seed, "injector": args.injector, "batch": cfg.classifier.batch, "lr": lr, "epochs": args.epochs, "steps": steps, "n_train": len(data.train),
                "n_test": len(data.test), "stem_stride": cfg.classifier.stem_stride,
                "best_epoch": summary.get("best_epoch"),
                "history": [{k: round(v, 4) if isinstance(v, float) else v for k, v in h.items()}
