@@ -133,3 +133,11 @@ def test_missing_or_unconditional_cohort_is_named(tmp_root):
         conditional_fidelity_sources(cfg)
     with pytest.raises(CTSGANError, match="not a conditional cohort"):
         ConditionSubset(Cohort(cfg.data_dir / "synthetic" / "ctsgan"), True)
+    with CohortWriter(cfg.data_dir / "synthetic" / "ctsgan_cond", compress=False) as w:   # all without nodules
+        for i in range(2):
+            w.write(f"c{i}", chest(np.random.default_rng(i)), (1.0, 1.0, 1.0), source="ctsgan_cond", split="train",
+                    nodules=[], has_nodule=0, condition_nodules=0, condition_diameter_vox=0.0)
+    with pytest.raises(CTSGANError, match="no volume generated with nodules"):
+        conditional_fidelity_sources(cfg)
+    subset = ConditionSubset(Cohort(cfg.data_dir / "synthetic" / "ctsgan_cond"), False)
+    assert subset.ids() == ["c0", "c1"] and subset.read("c1")[0].shape == (32, 32, 32)

@@ -145,21 +145,24 @@ class ConditionSubset:
         self.counts = sorted({int(x) for x in k[keep.to_numpy()]})
 
     def ids(self, split: str | None = None, **filters: Any) -> list[str]:
+        """Ids of this condition's volumes matching the filters of :meth:`Cohort.ids`."""
         return [i for i in self.cohort.ids(split=split, **filters) if i in self._ids]
 
     def row(self, rid: str) -> dict:
+        """The manifest row of ``rid`` (refused when ``rid`` was generated under the other condition)."""
         if rid not in self._ids:
             raise CTSGANError(f"{self.root / 'manifest.csv'}: {rid!r} is not in this condition's volumes")
         return self.cohort.row(rid)
 
     def read(self, rid: str):
+        """(hu, spacing_mm) of ``rid``, as :meth:`Cohort.read`."""
         self.row(rid)  # refuses an id of the other condition
         return self.cohort.read(rid)
 
     def describe(self) -> str:
         """The condition in words, from the manifest (e.g. ``with nodules (1 × 3, 5 vox)``)."""
-        if not self.with_nodules:
-            return "without nodules"
+        if not self.with_nodules or not self.counts:
+            return "with nodules" if self.with_nodules else "without nodules"
         return (f"with nodules ({'/'.join(map(str, self.counts))} × "
                 f"{', '.join(f'{d:g}' for d in self.diameters_vox)} vox)")
 
@@ -168,13 +171,16 @@ def conditional_fidelity_sources(cfg, cond_dir: str | Path | None = None) -> tup
     """The reference and the rows of Table C1 from the standard paths of ``cfg``.
 
     The reference and the real-vs-real and CT-SGAN rows are Table 1's (those of
-    :func:`~ctsgan_lib.eval.fidelity.table1_sources`); the conditional cohort (default ``data/<P>/synthetic/ctsgan_cond``) gives two rows, its volumes
-    generated with nodules and those generated without.
+    :func:`~ctsgan_lib.eval.fidelity.table1_sources`); the conditional cohort (default
+    ``data/<P>/synthetic/ctsgan_cond``) gives two rows, its volumes generated with nodules and those generated
+    without.
 
     Raises
     ------
     MissingInputError
         A cohort is missing; the message names the notebook that makes it.
+    CTSGANError
+        The conditional cohort is not one, or has no volumes under one of the two conditions.
     """
     cond_dir = Path(cond_dir) if cond_dir is not None else cfg.data_dir / "synthetic" / "ctsgan_cond"
     require_inputs(cfg.data_dir / "cohort" / "manifest.csv", made_by="01_data_preparation.ipynb (or `ctsgan prepare`)")
@@ -188,6 +194,10 @@ def conditional_fidelity_sources(cfg, cond_dir: str | Path | None = None) -> tup
     cond = Cohort(cond_dir)
     name = "/".join(cond_dir.parts[-2:])  # as Table 1 names its sources: relative, no machine path
     with_, without = ConditionSubset(cond, True), ConditionSubset(cond, False)
+    for part in (with_, without):
+        if not part.ids():
+            raise CTSGANError(f"{cond_dir / 'manifest.csv'}: no volume generated {part.describe()}; Table C1 compares "
+                              "both conditions (generate with --inject-fraction between 0 and 1, as notebook 09 does)")
     return real, [real, ctsgan,
         Source(COND_WITH, with_, f"{name} {with_.describe()}"),
         Source(COND_WITHOUT, without, f"{name} {without.describe()}")]
