@@ -17,6 +17,7 @@ from ctsgan_lib.eval import fidelity as F
 from ctsgan_lib.reporting.conditional import (COND_WITH, COND_WITHOUT, ConditionSubset, conditional_fidelity_sources,
                                               run_tableC1)
 
+from conftest import REPO
 from test_fidelity import chest, write_cohort
 
 OVERRIDES = {"fidelity.n_pairs": 2, "fidelity.volumes_per_source": 3, "fidelity.max_slices": 4,
@@ -128,9 +129,11 @@ def test_files_carry_provenance_and_no_machine_path(tablec1):
 def test_missing_or_unconditional_cohort_is_named(tmp_root):
     cfg = load_profile("smoke", **OVERRIDES)
     write_cohort(cfg.data_dir / "cohort", 3, seed=11)
-    write_cohort(cfg.data_dir / "synthetic" / "ctsgan", 2, seed=12, source="ctsgan")
-    with pytest.raises(MissingInputError, match="09_conditional_ctsgan.ipynb"):
-        conditional_fidelity_sources(cfg)
+    for want in ("04_synthetic_cohort.ipynb", "09_conditional_ctsgan.ipynb"):   # the notebooks that make the inputs
+        with pytest.raises(MissingInputError, match=want):
+            conditional_fidelity_sources(cfg)
+        assert (REPO / "notebooks" / want).is_file()
+        write_cohort(cfg.data_dir / "synthetic" / "ctsgan", 2, seed=12, source="ctsgan")
     with pytest.raises(CTSGANError, match="not a conditional cohort"):
         ConditionSubset(Cohort(cfg.data_dir / "synthetic" / "ctsgan"), True)
     with CohortWriter(cfg.data_dir / "synthetic" / "ctsgan_cond", compress=False) as w:   # all without nodules

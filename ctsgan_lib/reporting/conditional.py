@@ -185,7 +185,7 @@ def conditional_fidelity_sources(cfg, cond_dir: str | Path | None = None) -> tup
     cond_dir = Path(cond_dir) if cond_dir is not None else cfg.data_dir / "synthetic" / "ctsgan_cond"
     require_inputs(cfg.data_dir / "cohort" / "manifest.csv", made_by="01_data_preparation.ipynb (or `ctsgan prepare`)")
     require_inputs(cfg.data_dir / "synthetic" / "ctsgan" / "manifest.csv",
-                   made_by="04_generate.ipynb (or `ctsgan generate`)")
+                   made_by="04_synthetic_cohort.ipynb (or `ctsgan generate`)")
     require_inputs(cond_dir / "manifest.csv", made_by="09_conditional_ctsgan.ipynb's cohort cell (or `ctsgan generate "
                                                       "--checkpoint runs/<P>/ctsgan_cond/... --nodules K`)")
     # Table 1's sources (eval.fidelity.table1_sources), less the 3D GAN, which Table C1 does not need
