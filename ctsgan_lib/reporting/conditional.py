@@ -222,9 +222,8 @@ def tableC1(records: Sequence[dict[str, Any]], budgets: dict[str, str] | None = 
     order = [k for k in TABLEC1_LABELS if k in keys] + [k for k in keys if k not in TABLEC1_LABELS]
     t = t.set_index(t["Data Source"].map({row_label(k): k for k in keys})).loc[order].reset_index(drop=True)
     source = {r["row"]: r["source"] for r in records}
-    t.insert(0, "Data Source ", [TABLEC1_LABELS.get(k, k) for k in order])
-    t = t.drop(columns=["Data Source", "FID (↓) paper", "relative FD paper", "IS (↑) paper"])
-    t = t.rename(columns={"Data Source ": "Data Source"})
+    t["Data Source"] = [TABLEC1_LABELS.get(k, k) for k in order]
+    t = t.drop(columns=["FID (↓) paper", "relative FD paper", "IS (↑) paper"])
     t.insert(1, "volumes (condition)", [source[k] for k in order])
     t.insert(2, "volumes compared", t["n_volumes_is"].astype(int))
     return t
@@ -277,7 +276,7 @@ def run_tableC1(cfg, sources: tuple[Source, list[Source]] | None = None, out_dir
     md = table_markdown(table, prov, TABLEC1_TITLE)
     md += ("\nNOT comparable to the paper in any case: the paper has no conditional CT-SGAN. Read relative FD "
            "(1 = as far from the real scans as two real patients are from each other) across the rows of this "
-           "table; the unconditional row is Table 1's.\n")
+           "table; the real and unconditional rows repeat Table 1's (same pairs, same extractor).\n")
     paths = [out / "tableC1_conditional_fidelity.csv", out / "tableC1_conditional_fidelity.md"]
     atomic_write_text(paths[0], full.to_csv(index=False))
     atomic_write_text(paths[1], md)
