@@ -4,7 +4,10 @@
 - :func:`write_conditioning`: the records as ``runs/<P>/ctsgan_cond/conditioning.json`` (paths kept shareable).
 - :func:`figC1_conditional_views`: one noise draw generated under "no nodules" and under each requested size.
 - :func:`figC2_conditioning_auc`: AUC per requested size (with interval) and measured vs requested size.
-Both figures go to ``figures/<P>/`` with a provenance caption.
+- :func:`run_tableC1`: the fidelity of the conditional volumes (Table C1): Table 1's metrics and protocol
+  (:func:`~ctsgan_lib.eval.fidelity.run_fidelity`) for the conditional cohort split by condition (with nodules,
+  without), beside the unconditional CT-SGAN cohort and the real-vs-real reference row.
+Figures and Table C1 go to ``figures/<P>/`` with their provenance.
 """
 from __future__ import annotations
 
@@ -16,9 +19,15 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
+from ..data.cohort import Cohort
+from ..errors import CTSGANError
+from ..eval.fidelity import Source, row_label, run_fidelity
+from ..pipeline import require_inputs
 from ..utils.atomic import atomic_write_text
 from ..utils.paths import shareable_path
 from ..viz import figure_caption, save_figure, show_three_views
+from .fidelity import budget_text, provenance, summarise, table_markdown
+from .figures import figures_dir
 
 
 def conditioning_table(records: Sequence[dict[str, Any]]) -> pd.DataFrame:
@@ -93,4 +102,186 @@ def figC2_conditioning_auc(records: Sequence[dict[str, Any]], out: Path, profile
     return paths
 
 
-__all__ = ["conditioning_table", "write_conditioning", "figC1_conditional_views", "figC2_conditioning_auc"]
+# --------------------------------------------------------------------------------------------------------------------
+# Table C1: fidelity of the conditional volumes against the unconditional ones
+# --------------------------------------------------------------------------------------------------------------------
+#: Table C1 row keys of the two halves of the conditional cohort (the real and unconditional rows keep Table 1's keys)
+COND_WITH, COND_WITHOUT = "ctsgan_cond_nodules", "ctsgan_cond_clean"
+
+
+class ConditionSubset:
+    """The volumes of a conditional cohort generated under one condition (with nodules, or without), read through
+    the same interface as a :class:`~ctsgan_lib.data.cohort.Cohort` (``ids``, ``row``, ``read``, ``root``), so
+    that :func:`~ctsgan_lib.eval.fidelity.run_fidelity` treats them as one source.
+
+    Parameters
+    ----------
+    cohort : Cohort
+        A cohort written by ``ctsgan generate --nodules`` (its manifest has ``condition_nodules``).
+    with_nodules : bool
+        Keep the volumes whose condition asked for at least one nodule (True) or for none (False).
+
+    Raises
+    ------
+    CTSGANError
+        The manifest has no ``condition_nodules`` column (not a conditional cohort).
+    """
+
+    def __init__(self, cohort: Cohort, with_nodules: bool):
+        m = cohort.manifest
+        if "condition_nodules" not in m:
+            raise CTSGANError(f"{cohort.root / 'manifest.csv'}: no 'condition_nodules' column; not a conditional "
+                              "cohort (make one with `ctsgan generate --checkpoint runs/<P>/ctsgan_cond/... "
+                              "--nodules K`)")
+        k = pd.to_numeric(m["condition_nodules"], errors="coerce")
+        if k.isna().any():
+            bad = m["id"][k.isna()].iloc[0]
+            raise CTSGANError(f"{cohort.root / 'manifest.csv'}: row {bad!r}: condition_nodules is not a number")
+        keep = (k > 0) if with_nodules else (k == 0)
+        self.cohort, self.root, self.with_nodules = cohort, cohort.root, bool(with_nodules)
+        self._ids = set(m["id"][keep.to_numpy()])
+        d = pd.to_numeric(m.get("condition_diameter_vox", pd.Series(dtype=float))[keep.to_numpy()], errors="coerce")
+        self.diameters_vox = sorted({float(x) for x in d.dropna()}) if with_nodules else []
+        self.counts = sorted({int(x) for x in k[keep.to_numpy()]})
+
+    def ids(self, split: str | None = None, **filters: Any) -> list[str]:
+        """Ids of this condition's volumes matching the filters of :meth:`Cohort.ids`."""
+        return [i for i in self.cohort.ids(split=split, **filters) if i in self._ids]
+
+    def row(self, rid: str) -> dict:
+        """The manifest row of ``rid`` (refused when ``rid`` was generated under the other condition)."""
+        if rid not in self._ids:
+            raise CTSGANError(f"{self.root / 'manifest.csv'}: {rid!r} is not in this condition's volumes")
+        return self.cohort.row(rid)
+
+    def read(self, rid: str):
+        """(hu, spacing_mm) of ``rid``, as :meth:`Cohort.read`."""
+        self.row(rid)  # refuses an id of the other condition
+        return self.cohort.read(rid)
+
+    def describe(self) -> str:
+        """The condition in words, from the manifest (e.g. ``with nodules (1 × 3, 5 vox)``)."""
+        if not self.with_nodules or not self.counts:
+            return "with nodules" if self.with_nodules else "without nodules"
+        return (f"with nodules ({'/'.join(map(str, self.counts))} × "
+                f"{', '.join(f'{d:g}' for d in self.diameters_vox)} vox)")
+
+
+def conditional_fidelity_sources(cfg, cond_dir: str | Path | None = None) -> tuple[Source, list[Source]]:
+    """The reference and the rows of Table C1 from the standard paths of ``cfg``.
+
+    The reference and the real-vs-real and CT-SGAN rows are Table 1's (those of
+    :func:`~ctsgan_lib.eval.fidelity.table1_sources`); the conditional cohort (default
+    ``data/<P>/synthetic/ctsgan_cond``) gives two rows, its volumes generated with nodules and those generated
+    without.
+
+    Raises
+    ------
+    MissingInputError
+        A cohort is missing; the message names the notebook that makes it.
+    CTSGANError
+        The conditional cohort is not one, or has no volumes under one of the two conditions.
+    """
+    cond_dir = Path(cond_dir) if cond_dir is not None else cfg.data_dir / "synthetic" / "ctsgan_cond"
+    require_inputs(cfg.data_dir / "cohort" / "manifest.csv", made_by="01_data_preparation.ipynb (or `ctsgan prepare`)")
+    require_inputs(cfg.data_dir / "synthetic" / "ctsgan" / "manifest.csv",
+                   made_by="04_synthetic_cohort.ipynb (or `ctsgan generate`)")
+    require_inputs(cond_dir / "manifest.csv", made_by="09_conditional_ctsgan.ipynb's cohort cell (or `ctsgan generate "
+                                                      "--checkpoint runs/<P>/ctsgan_cond/... --nodules K`)")
+    # Table 1's sources (eval.fidelity.table1_sources), less the 3D GAN, which Table C1 does not need
+    real = Source("real", Cohort(cfg.data_dir / "cohort"), "cohort")
+    ctsgan = Source("ctsgan", Cohort(cfg.data_dir / "synthetic" / "ctsgan"), "synthetic/ctsgan")
+    cond = Cohort(cond_dir)
+    name = "/".join(cond_dir.parts[-2:])  # as Table 1 names its sources: relative, no machine path
+    with_, without = ConditionSubset(cond, True), ConditionSubset(cond, False)
+    for part in (with_, without):
+        if not part.ids():
+            raise CTSGANError(f"{cond_dir / 'manifest.csv'}: no volume generated {part.describe()}; Table C1 compares "
+                              "both conditions (generate with --inject-fraction between 0 and 1, as notebook 09 does)")
+    return real, [real, ctsgan,
+        Source(COND_WITH, with_, f"{name} {with_.describe()}"),
+        Source(COND_WITHOUT, without, f"{name} {without.describe()}")]
+
+
+#: Table C1's row labels (the real and CT-SGAN rows keep Table 1's wording)
+TABLEC1_LABELS = {"real": "Real Data (real vs real: the reference)", "ctsgan": "CT-SGAN Synthetic Data (unconditional)",
+                  COND_WITH: "Conditional CT-SGAN, generated with nodules",
+                  COND_WITHOUT: "Conditional CT-SGAN, generated without nodules"}
+
+TABLEC1_TITLE = ("Table C1 (ours, beyond the paper: the paper has no conditional model): fidelity of the conditional "
+                 "CT-SGAN's volumes, split by their condition, beside the unconditional CT-SGAN, with Table 1's "
+                 "metrics, protocol, extractor, sample sizes and seed; relative FD = the row's mean pair FID over the "
+                 "real–real mean of this run")
+
+
+def tableC1(records: Sequence[dict[str, Any]], budgets: dict[str, str] | None = None) -> pd.DataFrame:
+    """Records of :func:`run_tableC1` → Table C1: Table 1's columns of ours (the paper has no such rows, so no paper
+    columns), each row's condition in words and the number of its volumes that were compared."""
+    t = summarise(list(records), budgets)[0]
+    keys = list(dict.fromkeys(r["row"] for r in records))
+    order = [k for k in TABLEC1_LABELS if k in keys] + [k for k in keys if k not in TABLEC1_LABELS]
+    t = t.set_index(t["Data Source"].map({row_label(k): k for k in keys})).loc[order].reset_index(drop=True)
+    source = {r["row"]: r["source"] for r in records}
+    t["Data Source"] = [TABLEC1_LABELS.get(k, k) for k in order]
+    t = t.drop(columns=["FID (↓) paper", "relative FD paper", "IS (↑) paper"])
+    t.insert(1, "volumes (condition)", [source[k] for k in order])
+    t.insert(2, "volumes compared", t["n_volumes_is"].astype(int))
+    return t
+
+
+def run_tableC1(cfg, sources: tuple[Source, list[Source]] | None = None, out_dir: str | Path | None = None,
+                extractor=None, device: str | None = None, progress: bool = True) -> dict[str, Any]:
+    """Table C1 in one call: the fidelity of conditional CT-SGAN volumes against unconditional ones.
+
+    Every metric of Table 1 (slice-wise pair FID, relative FD, KID, IS, 2.5D; 3D FID / MMD and MS-SSIM when
+    ``fidelity.metrics_3d``), computed by :func:`~ctsgan_lib.eval.fidelity.run_fidelity` with Table 1's settings
+    (``cfg.fidelity``: pairs, volumes per source, slices, seed) and its extractor
+    (:func:`~ctsgan_lib.eval.fidelity.resolve_for_config`, cached features shared with notebook 05), for the rows of
+    :func:`conditional_fidelity_sources`. The real-vs-real and CT-SGAN rows use the same seeded pools and pairs as
+    Table 1, so they repeat its numbers; relative FD divides by this run's real–real mean, as Table 1 does.
+
+    Parameters
+    ----------
+    cfg : Config
+    sources : (Source, list of Source), optional
+        Reference and rows (default :func:`conditional_fidelity_sources`).
+    out_dir : path, optional
+        Where ``tableC1_conditional_fidelity.{csv,md}`` go (default ``figures/<P>/``).
+    extractor, device, progress
+        As :func:`~ctsgan_lib.eval.fidelity.run_fidelity`.
+
+    Returns
+    -------
+    dict
+        ``records``, ``table`` (DataFrame), ``provenance``, ``paths`` (the two files written). The records are also
+        in ``runs/<P>/ctsgan_cond/fidelity_metrics.jsonl`` (replaced atomically: a rerun does not duplicate lines).
+    """
+    real, rows = sources if sources is not None else conditional_fidelity_sources(cfg)
+    runs = cfg.runs_dir / "ctsgan_cond"
+    runs.mkdir(parents=True, exist_ok=True)
+    tmp = runs / "fidelity_metrics.jsonl.new"
+    tmp.unlink(missing_ok=True)
+    records = run_fidelity(cfg, real, rows, out=tmp, extractor=extractor, device=device, progress=progress)
+    tmp.replace(runs / "fidelity_metrics.jsonl")
+    n_d = int(cfg.ctsgan.d_steps)
+    cond_budget = budget_text(runs / "log.csv", cfg.ctsgan.iterations, n_d)
+    budgets = {"ctsgan": budget_text(cfg.runs_dir / "ctsgan" / "log.csv", cfg.ctsgan.iterations, n_d),
+               COND_WITH: cond_budget, COND_WITHOUT: cond_budget}
+    table = tableC1(records, budgets)
+    prov = provenance(records)
+    out = Path(out_dir) if out_dir is not None else figures_dir(cfg)
+    full = table.copy()
+    for k, v in prov.items():
+        full[k] = v  # the table itself carries profile, data, extractor + hash, seed, hardware, comparability
+    md = table_markdown(table, prov, TABLEC1_TITLE)
+    md += ("\nNOT comparable to the paper in any case: the paper has no conditional CT-SGAN. Read relative FD "
+           "(1 = as far from the real scans as two real patients are from each other) across the rows of this "
+           "table; the real and unconditional rows repeat Table 1's (same pairs, same extractor).\n")
+    paths = [out / "tableC1_conditional_fidelity.csv", out / "tableC1_conditional_fidelity.md"]
+    atomic_write_text(paths[0], full.to_csv(index=False))
+    atomic_write_text(paths[1], md)
+    return {"records": records, "table": table, "provenance": prov, "paths": paths}
+
+
+__all__ = ["conditioning_table", "write_conditioning", "figC1_conditional_views", "figC2_conditioning_auc",
+           "COND_WITH", "COND_WITHOUT", "ConditionSubset", "conditional_fidelity_sources", "tableC1", "run_tableC1"]

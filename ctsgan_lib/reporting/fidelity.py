@@ -126,23 +126,26 @@ def summarise(records: list[dict[str, Any]], budgets: dict[str, str] | None = No
     return pd.DataFrame(rows), pd.DataFrame(rows25), pd.DataFrame(rowsp)
 
 
+def budget_text(log: Path, iterations: int, n_d: int) -> str:
+    """One GAN run's training budget: generator steps × critic updates per step, and the wall-clock seconds of its
+    ``log.csv`` when it can be read (else the configured budget only)."""
+    text = f"{iterations} G steps × {n_d} critic updates (configured)"
+    if log.is_file():
+        try:
+            df = pd.read_csv(log)
+            if len(df) and "seconds" in df and "step" in df:
+                text = (f"{int(df['step'].iloc[-1])} G steps × {n_d} critic updates, "
+                        f"{float(df['seconds'].sum()):.0f} s wall-clock (log.csv)")
+        except (OSError, ValueError, pd.errors.ParserError):
+            pass
+    return text
+
+
 def training_budgets(cfg) -> dict[str, str]:
-    """The GAN rows' training budgets for Table 1: generator steps × critic updates per step, and the wall-clock
-    seconds of the run in ``runs/<P>/{ctsgan,gan3d}/log.csv`` when it exists (else the configured budget only)."""
-    out = {}
-    for key, sec, n_d in (("ctsgan", cfg.ctsgan, int(cfg.ctsgan.d_steps)), ("gan3d", cfg.gan3d, critic_steps(cfg))):
-        text = f"{sec.iterations} G steps × {n_d} critic updates (configured)"
-        log = cfg.runs_dir / key / "log.csv"
-        if log.is_file():
-            try:
-                df = pd.read_csv(log)
-                if len(df) and "seconds" in df and "step" in df:
-                    text = (f"{int(df['step'].iloc[-1])} G steps × {n_d} critic updates, "
-                            f"{float(df['seconds'].sum()):.0f} s wall-clock (log.csv)")
-            except (OSError, ValueError, pd.errors.ParserError):
-                pass
-        out[key] = text
-    return out
+    """The GAN rows' training budgets for Table 1 (:func:`budget_text` of ``runs/<P>/{ctsgan,gan3d}/log.csv``)."""
+    return {key: budget_text(cfg.runs_dir / key / "log.csv", sec.iterations, n_d)
+            for key, sec, n_d in (("ctsgan", cfg.ctsgan, int(cfg.ctsgan.d_steps)),
+                                  ("gan3d", cfg.gan3d, critic_steps(cfg)))}
 
 
 def provenance(records: list[dict[str, Any]]) -> dict[str, Any]:
