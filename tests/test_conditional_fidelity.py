@@ -73,7 +73,7 @@ def test_rows_values_and_relative_fd(tablec1):
     fid = {k: np.mean([r["value"] for r in recs if r["row"] == k and r["metric"] == "fid"
                        and r["protocol"] == "pair" and r["view"] == "axial"])
            for k in ("real", "ctsgan", COND_WITH, COND_WITHOUT)}
-    assert t.loc[0, "relative_fd"] == 1.0 and t.loc[0, "3D relative FD"] == "1.00"
+    assert t.loc[0, "relative_fd"] == 1.0 and t.loc[0, "3D relative FD [95 % CI]"] == "1.00 (reference)"
     for i, k in enumerate(fid):
         assert t.loc[i, "relative_fd"] == pytest.approx(fid[k] / fid["real"], rel=1e-9)
     # each conditional row compares only the volumes of its own condition

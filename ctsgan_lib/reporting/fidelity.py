@@ -60,8 +60,10 @@ def relative_fd_interval(row_values: Sequence[float], real_values: Sequence[floa
     return float(a.mean() / b.mean()), float(lo), float(hi)
 
 
-def _rel_text(est: tuple[float, float, float]) -> str:
-    return "n/a" if not np.isfinite(est[0]) else f"{est[0]:.2f} [{est[1]:.2f}, {est[2]:.2f}]"
+def _rel_text(est: tuple[float, ...]) -> str:
+    if not np.isfinite(est[0]):
+        return "n/a"
+    return f"{est[0]:.2f} (reference)" if len(est) == 1 else f"{est[0]:.2f} [{est[1]:.2f}, {est[2]:.2f}]"
 
 
 def summarise(records: list[dict[str, Any]], budgets: dict[str, str] | None = None):
@@ -91,6 +93,8 @@ def summarise(records: list[dict[str, Any]], budgets: dict[str, str] | None = No
         ms = mean_std(_values(rec, "msssim", "within", view="3d"))
         rel_ci, rel3_ci = relative_fd_interval(fid, real_fids), relative_fd_interval(_values(rec, "fid3d", view="3d"),
                                                                                      real_fids3d)
+        if key == "real":   # the reference itself: 1 by definition, no interval
+            rel_ci, rel3_ci = ((1.0 if np.isfinite(v[0]) else float("nan"),) for v in (rel_ci, rel3_ci))
         rel, rel3 = rel_ci[0], rel3_ci[0]
         ex = rec[0]
         rows.append({"Data Source": paper["label"],
