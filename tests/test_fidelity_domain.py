@@ -21,7 +21,7 @@ from ctsgan_lib.eval import domain as DM
 from ctsgan_lib.eval import fidelity as F
 from ctsgan_lib.eval import sensitivity as S
 from ctsgan_lib.eval.distances import kid_from_features, msssim_3d
-from ctsgan_lib.reporting.fidelity import relative_fd_interval
+from ctsgan_lib.reporting.fidelity import ordering_lines, relative_fd_difference, relative_fd_interval
 
 STEPS = 200  # the profile default
 
@@ -263,3 +263,17 @@ def test_relative_fd_interval_known_answers():
     _, lo2, hi2 = relative_fd_interval(row, real * 0 + real.mean(), n_boot=4000, seed=1)
     assert hi2 - lo2 < hi - lo            # a spread-free reference narrows it
     assert all(np.isnan(relative_fd_interval([], real)))
+
+
+def test_relative_fd_difference_orders_rows():
+    assert relative_fd_difference([3.0] * 8, [5.0] * 8, [2.0] * 8) == pytest.approx((-1.0, -1.0, -1.0))
+    rng = np.random.default_rng(0)
+    real, near, far = rng.normal(6, 2, 15), rng.normal(7, 2, 15), rng.normal(14, 3, 15)
+    est, lo, hi = relative_fd_difference(near, far, real)
+    assert est == pytest.approx((near.mean() - far.mean()) / real.mean()) and lo < est < hi < 0
+    recs = [{"row": row, "metric": "fid", "protocol": "pair", "view": "axial", "value": float(v)}
+            for row, vals in (("real", real), ("ctsgan", near), ("gan3d", far)) for v in vals]
+    (line,) = ordering_lines(recs)
+    assert "CT-SGAN closer to real" in line and "paper (slice-wise): -0.47" in line
+    swapped = [dict(r, row={"ctsgan": "gan3d", "gan3d": "ctsgan"}.get(r["row"], r["row"])) for r in recs]
+    assert "3D GAN closer to real" in ordering_lines(swapped)[0]
