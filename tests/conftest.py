@@ -26,3 +26,22 @@ def _one_thread():
     torch.set_num_threads(int(os.environ.get("CTSGAN_TEST_THREADS", "1")))
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def ctsgan_ckpt(tmp_path_factory) -> Path:
+    """An untrained smoke CT-SGAN checkpoint in the format the training loop writes, voxel size 6 mm."""
+    # imported here: conftest stays light, only the modules that use this fixture pay for torch and the models
+    import torch
+
+    from ctsgan_lib.config import load_profile
+    from ctsgan_lib.models.ctsgan import build_ctsgan
+    from ctsgan_lib.utils.checkpoint import save_checkpoint
+
+    torch.manual_seed(0)
+    cfg = load_profile("smoke")
+    gen = build_ctsgan(cfg.data.size, cfg.ctsgan)["generator"]
+    path = tmp_path_factory.mktemp("ck") / "ckpt_000001.pt"
+    save_checkpoint(path, kind="ctsgan", step=1, config=cfg.to_dict(), models={"rv": gen.rv, "gslice": gen.gslice},
+                    extra={"spacing_mm": (6.0, 6.0, 6.0)})
+    return path

@@ -16,7 +16,6 @@ Tolerances (why these numbers):
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -27,16 +26,13 @@ from scipy import ndimage as ndi
 from cli_checks import assert_one_line_error
 from ctsgan_lib.cli import main
 from ctsgan_lib.commands.generate import cohort_torch_device
-from ctsgan_lib.config import load_profile
 from ctsgan_lib.data import phantom as P
 from ctsgan_lib.data import preprocess as Q
 from ctsgan_lib.data.io import read_nifti
 from ctsgan_lib.data.lung_mask_torch import (binary_closing, fill_holes_per_slice, gaussian_smooth, label_components,
                                              lung_mask_batch)
-from ctsgan_lib.models.ctsgan import build_ctsgan
 from ctsgan_lib.nodules.inference import NoduleInjector, build_generator
 from ctsgan_lib.synthesis import VolumePlan, finish_volume, generate_cohort, synthetic_cohort
-from ctsgan_lib.utils.checkpoint import save_checkpoint
 
 DICE_MIN = 0.999
 DIFF_SHARE_MAX = 0.0005
@@ -153,15 +149,6 @@ def test_injection_on_tensors_equals_numpy(phantoms, kind):
     assert np.abs(edge_t.numpy() - edge_np).max() <= HU_TOL
 
 
-@pytest.fixture(scope="module")
-def ctsgan_ckpt(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    cfg = load_profile("smoke")
-    gen = build_ctsgan(cfg.data.size, cfg.ctsgan)["generator"]
-    path = tmp_path_factory.mktemp("ck") / "ckpt_000001.pt"
-    save_checkpoint(path, kind="ctsgan", step=1, config=cfg.to_dict(), models={"rv": gen.rv, "gslice": gen.gslice},
-                    extra={"spacing_mm": (6.0, 6.0, 6.0)})
-    return path
 
 
 def test_cohort_written_on_the_torch_path_equals_the_numpy_cohort(ctsgan_ckpt, tmp_path, monkeypatch):

@@ -4,7 +4,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pydicom
@@ -14,27 +13,13 @@ from ctsgan_lib.config import load_profile
 from ctsgan_lib.data.cohort import Cohort
 from ctsgan_lib.data.io import read_nifti
 from ctsgan_lib.errors import CTSGANError
-from ctsgan_lib.models.ctsgan import build_ctsgan
 from ctsgan_lib.synthesis import (VolumePlan, finish_volume, generate_cohort, merge_shards, parse_shard,
                                   plan_volumes, shard_indices, summarize_cohort)
-from ctsgan_lib.utils.checkpoint import save_checkpoint
 from killing import killed_at
 
 SPACING = (6.0, 6.0, 6.0)
 
 
-@pytest.fixture(scope="module")
-def ctsgan_ckpt(tmp_path_factory) -> Path:
-    """An (untrained) CT-SGAN checkpoint in the format the training loop writes."""
-    import torch
-
-    torch.manual_seed(0)
-    cfg = load_profile("smoke")
-    gen = build_ctsgan(cfg.data.size, cfg.ctsgan)["generator"]
-    path = tmp_path_factory.mktemp("ck") / "ckpt_000001.pt"
-    save_checkpoint(path, kind="ctsgan", step=1, config=cfg.to_dict(), models={"rv": gen.rv, "gslice": gen.gslice},
-                    extra={"spacing_mm": SPACING})
-    return path
 
 
 def test_plan_is_deterministic_and_exact():
