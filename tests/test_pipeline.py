@@ -84,7 +84,30 @@ def test_figures_manifest_lists_every_stage_with_its_commit_and_the_total(two_no
     assert [r.split("|")[1].strip() for r in rows] == ["01_a.ipynb", "02_b.ipynb"]
     assert all(stages[0]["commit"][:12] in r for r in rows)
     total = sum(s["wall_s"] for s in stages)
-    assert f"**{total:.0f}**" in text and "profile | demo (volumes 64³, 400 patients)" in text
+    assert f"total, the paper's study** | | **{total:.0f}**" in text and "profile | demo (volumes 64³, 400 patients)" in text
+
+
+def test_figures_manifest_keeps_notebook_09_out_of_the_study_total_and_lists_its_files(two_notebooks, monkeypatch):
+    from ctsgan_lib.reporting import figures
+    from ctsgan_lib.config import load_profile
+
+    root = two_notebooks
+    monkeypatch.setattr(pipeline, "NOTEBOOKS", pipeline.NOTEBOOKS + (("09", "09_c.ipynb", "c"),))
+    _notebook(root / "notebooks" / "02_b.ipynb", "x = 1")
+    _notebook(root / "notebooks" / "09_c.ipynb", "import time\ntime.sleep(0.2)")
+    stages = json.loads(pipeline.reproduce("demo", root=root, progress=False,
+                                           nb_dir=root / "notebooks").read_text())["notebooks"]
+    cfg = load_profile("demo")
+    out = figures.figures_dir(cfg)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "figC1_conditional_views.png").write_bytes(b"png")
+    monkeypatch.setattr(figures, "_data_source", lambda cfg: "phantom cohort")
+    text = figures.render_manifest(cfg, {})
+    study = sum(s["wall_s"] for s in stages if not s["notebook"].startswith("09"))
+    nine = [s["wall_s"] for s in stages if s["notebook"].startswith("09")][0]
+    assert f"| **total, the paper's study** | | **{study:.0f}**" in text
+    assert f"| **09_c.ipynb: beyond the paper, its own budget** | | **{nine:.0f}**" in text
+    assert "| written by notebook 09 | [figC1_conditional_views.png](figC1_conditional_views.png) | – |" in text
 
 
 def test_pretrained_and_set_reach_the_notebooks_and_the_manifests(two_notebooks, monkeypatch):
