@@ -25,10 +25,8 @@ TEXT_SUFFIXES = {".md", ".csv", ".json", ".txt"}
 # folder, or a Windows drive path. ('mm/s', 'LIDC/NLST' and URLs do not match.)
 ABSOLUTE = re.compile(r"(?:^|[\s\"'(\[=,])(/[\w.+-]+/[\w.+/-]+)|~/[\w.-]+|\b[A-Za-z]:\\[\w.\\ -]+", re.M)
 
-# Committed before issue 17. Their footer (drawn in the pixels, not in the metadata) reads
-# "real data /work/main/data/demo/debiased": the next `ctsgan reproduce --profile demo` (notebook 07) rewrites them
-# with a relative path and the footer in their metadata; then remove them from this list.
-KNOWN_COMMITTED_WITHOUT_METADATA = {"demo/fig3b_accuracy_vs_size.png", "demo/fig3b_accuracy_vs_size.pdf"}
+# Figures committed without their footer in the metadata (none since the demo run of 2026-11-30 rewrote Fig 3b).
+KNOWN_COMMITTED_WITHOUT_METADATA: set[str] = set()
 
 
 def _pdf_text(path: Path) -> str:
