@@ -72,7 +72,10 @@ class NoduleConfig:
     eraser_pairs_per_scan: int = 4      # injected nodules per nodule-free training scan for the eraser's pairs
     injector: str = "learned"           # "learned" (Jin et al.: the GAN paints shape and density) or "sphere"
     feather_vox: float = 0.0            # width of the paste-back blend across the mask border; 0 = mask_size / 4
-    paste: str = "centre"               # learned injector paste-back: "centre" (Jin et al.) or "local" (docs/nodules.md)
+    paste: str = "centre"               # learned injector paste-back: "centre" (Jin et al.), "ctgan" (Mirsky et al.'s
+                                        # density gate) or "local" (ours); docs/nodules.md
+    touchup_sigma_vox: float = 1.0      # noise touch-up: keep the scan's own detail finer than this Gaussian σ under
+                                        # the pasted centre (after CT-GAN's touch-ups; docs/nodules.md); 0 = off
     realism_steps: int = 150            # realism CNN: training steps per fold (docs/nodules.md)
     realism_folds: int = 4              # ... folds, grouped by scan (held-out scores for every VOI)
     realism_bootstrap: int = 1000       # ... bootstrap resamples for the AUC interval
@@ -453,7 +456,7 @@ _CHOICES = {
     "classifier.regimes": ("real", "synthetic", "pretrain_finetune", "cond_pretrain_finetune"),
     "ctsgan.rv_init": ("random", "learned"),
     "fidelity.offline_extractor": ("domain", "inception-fallback"), "nodules.injector": ("learned", "sphere"),
-    "nodules.paste": ("centre", "local"), "classifier.synthetic_source": ("disk", "generator"),
+    "nodules.paste": ("centre", "local", "ctgan"), "classifier.synthetic_source": ("disk", "generator"),
     "classifier.design": ("paper", "paired"),
 }
 #: (low, high, low_inclusive, high_inclusive) for float fields (and every element of float lists).
@@ -466,7 +469,7 @@ _FLOAT_RANGES = {
     "classifier.real_fractions": (0.0, 1.0, False, True), "classifier.scarcity_size": (0.0, math.inf, True, False),
 }
 _POSITIVE_FLOATS = ("lr", "lr_g", "lr_d", "diameters_vox", "sizes")
-_NONNEG_FLOATS = ("l1_inside", "l1_outside", "gp_weight", "feather_vox")
+_NONNEG_FLOATS = ("l1_inside", "l1_outside", "gp_weight", "feather_vox", "touchup_sigma_vox")
 
 
 def _interval(lo: float, hi: float, lo_inc: bool, hi_inc: bool) -> str:

@@ -10,7 +10,8 @@ from ctsgan_lib.config import load_profile
 from ctsgan_lib.data.cohort import Cohort
 from ctsgan_lib.errors import CTSGANError
 from ctsgan_lib.nodules import (NoduleEraser, NoduleInjector, centre_feather_weight, erasure_check, extract_voi,
-                                measure_nodule, paste_voi, train_nodule_gan)
+                                measure_nodule, noise_touch_up, paste_voi, robust_sd, scan_detail,
+                                train_nodule_gan)
 from ctsgan_lib.nodules.realism import (experiment_size_check, load_realism, realism_vois, run_realism,
                                         save_realism)
 from ctsgan_lib.reporting.nodules import save_realism_figure, write_realism_report
@@ -111,6 +112,92 @@ def test_paste_back_leaves_everything_outside_the_voi_bit_identical(learned):
         assert np.array_equal(out[~near], hu[~near])
         assert np.array_equal(out[~support], hu[~support])                       # not even inside the VOI's rim
         assert not np.array_equal(out, hu)
+
+
+def _detail_sd(vol: np.ndarray, centre, half: int) -> float:
+    """Robust SD of the fine detail (σ = 1 voxel), i.e. the grain, over the cube of half-side ``half``."""
+    box = tuple(slice(c - half, c + half + 1) for c in centre)
+    return robust_sd(scan_detail(vol, 1.0)[box])
+
+
+def test_noise_touch_up_gives_the_pasted_centre_the_scans_grain(learned, monkeypatch):
+    """inject_at applies the touch-up recorded in the checkpoint. On this toy cohort of white noise the trained
+    generator already draws most of the grain (little is added); made smooth, as the demo's is, its pasted centre
+    gets the scan's grain back."""
+    on = learned["inj"]
+    assert on.touchup_sigma_vox == 1.0                                            # the profile's default, recorded
+    off = NoduleInjector.from_checkpoint(learned["root"] / "inj", touchup_sigma_vox=0.0)
+    half = on.mask_size // 2 - 1
+    for smooth in (False, True):
+        if smooth:
+            for inj in (on, off):
+                gen = inj.generate_voi
+                monkeypatch.setattr(inj, "generate_voi", lambda v, d, rng=None, gen=gen:
+                                    ndi.gaussian_filter(gen(v, d, rng), 2.0))
+        ratios = {"on": [], "off": []}
+        for rid, hu, lung in _free_scans(learned["cohort"]):
+            c = [int(v) for v in np.argwhere(ndi.binary_erosion(lung, iterations=4))[0]]
+            ref = _detail_sd(hu, c, half)
+            for name, inj in (("on", on), ("off", off)):
+                ratios[name].append(_detail_sd(inj.inject_at(hu, c, 3.0, rng=np.random.default_rng(1)), c, half)
+                                    / ref)
+        med = {k: float(np.median(v)) for k, v in ratios.items()}
+        print(f"grain in the pasted centre / the scan's (generator {'smoothed' if smooth else 'as trained'}): "
+              f"touch-up {np.round(ratios['on'], 2)}, none {np.round(ratios['off'], 2)}")
+        if smooth:
+            assert med["off"] < 0.6 and med["on"] > med["off"] + 0.2 and med["on"] < 1.15   # the grain is back
+        else:                                                                     # grain of its own: little added
+            assert all(a >= b - 0.02 for a, b in zip(ratios["on"], ratios["off"])) and med["on"] < 1.6
+
+
+def test_noise_touch_up_adds_only_the_missing_detail():
+    rng = np.random.default_rng(0)
+    scan = rng.normal(-850, 40, (16, 16, 16)).astype(np.float32)
+    inside = np.ones(scan.shape, bool)
+    smooth = np.full_like(scan, -850.0)
+    grainy = (-850 + rng.normal(0, 40, scan.shape)).astype(np.float32)
+    half = (-850 + rng.normal(0, 40 * np.sqrt(0.5), scan.shape)).astype(np.float32)
+    sd = {name: robust_sd(scan_detail(noise_touch_up(g, scan, inside, 1.0), 1.0)[3:-3, 3:-3, 3:-3])
+          for name, g in (("smooth", smooth), ("grainy", grainy), ("half", half))}
+    ref = robust_sd(scan_detail(scan, 1.0)[3:-3, 3:-3, 3:-3])
+    assert np.array_equal(noise_touch_up(smooth, scan, inside, 0.0), smooth)  # σ 0: off
+    for name, v in sd.items():
+        assert 0.9 * ref < v < 1.1 * ref, (name, v, ref)                         # topped up to the scan's level
+    # a vessel wall in the scan is anatomy, not grain: its edge is not copied onto a smooth generated centre
+    wall = scan.copy()
+    wall[:, :, 8:] += 890.0
+    out = noise_touch_up(smooth, wall, inside, 1.0)
+    edge = np.abs(scan_detail(wall, 1.0)) > 3 * robust_sd(scan_detail(wall, 1.0))
+    assert edge.sum() > 100 and np.all(out[edge] == smooth[edge])
+
+
+def test_scan_detail_keeps_noise_and_drops_smooth_anatomy():
+    rng = np.random.default_rng(0)
+    z, y, x = np.meshgrid(*(np.arange(24.0),) * 3, indexing="ij")
+    smooth = 30.0 * np.sin(2 * np.pi * x / 16) + 2.0 * z                         # anatomy: 16-voxel period, a ramp
+    noise = rng.normal(0, 20, smooth.shape)
+    d = scan_detail(smooth + noise, 1.0)[4:-4, 4:-4, 4:-4]
+    n = noise[4:-4, 4:-4, 4:-4]
+    assert np.array_equal(scan_detail(smooth, 0.0), np.zeros_like(smooth, dtype=np.float32))
+    assert np.abs(scan_detail(smooth, 1.0)[4:-4, 4:-4, 4:-4]).max() < 0.1 * 30   # the sine and ramp are gone
+    assert 0.8 < d.std() / n.std() < 1.0 and np.corrcoef(d.ravel(), n.ravel())[0, 1] > 0.9
+
+
+def test_ctgan_paste_only_adds_density_where_the_generator_paints_it(learned):
+    """CT-GAN's paste-back (nodules.paste: ctgan): nothing outside the centre's feather changes, nothing gets
+    darker, and lung-density output is gated out (the scan's own lung stays), unlike Jin et al.'s centre paste."""
+    ct = NoduleInjector.from_checkpoint(learned["root"] / "inj", paste="ctgan")
+    centre = NoduleInjector.from_checkpoint(learned["root"] / "inj", paste="centre")
+    for rid, hu, lung in _free_scans(learned["cohort"]):
+        c = [int(v) for v in np.argwhere(ndi.binary_erosion(lung, iterations=4))[0]]
+        a = ct.inject_at(hu, c, 4.0, rng=np.random.default_rng(1))
+        b = centre.inject_at(hu, c, 4.0, rng=np.random.default_rng(1))
+        support = paste_voi(np.zeros(hu.shape, np.float32), np.ones((ct.voi_size,) * 3, np.float32), c,
+                            ct.paste_weight(4.0)) > 0
+        assert np.array_equal(a[~support], hu[~support]) and np.all(a >= hu)
+        dark = support & (b < -700) & (hu < -700)                                 # lung in both the output and scan
+        assert np.abs(a[dark] - hu[dark]).mean() < 0.5 * np.abs(b[dark] - hu[dark]).mean()
+        assert (a - hu).max() > 100                                               # ... yet a nodule is painted
 
 
 def test_feather_weight_is_one_inside_the_mask_and_zero_on_the_voi_faces():

@@ -6,7 +6,8 @@ Pieces, each usable alone:
 - :func:`paste_voi` blends a VOI back with a weight map; voxels where the weight is 0 (everything outside the VOI and
   the VOI's own border) are left bit-identical.
 - :func:`ball`, :func:`nodule_blend_weight`, :func:`voi_blend_weight`: the shape channel and the raised-cosine blend
-  weights (so no seam shows at the VOI border).
+  weights (so no seam shows at the VOI border); :func:`scan_detail` and :func:`noise_touch_up`, the
+  scan's own fine detail under a smooth generated centre.
 - :func:`place_nodules`: centres inside the lung, at least one radius from the lung border, not overlapping other
   nodules; bounded work, reports a shortfall instead of looping.
 - :func:`measure_nodule`: diameter (equivalent sphere) and mean HU of the bright blob at a centre (used by the checks).
@@ -122,6 +123,63 @@ def centre_feather_weight(voi_size: int, mask_size: int, feather_vox: float = 0.
     x = np.abs(np.arange(voi_size, dtype=np.float32) - _centre_index(voi_size))
     w1 = _raised_cosine((x - inner) / max(outer - inner, 1e-6))
     return (w1[:, None, None] * w1[None, :, None] * w1[None, None, :]).astype(np.float32)
+
+
+def scan_detail(voi_hu: np.ndarray, sigma_vox: float) -> np.ndarray:
+    """The fine detail of a VOI: ``voi_hu`` minus its Gaussian blur of ``sigma_vox`` (HU, same shape).
+
+    σ = 1 voxel keeps frequencies above about 0.13 cycles/voxel (half power), where CT noise lives, and drops anatomy
+    larger than about 4 voxels. ``sigma_vox`` 0 gives zeros.
+    """
+    v = np.asarray(voi_hu, dtype=np.float32)
+    if sigma_vox <= 0:
+        return np.zeros_like(v)
+    return (v - ndi.gaussian_filter(v, float(sigma_vox), mode="reflect")).astype(np.float32)
+
+
+def robust_sd(x: np.ndarray) -> float:
+    """1.4826 × the median absolute deviation: the SD of the Gaussian part of ``x``, blind to sparse outliers."""
+    x = np.asarray(x, dtype=np.float64).ravel()
+    return float(1.4826 * np.median(np.abs(x - np.median(x)))) if x.size else 0.0
+
+
+def noise_touch_up(generated_hu: np.ndarray, voi_hu: np.ndarray, inside: np.ndarray, sigma_vox: float,
+                   clip_sd: float = 3.0) -> np.ndarray:
+    """Top the generated VOI's grain up to the scan's, with the scan's own noise (the noise touch-up).
+
+    The generator's centre is often smoother than CT noise (the L1 term pulls it to the mean); a discriminator, or
+    a reader, sees the smooth patch at once. CT-GAN (Mirsky et al. 2019) adds noise touch-ups after pasting for the
+    same reason. Here the missing grain is taken from the scan itself, so its correlation and level are the scan's:
+
+    - the scan's fine detail (:func:`scan_detail`), with the values beyond ``clip_sd`` robust SDs set to 0: those
+      are edges of anatomy (a vessel wall), not noise, and copying them would draw a ghost of what the generator
+      replaced;
+    - added with ``k = sqrt(max(0, sd_scan² − sd_gen²)) / sd_scan``, both SDs robust (:func:`robust_sd`) over
+      ``inside`` (the centre the generator rewrote), so a generator that already draws the grain gets none added
+      (k = 0) and a smooth one gets all of it (k = 1).
+
+    Parameters
+    ----------
+    generated_hu, voi_hu : ndarray
+        The generator's VOI and the scan's VOI at the same place (HU, same shape).
+    inside : ndarray of bool or {0, 1}
+        Where the two SDs are measured.
+    sigma_vox : float
+        The detail's Gaussian σ (:func:`scan_detail`); 0: ``generated_hu`` unchanged.
+    clip_sd : float
+        Detail beyond this many robust SDs counts as anatomy.
+    """
+    g = np.asarray(generated_hu, dtype=np.float32)
+    if sigma_vox <= 0:
+        return g
+    detail = scan_detail(voi_hu, sigma_vox)
+    sel = np.asarray(inside) > 0
+    sd_scan, sd_gen = robust_sd(detail[sel]), robust_sd(scan_detail(g, sigma_vox)[sel])
+    if sd_scan <= 0:
+        return g
+    k = np.sqrt(max(sd_scan ** 2 - sd_gen ** 2, 0.0)) / sd_scan
+    noise = np.where(np.abs(detail) <= clip_sd * sd_scan, detail, 0.0)
+    return (g + np.float32(k) * noise).astype(np.float32)
 
 
 def _voi_slices(center: Sequence[int], size: int) -> tuple[tuple[slice, ...], tuple[int, ...]]:

@@ -6,7 +6,8 @@ in the checkpoint):
 
 - ``learned`` (default, Jin et al.): the generator paints the whole masked centre from the context, a size scalar,
   a soft size hint and noise; the generated centre is pasted back with a feathered weight across the mask border
-  (:func:`~ctsgan_lib.nodules.geometry.centre_feather_weight`). Everything outside that weight's support, and so
+  (:func:`~ctsgan_lib.nodules.geometry.centre_feather_weight`), with the scan's own fine detail kept under it (the
+  noise touch-up, ``nodules.touchup_sigma_vox``; after CT-GAN's touch-ups). Everything outside that weight's support, and so
   everything outside the VOI, is bit-identical.
 - ``sphere`` (the previous default): a partial-volume sphere of the requested diameter at a fixed density plus
   learned texture, composited into the real tissue with the sphere's occupancy.
@@ -30,7 +31,7 @@ from ..data.preprocess import lung_mask
 from ..errors import CTSGANError
 from ..utils.checkpoint import latest_checkpoint, load_checkpoint, load_state_strict
 from .geometry import (PlacementError, ball, centre_feather_weight, centre_mask, extract_voi, nodule_blend_weight,
-                       paste_voi, place_nodules_indexed, voi_blend_weight)
+                       noise_touch_up, paste_voi, place_nodules_indexed, voi_blend_weight)
 from .networks import INJECTORS, LEARNED_CHANNELS, SPHERE_CHANNELS, NoduleGenerator, learned_condition
 from .voi_torch import extract_voi_tensor, paste_voi_tensor
 
@@ -49,6 +50,7 @@ class _Loaded:
     kind: str
     feather_vox: float
     paste: str
+    touchup_sigma_vox: float
     max_train_vox: float
 
 
@@ -88,6 +90,8 @@ def _load_generator(path: str | Path, role: str, device: str | torch.device) -> 
     g.eval().to(device)
     return _Loaded(g, role, int(ex["voi_size"]), int(ex["mask_size"]), float(ex["hu_min"]), float(ex["hu_max"]),
                    int(ck["step"]), str(path), kind, float(ex.get("feather_vox", 0.0)), str(ex.get("paste", "centre")),
+                   # a checkpoint older than the touch-up was made and used without it: 0 keeps its behaviour
+                   float(ex.get("touchup_sigma_vox", 0.0)),
                    float(np.percentile(ex["train_diameters_vox"], 90)) if ex.get("train_diameters_vox")
                    else float("inf"))
 
@@ -98,12 +102,14 @@ class _NoduleModel:
 
     def __init__(self, generator: NoduleGenerator, voi_size: int, mask_size: int, hu_min: float = -1000.0,
                  hu_max: float = 400.0, device: str | torch.device = "cpu", step: int = 0, source: str = "",
-                 kind: str | None = None, feather_vox: float = 0.0, paste: str | None = None):
+                 kind: str | None = None, feather_vox: float = 0.0, paste: str | None = None,
+                 touchup_sigma_vox: float = 0.0):
         self.generator = generator.to(device).eval()
         if kind is None:
             kind = "eraser" if self.role == "eraser" else ("learned" if generator.in_channels == LEARNED_CHANNELS
                                                             else "sphere")
         self.kind, self.feather_vox = kind, float(feather_vox)
+        self.touchup_sigma_vox = float(touchup_sigma_vox)
         if paste is not None:
             self.paste = paste
         self.voi_size, self.mask_size = int(voi_size), int(mask_size)
@@ -113,14 +119,18 @@ class _NoduleModel:
         self._mask = centre_mask(self.voi_size, self.mask_size)
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, device: str | torch.device = "cpu", paste: str | None = None):
+    def from_checkpoint(cls, path: str | Path, device: str | torch.device = "cpu", paste: str | None = None,
+                        touchup_sigma_vox: float | None = None):
         """Load the generator from a checkpoint file, or the newest ``ckpt_*.pt`` in a folder.
 
         ``paste`` (learned injector): ``"centre"`` / ``"local"``; default the checkpoint's ``nodules.paste``.
+        ``touchup_sigma_vox`` (learned injector): the noise touch-up's σ, 0 = off; default the checkpoint's
+        ``nodules.touchup_sigma_vox`` (0 for checkpoints made before the touch-up existed).
         """
         ld = _load_generator(path, cls.role, device)
         model = cls(ld.generator, ld.voi_size, ld.mask_size, ld.hu_min, ld.hu_max, device, ld.step, ld.path, ld.kind,
-                    ld.feather_vox, paste if paste is not None else ld.paste)
+                    ld.feather_vox, paste if paste is not None else ld.paste,
+                    ld.touchup_sigma_vox if touchup_sigma_vox is None else touchup_sigma_vox)
         model.max_train_vox = ld.max_train_vox
         return model
 
@@ -194,7 +204,9 @@ class NoduleInjector(_NoduleModel):
         return model_to_hu(out[0, 0].float().cpu().numpy(), self.hu_min, self.hu_max).astype(np.float32)
 
     #: learned injector's paste-back: ``"centre"`` (Jin et al.: the whole generated centre cube, feathered at the
-    #: mask border) or ``"local"`` (ours: only a ball of diameter + 2 voxels around the nodule, feathered over 2)
+    #: mask border), ``"ctgan"`` (Mirsky et al. 2019: that weight gated by the generated density, and the result
+    #: never below the scan, so only what the generator makes dense is written) or ``"local"`` (ours: only a ball
+    #: of diameter + 2 voxels around the nodule, feathered over 2)
     paste = "centre"
 
     def paste_weight(self, diameter_vox: float | None = None) -> np.ndarray:
@@ -202,8 +214,8 @@ class NoduleInjector(_NoduleModel):
         if self.paste == "local":
             d = float(diameter_vox if diameter_vox is not None else self.mask_size / 2)
             return nodule_blend_weight(self.voi_size, min(d + 2.0, float(self.mask_size)), 2.0)
-        if self.paste != "centre":
-            raise CTSGANError(f"paste must be 'centre' or 'local', got {self.paste!r}")
+        if self.paste not in ("centre", "ctgan"):
+            raise CTSGANError(f"paste must be 'centre', 'ctgan' or 'local', got {self.paste!r}")
         return centre_feather_weight(self.voi_size, self.mask_size, self.feather_vox)
 
     def inject_voi(self, voi_hu: np.ndarray, diameter_vox: float, rng: np.random.Generator | None = None
@@ -223,7 +235,8 @@ class NoduleInjector(_NoduleModel):
             Sphere injector only. ``"nodule"`` (default) keeps the real tissue and composites the sphere (mean
             density + learned texture) with its partial-volume occupancy ``s``: ``(1 - s) hu + s nodule``.
             ``"voi"`` pastes the generator's whole centre cube with a raised-cosine taper to the VOI faces. The
-            learned injector always pastes its generated centre with :meth:`paste_weight`.
+            learned injector always pastes its generated centre with :meth:`paste_weight`, plus the scan's own
+            fine detail when :attr:`touchup_sigma_vox` > 0 (:func:`~ctsgan_lib.nodules.geometry.noise_touch_up`).
         shape : ndarray, optional
             Sphere injector: a custom ``voi_size``³ shape map in [0, 1]; default a ball of ``diameter_vox``.
         nodule_hu : float, optional
@@ -239,7 +252,13 @@ class NoduleInjector(_NoduleModel):
             voi = extract_voi(hu, center, self.voi_size)
             paste = paste_voi
         if self.kind == "learned":
-            return paste(hu, self.generate_voi(voi, diameter_vox, rng), center, self.paste_weight(diameter_vox))
+            # the noise touch-up: the scan's own fine detail under a (smoother) generated centre
+            generated = self.generate_voi(voi, diameter_vox, rng)
+            painted = noise_touch_up(generated, voi, self._mask, self.touchup_sigma_vox)
+            w = self.paste_weight(diameter_vox)
+            if self.paste == "ctgan":
+                painted, w = ctgan_composite(painted, generated, voi, w)
+            return paste(hu, painted, center, w)
         s = ball(self.voi_size, diameter_vox) if shape is None else np.asarray(shape, dtype=np.float32)
         composed, _, painted = self.run_voi(voi, s, nodule_hu, parts=True)
         if blend == "nodule":
@@ -306,6 +325,24 @@ class NoduleInjector(_NoduleModel):
                             "injector": self.kind})
         self.last_shortfall = shortfall
         return out, nodules
+
+
+#: CT-GAN's density gate (Mirsky et al. 2019, ``attack_pipeline._touch_up_scan``): sigmoid((HU + 700) / 70)
+CTGAN_GATE_HU, CTGAN_GATE_WIDTH_HU = -700.0, 70.0
+
+
+def ctgan_composite(painted: np.ndarray, generated: np.ndarray, voi: np.ndarray, weight: np.ndarray
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """CT-GAN's injection paste-back: the generated VOI is used where it is dense, the scan everywhere else.
+
+    ``f = weight · sigmoid((generated + 700) / 70)`` (about 0 in lung-density output, 1 in soft-tissue density), and
+    the result ``max(f · painted + (1 − f) · voi, voi)``: injection only adds density, as in CT-GAN. Returns the
+    composed VOI and a paste weight that is 1 where ``weight`` > 0 (so :func:`paste_voi` writes the composed VOI
+    there and leaves the rest bit-identical).
+    """
+    f = weight / (1.0 + np.exp(-(generated.astype(np.float64) - CTGAN_GATE_HU) / CTGAN_GATE_WIDTH_HU))
+    composed = np.maximum(f * painted + (1.0 - f) * voi, voi).astype(np.float32)
+    return composed, (weight > 0).astype(np.float32)
 
 
 def _paste_on_device(volume: torch.Tensor, voi: np.ndarray, center, weight: np.ndarray) -> torch.Tensor:

@@ -369,7 +369,8 @@ def run_realism(cfg, injectors: Mapping[str, object], cohort, truth_fn=None, see
     -------
     dict
         ``auc`` ({name: {auc, ci_low, ci_high, n_pos, n_neg, folds, steps}}), ``rows`` (DataFrame of measurements),
-        ``size_errors`` (DataFrame), ``examples`` (figure VOIs), ``protocol``, ``n_sites``, ``injector_steps``.
+        ``size_errors`` (DataFrame), ``examples`` (figure VOIs), ``protocol``, ``n_sites``, ``injector_steps``,
+        ``paste`` (each learned injector's paste-back and noise touch-up σ).
     """
     nc = cfg.nodules
     seed = cfg.seed if seed is None else int(seed)
@@ -379,7 +380,9 @@ def run_realism(cfg, injectors: Mapping[str, object], cohort, truth_fn=None, see
     return {"auc": {k: {kk: vv for kk, vv in v.items() if kk not in ("scores", "labels")} for k, v in aucs.items()},
             "rows": data.rows, "size_errors": size_errors(data.rows), "examples": examples_per_size(data),
             "protocol": data.protocol, "n_sites": int(len(data.native)),
-            "injector_steps": {k: int(getattr(v, "step", 0)) for k, v in injectors.items()}}
+            "injector_steps": {k: int(getattr(v, "step", 0)) for k, v in injectors.items()},
+            "paste": {k: {"paste": v.paste, "touchup_sigma_vox": float(getattr(v, "touchup_sigma_vox", 0.0))}
+                      for k, v in injectors.items() if getattr(v, "kind", "") == "learned"}}
 
 
 def experiment_size_check(injectors: Mapping[str, object], cohort, diameters_vox: Sequence[float], n_scans: int = 6,
@@ -411,7 +414,7 @@ def save_realism(result: dict, folder: str | Path, note: str = "") -> Path:
         with open(tmp, "wb") as fh:
             np.savez_compressed(fh, **result["examples"])
     meta = {k: result[k] for k in ("auc", "protocol", "n_sites", "injector_steps")}
-    meta.update({k: result[k] for k in ("settings", "hardware", "seconds") if k in result})
+    meta.update({k: result[k] for k in ("settings", "hardware", "seconds", "paste") if k in result})
     meta["note"] = note
     atomic_write_text(folder / "realism.json", json.dumps(meta, indent=1) + "\n")
     return folder

@@ -256,7 +256,7 @@ def train_nodule_gan(cfg: Config, role: str = "injector", cohort_dir: str | Path
              "n_train": len(data), "train_diameters_vox": [float(d) for d in data.diameters_vox],
              "cohort": str(cohort.root), "injector_checkpoint": injector_src,
              "injector": kind if role == "injector" else None, "feather_vox": nc.feather_vox,
-             "paste": nc.paste}
+             "paste": nc.paste, "touchup_sigma_vox": nc.touchup_sigma_vox}
 
     def save(at: int) -> Path:
         return save_checkpoint(out / f"ckpt_{at:06d}.pt", kind=f"nodule_{role}", step=at, config=cfg.to_dict(),

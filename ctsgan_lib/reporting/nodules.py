@@ -12,7 +12,7 @@ from matplotlib.figure import Figure
 from ..utils.atomic import atomic_path, atomic_write_text
 from ..viz import save_figure
 
-SOURCES_ORDER = ("native", "learned", "learned_local", "sphere", "none")
+SOURCES_ORDER = ("native", "learned", "learned_jin", "learned_local", "sphere", "none")
 FEATURES = {"measured_vox": "equivalent diameter (vox)", "mean_hu": "mean HU", "sd_hu": "HU spread (SD)",
             "sphericity": "sphericity (voxel faces)", "ggo_share": "ground-glass share"}
 
@@ -29,7 +29,8 @@ def auc_table(record: dict) -> pd.DataFrame:
         rows.append({"injector": name, "auc": round(a["auc"], 3), "ci_low": round(a["ci_low"], 3),
                      "ci_high": round(a["ci_high"], 3), "n_native": a["n_pos"], "n_injected": a["n_neg"],
                      "folds": a["folds"], "cnn_steps": a["steps"],
-                     "injector_step": record.get("injector_steps", {}).get(name, "")})
+                     "injector_step": record.get("injector_steps", {}).get(name, ""),
+                     "paste_back": (_paste_words(record["paste"][name]) if name in record.get("paste", {}) else "")})
     return pd.DataFrame(rows)
 
 
@@ -80,6 +81,28 @@ def _md(df: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
+_PASTE_WORDS = {"centre": "Jin et al.'s centre paste-back", "ctgan": "CT-GAN's density-gated paste-back",
+                "local": "the local paste-back"}
+
+
+def _paste_words(paste: dict) -> str:
+    """``nodules.paste`` and the noise touch-up in words (``{}``: a record from before they were recorded)."""
+    words = _PASTE_WORDS.get(paste.get("paste", "centre"), str(paste.get("paste")))
+    sigma = paste.get("touchup_sigma_vox")
+    return words + (f", noise touch-up σ {sigma:g} voxel" if sigma else "")
+
+
+def _verdict(a: dict, b: dict) -> str:
+    """How AUC ``a`` stands against the sphere injector's ``b``, intervals included."""
+    nums = (f"{a['auc']:.3f} [{a['ci_low']:.3f}, {a['ci_high']:.3f}] against the sphere's {b['auc']:.3f} "
+            f"[{b['ci_low']:.3f}, {b['ci_high']:.3f}]")
+    if a["ci_high"] < b["ci_low"]:
+        return f"below the sphere injector, the intervals apart: {nums}"
+    if a["auc"] < b["auc"]:
+        return f"level with the sphere injector (lower, but the intervals overlap): {nums}"
+    return f"NOT below the sphere injector: {nums}"
+
+
 def write_realism_report(record: dict, out: str | Path, caption: str = "") -> list[Path]:
     """``nodule_realism.csv`` (the three tables stacked, a ``table`` column naming each) and ``nodule_realism.md``."""
     out = Path(out)
@@ -96,14 +119,13 @@ def write_realism_report(record: dict, out: str | Path, caption: str = "") -> li
         csv.to_csv(tmp, index=False)
     better = ""
     if {"learned", "sphere"} <= set(record["auc"]):
-        lo, sp = record["auc"]["learned"]["auc"], record["auc"]["sphere"]["auc"]
-        better = (f"The learned injector's AUC (Jin et al.'s paste-back of the whole centre) is "
-                  f"{'below' if lo < sp else 'NOT below'} the sphere injector's ({lo:.3f} vs {sp:.3f}); closer to "
-                  "0.5 is more realistic.")
-        if "learned_local" in record["auc"]:
-            ll = record["auc"]["learned_local"]["auc"]
-            verdict = "below" if ll < sp else "NOT below"
-            better += f" With the local paste-back (`nodules.paste: local`) it is {verdict} ({ll:.3f})."
+        sphere = record["auc"]["sphere"]
+        better = (f"The learned injector ({_paste_words(record.get('paste', {}).get('learned', {}))}) is "
+                  f"{_verdict(record['auc']['learned'], sphere)}; closer to 0.5 is more realistic.")
+        for name, words in (("learned_jin", "Jin et al.'s centre paste-back"),
+                            ("learned_local", "the local paste-back (`nodules.paste: local`)")):
+            if name in record["auc"]:
+                better += f" With {words} it is {_verdict(record['auc'][name], sphere)}."
         better += "\n\n"
     if "none" in record["auc"]:
         nb = record["auc"]["none"]
