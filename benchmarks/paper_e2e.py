@@ -109,7 +109,7 @@ def paper_stages(n_patients: int = 24, n_volumes: int = 4, weights: str = "", de
               [f"{r}/gan3d/ckpt_*.pt"]),
         Stage("generate", lambda root: ["generate", "--checkpoint", _latest(root, f"{r}/ctsgan/ckpt_*.pt"),
                                         "--n", str(n_volumes), "--out", f"{d}/synthetic/ctsgan", "--batch", "2",
-                                        "--injector", f"{r}/nodules/injector", "--no-compress", "--profile", PROFILE,
+                                        "--injector", f"{r}/nodules/injector", "--profile", PROFILE,
                                         *dev, "--no-progress"],
               [f"{d}/synthetic/ctsgan/manifest.csv"]),
         Stage("fid", lambda root: ["fid", f"{d}/cohort", f"{d}/synthetic/ctsgan", *prof, "--pairs", "2",
@@ -156,10 +156,16 @@ def _gpu_used_mib() -> float | None:
 
 
 def _disk_bytes(folder: Path) -> int:
-    """Bytes of the regular files under ``folder`` (0 when it does not exist)."""
+    """Bytes of the regular files under ``folder``, each file once (a hard link to a file already counted, as the
+    debiased cohort makes for unchanged scans, adds nothing); 0 when it does not exist."""
     if not folder.is_dir():
         return 0
-    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file() and not p.is_symlink())
+    seen: dict[tuple[int, int], int] = {}
+    for p in folder.rglob("*"):
+        if p.is_file() and not p.is_symlink():
+            st = p.stat()
+            seen[(st.st_dev, st.st_ino)] = st.st_size
+    return sum(seen.values())
 
 
 def run_stage(stage: Stage, root: Path, log: Path, timeout_s: float) -> dict:

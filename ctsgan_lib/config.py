@@ -67,6 +67,7 @@ class NoduleConfig:
     l1_inside: float = 100.0            # Jin et al. multi-mask L1: weight inside the mask
     l1_outside: float = 10.0            # ... and outside it
     ckpt_every: int = 20
+    keep_checkpoints: int = 3           # the newest checkpoints kept (0 = all); 20 × 2 × 195 MiB = 7.6 GiB at paper
     diameters_vox: list[float] = field(default_factory=lambda: [3.0, 5.0])  # experiment sizes (paper: 6..16 at 224³)
     nodule_hu: float = 40.0             # solid-nodule density the injector's nodule map starts from (HU)
     eraser_pairs_per_scan: int = 4      # injected nodules per nodule-free training scan for the eraser's pairs
@@ -446,7 +447,7 @@ def parse_overrides(items: list[str] | None) -> dict[str, str]:
 _ZERO_OK = {"seed", "generate.seed", "fidelity.volumes_per_source", "fidelity.max_slices", "fidelity.pooled_volumes",
             "fidelity.seed", "classifier.n_real_train", "classifier.patience", "classifier.finetune_epochs",
             "nodules.eraser_pairs_per_scan", "classifier.seeds", "gan3d.d_steps", "fidelity.domain_max_volumes",
-            "classifier.loader_workers", "data.n_lidc", "data.n_nlst"}
+            "classifier.loader_workers", "data.n_lidc", "data.n_nlst", "nodules.keep_checkpoints"}
 #: Largest phantom grid we render (voxels per side): 512³ float32 is 0.5 GiB per array, and a render holds several.
 MAX_PHANTOM_SIZE = 512
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")

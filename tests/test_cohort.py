@@ -1,7 +1,9 @@
 """Cohort manifest, stratified splits, crash-safe idempotent writing and cohort building."""
 from __future__ import annotations
 
+import errno
 import json
+import os
 
 import numpy as np
 import pandas as pd
@@ -108,6 +110,56 @@ def test_writer_resumes_and_detects_corruption(tmp_root):
     assert not w.done("ph-001") and not Cohort(root).verify("ph-001")
     (root / "volumes" / "ph-002.nii").unlink()
     assert not w.done("ph-002")
+
+
+def test_label_maps_are_gzipped_even_when_volumes_are_not(tmp_root):
+    root = tmp_root / "cohort"
+    vols = _write_some(root, n=2, compress=False)
+    c = Cohort(root)
+    for rid, hu in vols.items():
+        assert c.row(rid)["path"].endswith(".nii") and c.row(rid)["label_path"].endswith("_label.nii.gz")
+        np.testing.assert_array_equal(c.read_label(rid), (hu > 0).astype(np.uint8))
+    assert not list((root / "volumes").glob("*_label.nii"))
+
+
+def test_link_reuses_the_source_file_and_survives_it(tmp_root):
+    """An unchanged scan of a derived cohort is a hard link to the source's file, not a copy: same bytes, same
+    inode, its own row; deleting it or the source's file leaves the other intact."""
+    vols = _write_some(tmp_root / "cohort", n=3, compress=False)
+    src = Cohort(tmp_root / "cohort")
+    with CohortWriter(tmp_root / "derived", compress=False) as w:
+        row = w.link("ph-001", src, debias_action="none", source_id="ph-001")
+        w.link("ph-002", src, debias_action="none", source_id="ph-002")
+    d = Cohort(tmp_root / "derived")
+    got, _ = d.read("ph-001")
+    np.testing.assert_array_equal(got, vols["ph-001"])
+    np.testing.assert_array_equal(d.read_label("ph-001"), src.read_label("ph-001"))
+    assert d.path("ph-001").stat().st_ino == src.path("ph-001").stat().st_ino        # linked, not copied
+    assert row["debias_action"] == "none" and row["split"] == src.row("ph-001")["split"] and d.verify("ph-001")
+    assert d.row("ph-001")["nodules"] == src.row("ph-001")["nodules"]
+    assert d.row("ph-001")["extra_col"] == src.row("ph-001")["extra_col"]                # extra columns kept
+    with CohortWriter(tmp_root / "derived", compress=False) as w:
+        assert w.done("ph-001")                                                      # a rerun skips it
+        w.remove("ph-002")
+    assert src.verify("ph-002")                                                      # the source's file stays
+    src.path("ph-001").unlink()
+    got, _ = Cohort(tmp_root / "derived").read("ph-001")                             # ... and the link outlives it
+    np.testing.assert_array_equal(got, vols["ph-001"])
+
+
+def test_link_copies_where_the_file_system_cannot_link(tmp_root, monkeypatch):
+    def no_links(*_):
+        raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+    vols = _write_some(tmp_root / "cohort", n=2)
+    src = Cohort(tmp_root / "cohort")
+    monkeypatch.setattr(os, "link", no_links)
+    with CohortWriter(tmp_root / "derived") as w:
+        w.link("ph-000", src)
+    d = Cohort(tmp_root / "derived")
+    assert d.path("ph-000").stat().st_ino != src.path("ph-000").stat().st_ino
+    np.testing.assert_array_equal(d.read("ph-000")[0], vols["ph-000"])
+    assert not list((tmp_root / "derived" / "volumes").glob(".*part*"))
 
 
 def test_unflushed_rows_are_not_trusted(tmp_root):

@@ -54,6 +54,7 @@ def test_debiased_cohort_balances_nodules_across_domains(setup):
         assert np.array_equal(hu_new[far], hu_src[far])            # untouched away from the nodules
     for rid in set(src.ids()) - set(erased) - set(injected):
         assert np.array_equal(deb.read(rid)[0], src.read(rid)[0])
+        assert deb.path(rid).stat().st_ino == src.path(rid).stat().st_ino   # unchanged: a link, no second copy
     before, after = domain_leakage(src), domain_leakage(deb)
     assert before["phi"] == pytest.approx(-1.0) and before["accuracy"] == 1.0
     assert abs(after["phi"]) < 0.6 and after["accuracy"] < 0.8 and after["p_value"] > 0.05
@@ -69,6 +70,7 @@ def test_debiasing_is_idempotent(setup):
     assert {p.name: p.stat().st_mtime_ns for p in (out / "volumes").iterdir()} == first
     build_debiased_cohort(*args, out=out, cohort_dir=setup["src"].root, seed=5, progress=False)  # other seed: rebuilt
     assert Cohort(out).manifest["checksum"].tolist() != sums
+    assert all(setup["src"].verify(r) for r in setup["src"].ids())   # rewriting a linked scan left the source alone
 
 
 def test_nodule_free_training_set(setup):
@@ -85,3 +87,4 @@ def test_nodule_free_training_set(setup):
             assert not np.array_equal(free.read(rid)[0], src.read(rid)[0])
         else:
             assert np.array_equal(free.read(rid)[0], src.read(rid)[0])
+            assert free.path(rid).stat().st_ino == src.path(rid).stat().st_ino

@@ -181,6 +181,21 @@ def test_resume_continues_step_and_optimizer_state(tmp_path, trained):
     assert again["step"] == 6                                      # a finished run returns at once
 
 
+def test_only_the_newest_checkpoints_are_kept(tmp_path, trained):
+    cfg = load_profile("smoke", **{"nodules.ckpt_every": 2, "nodules.iterations": 8, "nodules.keep_checkpoints": 2})
+    (tmp_path / "inj").mkdir()
+    (tmp_path / "inj" / "notes.txt").write_text("mine")
+    train_nodule_gan(cfg, "injector", trained["cohort"].root, tmp_path / "inj", device="cpu", iterations=4,
+                     progress=False)
+    res = train_nodule_gan(cfg, "injector", trained["cohort"].root, tmp_path / "inj", device="cpu", progress=False)
+    assert res["resumed_from"].endswith("ckpt_000004.pt") and res["step"] == 8
+    assert sorted(p.name for p in (tmp_path / "inj").glob("ckpt_*.pt")) == ["ckpt_000006.pt", "ckpt_000008.pt"]
+    assert (tmp_path / "inj" / "notes.txt").read_text() == "mine"
+    cfg0 = cfg.replace(**{"nodules.keep_checkpoints": 0})                   # 0: every checkpoint stays
+    train_nodule_gan(cfg0, "injector", trained["cohort"].root, tmp_path / "all", device="cpu", progress=False)
+    assert len(list((tmp_path / "all").glob("ckpt_*.pt"))) == 4
+
+
 def test_eraser_needs_a_trained_injector(tmp_path, trained):
     with pytest.raises(CTSGANError, match="nodules train injector"):
         train_nodule_gan(trained["cfg"], "eraser", trained["cohort"].root, tmp_path / "e",

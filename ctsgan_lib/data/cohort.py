@@ -14,9 +14,13 @@ Example
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
+import os
 import re
+import shutil
+import uuid
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -24,7 +28,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import CTSGANError, InputFileError
-from ..utils.atomic import atomic_write_bytes, clean_partials, file_sha256
+from ..utils.atomic import atomic_path, atomic_write_bytes, clean_partials, file_sha256
 from ..utils.paths import check_relative, owned_file, resolve_inside
 from .io import read_nifti, with_center_mm, write_nifti
 
@@ -194,6 +198,29 @@ class Cohort:
         """True when the volume file exists and its SHA-256 matches the manifest."""
         p = self.path(rid)
         return p.is_file() and file_sha256(p) == self.row(rid)["checksum"]
+
+
+def _nii_ext(path: Path) -> str:
+    return ".nii.gz" if path.name.endswith(".nii.gz") else ".nii"
+
+
+def _link_or_copy(origin: Path, dest: Path) -> None:
+    """``dest`` becomes a hard link to ``origin`` (a copy across devices), atomically: a link to a temporary name
+    beside it, then a rename, so a crash leaves either the old ``dest`` or the new one."""
+    tmp = dest.with_name(f".{dest.name.split('.')[0]}.{uuid.uuid4().hex[:8]}.part{_nii_ext(dest)}")
+    try:
+        os.link(origin, tmp)
+    except OSError as e:
+        if e.errno not in (errno.EXDEV, errno.EPERM, errno.EOPNOTSUPP, errno.EMLINK, errno.ENOTSUP):
+            raise
+        with atomic_path(dest) as part:
+            shutil.copyfile(origin, part)
+        return
+    try:
+        os.replace(tmp, dest)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def _largest_remainder(n: int, fractions: Sequence[float]) -> list[int]:
@@ -389,8 +416,13 @@ class CohortWriter:
         write_nifti(vol_path, hu, spacing_mm, origin_mm)
         label_rel = ""
         if label is not None:
-            write_nifti(self.volumes / f"{rid}_label{ext}", label, spacing_mm, origin_mm, dtype="uint8")
-            label_rel = f"volumes/{rid}_label{ext}"
+            # label maps are always gzipped: a lung mask shrinks about 50-fold, and it is read far less often than
+            # the volume (data.compress: false is for the training volumes' read speed); docs/performance.md
+            write_nifti(self.volumes / f"{rid}_label.nii.gz", label, spacing_mm, origin_mm, dtype="uint8")
+            label_rel = f"volumes/{rid}_label.nii.gz"
+            stale = self._deletable(f"volumes/{rid}_label.nii", rid) if rid in self._owned_ids else None
+            if stale is not None:   # an uncompressed label from an earlier build of this cohort
+                stale.unlink(missing_ok=True)
         row = {c: "" for c in MANIFEST_COLUMNS}
         row.update(self.defaults)
         row.update(fields)
@@ -402,6 +434,45 @@ class CohortWriter:
             "spacing_mm": tuple(round(float(s), 6) for s in spacing_mm), "shape": tuple(int(s) for s in hu.shape),
             "path": f"volumes/{rid}{ext}", "label_path": label_rel, "checksum": file_sha256(vol_path),
         })
+        self._rows[rid] = row
+        self._owned_ids.add(rid)
+        self._pending += 1
+        if self._pending >= self.flush_every:
+            self.flush()
+        return row
+
+    def link(self, rid: str, source: Cohort, **fields: Any) -> dict:
+        """Add ``source``'s volume ``rid`` unchanged: its files hard-linked into ``volumes/``, its row, ``fields`` on top.
+
+        A debiased or nodule-free cohort leaves half or more of its scans as they were; a link instead of a copy
+        saves their whole size on disk (at paper scale about 33 GiB: docs/performance.md). Where the file system
+        cannot link (another device, no hard links), the file is copied. Every write in this project is an atomic
+        rename, never an in-place change, so the two cohorts cannot alter each other through a shared file.
+
+        Parameters
+        ----------
+        rid : str
+            The id in ``source`` (and here).
+        source : Cohort
+            The cohort whose files are reused; read only.
+        **fields
+            Manifest columns to set or add (``debias_action``, ``source_id``, ...).
+        """
+        src = source.row(rid)
+        rels = {}
+        for key in ("path", "label_path"):
+            rel = src.get(key) or ""
+            if rel:
+                origin = resolve_inside(source.root, rel, f"{source.root / 'manifest.csv'}: row {rid!r}")
+                name = f"{rid}_label{_nii_ext(origin)}" if key == "label_path" else f"{rid}{_nii_ext(origin)}"
+                _link_or_copy(origin, self.volumes / name)
+                rel = f"volumes/{name}"
+            rels[key] = rel
+        row = {k: v for k, v in src.items() if not (isinstance(v, float) and np.isnan(v))}
+        row.update(self.defaults)
+        row.update(fields)
+        row.update({"id": rid, "path": rels["path"], "label_path": rels["label_path"],
+                    "checksum": file_sha256(self.volumes / Path(rels["path"]).name)})
         self._rows[rid] = row
         self._owned_ids.add(rid)
         self._pending += 1

@@ -138,9 +138,12 @@ def build_debiased_cohort(cfg: Config, injector, eraser, out: str | Path | None 
             if w.done(rid):
                 continue
             row = src.row(rid)
+            nods = [dict(n) for n in (row["nodules"] or [])]
+            if rid not in erase_ids and rid not in inject_ids:   # unchanged: a link, not a copy (disk)
+                w.link(rid, src, source_id=rid, debias_action="none", shortfall=0)
+                continue
             hu, spacing = src.read(rid)
             label = src.read_label(rid)
-            nods = [dict(n) for n in (row["nodules"] or [])]
             action, shortfall = "none", 0
             if rid in erase_ids:
                 hu = eraser.erase(hu, nods)
@@ -185,14 +188,15 @@ def build_nodule_free_cohort(cfg: Config, eraser, out: str | Path | None = None,
             if w.done(rid):
                 continue
             row = src.row(rid)
+            nods = [dict(n) for n in (row["nodules"] or []) if n.get("action", "original") != "erased"]
+            if not nods:   # nothing to erase: a link, not a copy (disk)
+                w.link(rid, src, nodules=[], has_nodule=0, source_id=rid, debias_action="none", shortfall=0)
+                continue
             hu, spacing = src.read(rid)
             label = src.read_label(rid)
-            nods = [dict(n) for n in (row["nodules"] or []) if n.get("action", "original") != "erased"]
-            action = "none"
-            if nods:
-                hu = eraser.erase(hu, nods)
-                label = _erase_label(label)
-                action = "erased"
+            hu = eraser.erase(hu, nods)
+            label = _erase_label(label)
+            action = "erased"
             w.write(rid, hu, spacing, label=label, source=row["source"], domain=row["domain"], split=row["split"],
                     nodules=[{**n, "action": "erased"} for n in nods], has_nodule=0, source_id=rid,
                     debias_action=action, shortfall=0)

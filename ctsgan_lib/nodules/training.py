@@ -295,6 +295,9 @@ def train_nodule_gan(cfg: Config, role: str = "injector", cohort_dir: str | Path
             step = k
             if k % nc.ckpt_every == 0 or k == total:
                 ckpt = save(k)
+                if nc.keep_checkpoints > 0:   # disk: 195 MiB a checkpoint at 64³ (docs/performance.md)
+                    for old in sorted(out.glob("ckpt_*.pt"))[:-nc.keep_checkpoints]:
+                        old.unlink(missing_ok=True)
     finally:
         log.close()
     if ckpt is None:  # nothing to train (total == 0): still leave a loadable checkpoint
