@@ -434,6 +434,9 @@ class CohortWriter:
             "spacing_mm": tuple(round(float(s), 6) for s in spacing_mm), "shape": tuple(int(s) for s in hu.shape),
             "path": f"volumes/{rid}{ext}", "label_path": label_rel, "checksum": file_sha256(vol_path),
         })
+        return self._add_row(rid, row)
+
+    def _add_row(self, rid: str, row: dict) -> dict:
         self._rows[rid] = row
         self._owned_ids.add(rid)
         self._pending += 1
@@ -473,12 +476,7 @@ class CohortWriter:
         row.update(fields)
         row.update({"id": rid, "path": rels["path"], "label_path": rels["label_path"],
                     "checksum": file_sha256(self.volumes / Path(rels["path"]).name)})
-        self._rows[rid] = row
-        self._owned_ids.add(rid)
-        self._pending += 1
-        if self._pending >= self.flush_every:
-            self.flush()
-        return row
+        return self._add_row(rid, row)
 
     def _deletable(self, rel: str, rid: str) -> Path | None:
         """``rel`` when it is this writer's own file of ``rid`` (its naming, inside ``volumes/``, no symlink)."""
