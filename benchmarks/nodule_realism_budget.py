@@ -33,6 +33,16 @@ from ctsgan_lib.utils.logs import append_jsonl
 from ctsgan_lib.viz import figure_caption
 
 
+def _learned(checkpoint) -> dict:
+    """The learned injector as the profile pastes it back (``nodules.paste``, recorded in the checkpoint) and, when
+    that is not Jin et al.'s centre paste-back, also with it (``learned_jin``): same weights, same sites."""
+    inj = NoduleInjector.from_checkpoint(checkpoint)
+    out = {"learned": inj}
+    if inj.paste != "centre":
+        out["learned_jin"] = NoduleInjector.from_checkpoint(checkpoint, paste="centre")
+    return out
+
+
 def _record(cfg, iterations, train_s, check_s, result, hw, commit, overrides) -> dict:
     se = result["size_errors"]
     mae = {s: round(float((se.loc[se.source == s, "mae_vox"] * se.loc[se.source == s, "n"]).sum()
@@ -102,8 +112,7 @@ def main() -> None:
         res = train_nodule_gan(learned_cfg, "injector", out_dir=run_dir / "injector", device="cpu", iterations=it,
                                progress=False)
         train_s += time.perf_counter() - t0
-        injectors = {"learned": NoduleInjector.from_checkpoint(res["checkpoint"], paste="centre"),
-                     "learned_local": NoduleInjector.from_checkpoint(res["checkpoint"], paste="local")}
+        injectors = _learned(res["checkpoint"])
         t0 = time.perf_counter()
         result = run_realism(learned_cfg, injectors, cohort, truth_fn=lambda row: truths[row["id"]],
                              max_sites=args.max_sites)
@@ -164,8 +173,7 @@ def _recheck(cfg, args, hw, commit, overrides, record_at) -> None:
     for k, it in enumerate(sorted(args.checkpoints)):
         ck = run_dir / "injector" / f"ckpt_{it:06d}.pt"
         _wait(ck)
-        injectors = {"learned": NoduleInjector.from_checkpoint(ck, paste="centre"),
-                     "learned_local": NoduleInjector.from_checkpoint(ck, paste="local")}
+        injectors = _learned(ck)
         if k == 0:
             injectors.update({"sphere": sphere, "none": NoInjection(cfg.nodules.voi_size, cfg.nodules.mask_size)})
         t0 = time.perf_counter()
@@ -212,7 +220,7 @@ def _finish(cfg, figures: bool) -> None:
     """Add the size check at the study's sizes (``nodules.diameters_vox``) to the saved record; render it."""
     run_dir = cfg.runs_dir / "nodules"
     rec = load_realism(run_dir / "realism")
-    injectors = {"learned": NoduleInjector.from_checkpoint(run_dir / "injector", paste="centre"),
+    injectors = {"learned": NoduleInjector.from_checkpoint(run_dir / "injector"),
                  "sphere": NoduleInjector.from_checkpoint(run_dir / "injector_sphere")}
     cohort = Cohort(cfg.data_dir / "cohort")
     rec["experiment_sizes"] = experiment_size_check(injectors, cohort, cfg.nodules.diameters_vox, n_scans=6,
