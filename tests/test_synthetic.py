@@ -1,6 +1,7 @@
 """Synthetic cohorts: planning, sharding equals a single run, resume after a kill, injection, NIfTI/DICOM export."""
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -13,9 +14,12 @@ from ctsgan_lib.config import load_profile
 from ctsgan_lib.data.cohort import Cohort
 from ctsgan_lib.data.io import read_nifti
 from ctsgan_lib.errors import CTSGANError
+from ctsgan_lib.nodules import train_nodule_gan
+from ctsgan_lib.utils.atomic import file_sha256
 from ctsgan_lib.synthesis import (VolumePlan, finish_volume, generate_cohort, merge_shards, parse_shard,
                                   plan_volumes, shard_indices, summarize_cohort)
 from killing import killed_at
+from nodule_fixtures import make_cohort
 
 SPACING = (6.0, 6.0, 6.0)
 
@@ -112,6 +116,32 @@ def test_injection_lands_in_the_lung_at_requested_diameters(tmp_path):
     # a flagged (lung-less) volume is reported, not injected
     hu2, f2 = finish_volume(plan, np.full((32, 32, 32), 40.0, np.float32), (8.0, 8.0, 8.0), inj, seed=0)
     assert "empty" in f2["lung_flags"] and "not_injected" in f2["lung_flags"] and not f2["nodules"]
+
+
+def test_another_injector_rebuilds_the_cohort(ctsgan_ckpt, tmp_path):
+    """A cohort records the injector's SHA-256 and paste-back: a retrained injector does not resume the old nodules
+    (the 2026-11-30 demo rerun found a retrained injector silently skipped, the settings knew only its step)."""
+    cohort, _ = make_cohort(tmp_path / "toy")
+    cfg = load_profile("smoke", **{"nodules.ckpt_every": 1})
+    first = train_nodule_gan(cfg, "injector", cohort_dir=cohort, out_dir=tmp_path / "a", iterations=2,
+                             progress=False)["checkpoint"]
+    kw = dict(n=2, seed=5, inject_fraction=1.0, progress=False)
+    out = generate_cohort(ctsgan_ckpt, out=tmp_path / "syn", injector=first, **kw)
+    settings = json.loads((out / "cohort.json").read_text())
+    assert settings["injector_sha256"] == file_sha256(first)
+    assert settings["injector_paste"] == {"paste": "centre", "touchup_sigma_vox": 1.0}
+    def stamps():
+        return {p.name: p.stat().st_mtime_ns for p in (out / "volumes").iterdir()}
+
+    before = stamps()
+    generate_cohort(ctsgan_ckpt, out=out, injector=first, **kw)               # same injector: resumed, untouched
+    assert stamps() == before
+    second = train_nodule_gan(cfg.replace(**{"nodules.touchup_sigma_vox": 0.0}), "injector", cohort_dir=cohort,
+                              out_dir=tmp_path / "b", iterations=2, progress=False)["checkpoint"]
+    generate_cohort(ctsgan_ckpt, out=out, injector=second, **kw)
+    assert json.loads((out / "cohort.json").read_text())["injector_sha256"] == file_sha256(second)
+    after = stamps()
+    assert after.keys() == before.keys() and all(after[k] != before[k] for k in after)   # every volume rewritten
 
 
 def test_nifti_and_dicom_export_read_back(ctsgan_ckpt, tmp_path):

@@ -302,6 +302,9 @@ def generate_cohort(checkpoint: str | Path, n: int, seed: int, out: str | Path, 
                 "nodule_diameters_vox": [float(d) for d in nodule_diameters_vox] if nodule_diameters_vox else "lidc",
                 "injector_step": inj.step if inj else None, "batch": int(batch), "shard": [i_shard, n_shards],
                 "profile": profile}
+    if inj is not None:   # another injector (retrained, other paste-back) must not resume an old cohort's nodules
+        settings["injector_sha256"] = file_sha256(inj.source)
+        settings["injector_paste"] = {"paste": inj.paste, "touchup_sigma_vox": inj.touchup_sigma_vox}
     if fast is not None:   # only then: default-path cohorts keep their settings (and resume) unchanged
         settings["fast"] = dataclasses.asdict(fast)
     if cohort_device is not None:   # likewise: the numpy path's settings stay as they were
