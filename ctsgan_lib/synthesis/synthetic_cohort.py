@@ -303,7 +303,7 @@ def generate_cohort(checkpoint: str | Path, n: int, seed: int, out: str | Path, 
                 "injector_step": inj.step if inj else None, "batch": int(batch), "shard": [i_shard, n_shards],
                 "profile": profile}
     if inj is not None:   # another injector (retrained, other paste-back) must not resume an old cohort's nodules
-        settings["injector_sha256"] = file_sha256(inj.source)
+        settings["injector_sha256"] = file_sha256(inj.source) if inj.source and Path(inj.source).is_file() else None
         settings["injector_paste"] = {"paste": inj.paste, "touchup_sigma_vox": inj.touchup_sigma_vox}
     if fast is not None:   # only then: default-path cohorts keep their settings (and resume) unchanged
         settings["fast"] = dataclasses.asdict(fast)
