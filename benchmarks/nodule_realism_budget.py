@@ -49,6 +49,7 @@ def _record(cfg, iterations, train_s, check_s, result, hw, commit, overrides) ->
                           / se.loc[se.source == s, "n"].sum()), 3) for s in sorted(set(se.source))}
     return {"bench": "nodule_realism_budget", "profile": cfg.profile, "iterations": int(iterations),
             "train_seconds": round(train_s, 1), "check_seconds": round(check_s, 1), "auc": result["auc"],
+            "paste": result.get("paste", {}),
             "diameter_mae_vox": mae, "n_sites": result["n_sites"],
             "settings": {k: getattr(cfg.nodules, k) for k in ("voi_size", "mask_size", "base_channels", "batch",
                                                               "realism_steps", "realism_folds")},
