@@ -57,11 +57,11 @@ def main() -> None:
         if not args.no_controls:
             injectors["sphere"] = NoduleInjector.from_checkpoint(run_dir / "injector_sphere")
             injectors["none"] = NoInjection(cfg.nodules.voi_size, cfg.nodules.mask_size)
+        for inj in injectors.values():     # a typo in PASTE fails here, before the minutes of the check
+            if getattr(inj, "kind", "") == "learned":
+                inj.paste_weight(2.0)
     except CTSGANError as e:
         raise SystemExit(f"error: {e}") from None
-    for inj in injectors.values():     # a typo in PASTE fails here, before the minutes of the check
-        if getattr(inj, "kind", "") == "learned":
-            inj.paste_weight(2.0)
     cohort = Cohort(cfg.data_dir / "cohort")
     held_out = [r for s in ("val", "test") for r in cohort.ids(split=s, has_nodule=1)]
     truths = {r: phantom_truth(cfg, cohort.row(r)) for r in held_out}

@@ -206,7 +206,8 @@ def _nii_ext(path: Path) -> str:
 
 def _link_or_copy(origin: Path, dest: Path) -> None:
     """``dest`` becomes a hard link to ``origin`` (a copy across devices), atomically: a link to a temporary name
-    beside it, then a rename, so a crash leaves either the old ``dest`` or the new one."""
+    beside it, then a rename, so a crash leaves either the old ``dest`` or the new one. (Not :func:`atomic_path`: it
+    fsyncs and chmods its temporary file, which for a link would change the source's shared inode.)"""
     tmp = dest.with_name(f".{dest.name.split('.')[0]}.{uuid.uuid4().hex[:8]}.part{_nii_ext(dest)}")
     try:
         os.link(origin, tmp)
@@ -416,8 +417,8 @@ class CohortWriter:
         write_nifti(vol_path, hu, spacing_mm, origin_mm)
         label_rel = ""
         if label is not None:
-            # label maps are always gzipped: a lung mask shrinks about 50-fold, and it is read far less often than
-            # the volume (data.compress: false is for the training volumes' read speed); docs/performance.md
+            # label maps are always gzipped: a 224³ phantom label map shrinks 17-fold, and it is read far less often
+            # than the volume (data.compress: false is for the volumes' read speed); docs/performance.md
             write_nifti(self.volumes / f"{rid}_label.nii.gz", label, spacing_mm, origin_mm, dtype="uint8")
             label_rel = f"volumes/{rid}_label.nii.gz"
             stale = self._deletable(f"volumes/{rid}_label.nii", rid) if rid in self._owned_ids else None
@@ -445,7 +446,7 @@ class CohortWriter:
         return row
 
     def link(self, rid: str, source: Cohort, **fields: Any) -> dict:
-        """Add ``source``'s volume ``rid`` unchanged: its files hard-linked into ``volumes/``, its row, ``fields`` on top.
+        """Add ``source``'s volume ``rid`` unchanged: its files hard-linked into ``volumes/``, its row with ``fields``.
 
         A debiased or nodule-free cohort leaves half or more of its scans as they were; a link instead of a copy
         saves their whole size on disk (at paper scale about 33 GiB: docs/performance.md). Where the file system
@@ -474,8 +475,9 @@ class CohortWriter:
         row = {k: v for k, v in src.items() if not (isinstance(v, float) and np.isnan(v))}
         row.update(self.defaults)
         row.update(fields)
-        row.update({"id": rid, "path": rels["path"], "label_path": rels["label_path"],
-                    "checksum": file_sha256(self.volumes / Path(rels["path"]).name)})
+        # the same bytes as the source's file: its recorded checksum holds (a corrupt source fails done() here too)
+        checksum = src.get("checksum") or file_sha256(self.volumes / Path(rels["path"]).name)
+        row.update({"id": rid, "path": rels["path"], "label_path": rels["label_path"], "checksum": checksum})
         return self._add_row(rid, row)
 
     def _deletable(self, rel: str, rid: str) -> Path | None:

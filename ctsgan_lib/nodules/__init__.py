@@ -18,7 +18,8 @@ from .training import eraser_vois, injector_vois, train_nodule_gan
 __all__ = [
     "SOLID_THRESHOLD_HU", "PlacementError", "ball", "centre_mask", "extract_voi", "lung_edt", "lung_of",
     "measure_nodule", "nodule_blend_weight", "paste_voi", "place_nodules", "place_nodules_indexed",
-    "voi_blend_weight", "centre_feather_weight", "scan_detail", "noise_touch_up", "robust_sd", "INJECTORS", "learned_condition", "size_hint", "build_generator",
+    "voi_blend_weight", "centre_feather_weight", "scan_detail", "noise_touch_up", "robust_sd", "INJECTORS",
+    "learned_condition", "size_hint", "build_generator",
     "injector_kind", "NoduleGenerator", "PatchDiscriminator3D", "NoduleInjector", "NoduleEraser",
     "train_nodule_gan", "injector_vois", "eraser_vois", "build_debiased_cohort", "build_nodule_free_cohort",
     "domain_leakage", "nodule_pool_vox", "injection_check", "erasure_check", "phantom_truth", "injector_examples",

@@ -7,8 +7,9 @@ in the checkpoint):
 - ``learned`` (default, Jin et al.): the generator paints the whole masked centre from the context, a size scalar,
   a soft size hint and noise; the generated centre is pasted back with a feathered weight across the mask border
   (:func:`~ctsgan_lib.nodules.geometry.centre_feather_weight`), with the scan's own fine detail kept under it (the
-  noise touch-up, ``nodules.touchup_sigma_vox``; after CT-GAN's touch-ups). Everything outside that weight's support, and so
-  everything outside the VOI, is bit-identical.
+  noise touch-up, ``nodules.touchup_sigma_vox``; after CT-GAN's touch-ups); ``nodules.paste`` chooses CT-GAN's
+  density-gated paste-back or a local one instead. Everything outside that weight's support, and so everything
+  outside the VOI, is bit-identical.
 - ``sphere`` (the previous default): a partial-volume sphere of the requested diameter at a fixed density plus
   learned texture, composited into the real tissue with the sphere's occupancy.
 
@@ -123,7 +124,8 @@ class _NoduleModel:
                         touchup_sigma_vox: float | None = None):
         """Load the generator from a checkpoint file, or the newest ``ckpt_*.pt`` in a folder.
 
-        ``paste`` (learned injector): ``"centre"`` / ``"local"``; default the checkpoint's ``nodules.paste``.
+        ``paste`` (learned injector): ``"centre"`` / ``"ctgan"`` / ``"local"``; default the checkpoint's
+        ``nodules.paste``.
         ``touchup_sigma_vox`` (learned injector): the noise touch-up's σ, 0 = off; default the checkpoint's
         ``nodules.touchup_sigma_vox`` (0 for checkpoints made before the touch-up existed).
         """
